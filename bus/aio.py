@@ -1,0 +1,497 @@
+"""The async bus on aio-pika: calls with deadlines, sends, events, and consumers that survive reconnects.
+
+One ``AsyncBus`` per process holds one broker connection. A supervisor task owns that connection:
+it connects, declares the topology and every registered consumer, and when the connection (or any
+of its channels) dies it fails the calls in flight with ``SYS.CONNECTION_LOST`` and starts again with
+backoff. Calls made while disconnected wait for the connection until their deadline.
+
+Channels: ``confirm`` (publisher confirms + mandatory routing) for requests and events, which must
+not be lost silently; ``fast`` (no confirms) for replies, whose loss the caller's deadline covers;
+one channel per consumer so each has its own prefetch window and can be cancelled alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    DeliveryMode,
+)
+from aio_pika.exceptions import PublishError
+
+from bus.envelope import Envelope, new_uuid
+from bus.errors import RingstackError, Sys
+from bus.topology import QueueSpec, Topology
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES: Final = 1 << 20
+
+
+class _NoReply:
+    """Returned by a handler that has arranged for someone else to reply (e.g. it forwarded)."""
+
+    __repr__ = lambda self: "NO_REPLY"  # noqa: E731
+
+
+NO_REPLY: Final = _NoReply()
+
+HandlerResult = dict[str, Any] | None | _NoReply
+Handler = Callable[[Envelope], Awaitable[HandlerResult]]
+
+
+@dataclass(eq=False)
+class Consumer:
+    """A registered consumer; it is re-established after every reconnect until cancelled."""
+
+    spec: QueueSpec
+    handler: Handler
+    prefetch: int
+    no_ack: bool = False
+    cancelled: bool = False
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _queue: AbstractQueue | None = None
+    _tag: str | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.tasks)
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the messages being handled; True when none is left."""
+        if not self.tasks:
+            return True
+        _, pending = await asyncio.wait(set(self.tasks), timeout=timeout)
+        return not pending
+
+
+class AsyncBus:
+    def __init__(
+        self,
+        url: str,
+        topology: Topology | None = None,
+        *,
+        process_name: str = "ringstack",
+        default_timeout: float = 30.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        declare_topology: bool = True,
+        reconnect_initial: float = 0.1,
+        reconnect_max: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.topology = topology or Topology()
+        self.process_name = process_name
+        self.process_uuid = new_uuid()
+        self.default_timeout = default_timeout
+        self.max_message_bytes = max_message_bytes
+        self.declare_topology = declare_topology
+        self._reconnect_initial = reconnect_initial
+        self._reconnect_max = reconnect_max
+
+        self._reply_queue = self.topology.reply_queue(self.process_uuid)
+        self._pending: dict[str, asyncio.Future[Envelope]] = {}
+        self._consumers: list[Consumer] = []
+        self._connected = asyncio.Event()
+        self._closing = False
+        self._supervisor: asyncio.Task[None] | None = None
+        self._connection: AbstractConnection | None = None
+        self._lost: asyncio.Future[None] | None = None
+        self._confirm: AbstractChannel | None = None
+        self._fast: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self.connection_count = 0  # how many times a connection was established; tests watch it
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Start the supervisor and wait until the first connection is up."""
+        if self._supervisor is None:
+            self._supervisor = asyncio.create_task(self._supervise(), name=f"bus-{self.process_name}")
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        except TimeoutError:
+            raise RingstackError(Sys.UNAVAILABLE, f"could not connect to the broker within {timeout} s") from None
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+        if self._supervisor is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
+        self._fail_pending(RingstackError(Sys.SHUTTING_DOWN, "the bus was closed"))
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self, timeout: float) -> None:
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    async def _supervise(self) -> None:
+        backoff = self._reconnect_initial
+        while not self._closing:
+            try:
+                await self._connect()
+            except Exception as exc:
+                log.warning("%s: broker connection failed: %s; retrying in %.1f s", self.process_name, exc, backoff)
+                await self._drop_connection()
+                await self._sleep_unless_closing(backoff)
+                backoff = min(backoff * 2, self._reconnect_max)
+                continue
+            backoff = self._reconnect_initial
+            self.connection_count += 1
+            self._connected.set()
+            assert self._lost is not None
+            await self._lost
+            self._connected.clear()
+            if not self._closing:
+                log.warning("%s: broker connection lost; reconnecting", self.process_name)
+            self._fail_pending(
+                RingstackError(Sys.CONNECTION_LOST, "the broker connection was lost with the call in flight")
+            )
+            await self._drop_connection()
+
+    async def _sleep_unless_closing(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self._closing and time.monotonic() < end:
+            await asyncio.sleep(min(0.05, end - time.monotonic()))
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._lost = loop.create_future()
+        conn = await aio_pika.connect(self.url, client_properties={"connection_name": self.process_name})
+        self._connection = conn
+        conn.close_callbacks.add(self._on_closed)
+        self._confirm = await conn.channel(publisher_confirms=True, on_return_raises=True)
+        self._fast = await conn.channel(publisher_confirms=False)
+        for ch in (self._confirm, self._fast):
+            ch.close_callbacks.add(self._on_closed)
+        self._exchanges = {}
+        if self.declare_topology:
+            for spec in self.topology.exchanges():
+                self._exchanges[spec.name] = await self._confirm.declare_exchange(
+                    spec.name, spec.type, durable=spec.durable
+                )
+        reply = await self._declare_queue(self._fast, self._reply_queue)
+        await reply.consume(self._on_reply, no_ack=True)
+        for consumer in self._consumers:
+            if not consumer.cancelled:
+                await self._start_consumer(consumer)
+
+    def _on_closed(self, *_: Any) -> None:
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+
+    async def _drop_connection(self) -> None:
+        conn, self._connection = self._connection, None
+        self._confirm = self._fast = None
+        for consumer in self._consumers:
+            consumer._queue = None
+            consumer._tag = None
+        if conn is not None and not conn.is_closed:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    def _fail_pending(self, error: RingstackError) -> None:
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(error)
+
+    async def _declare_queue(self, channel: AbstractChannel, spec: QueueSpec) -> AbstractQueue:
+        queue = await channel.declare_queue(
+            spec.name,
+            durable=spec.durable,
+            exclusive=spec.exclusive,
+            auto_delete=spec.auto_delete,
+            arguments=spec.arguments or None,
+        )
+        for exchange, key in spec.bindings:
+            await queue.bind(exchange, key)
+        return queue
+
+    async def declare_queue(self, spec: QueueSpec) -> None:
+        """Declare a queue (and its bindings) without consuming it, e.g. the shared API queue."""
+        await self._ready(time.time() + self.default_timeout)
+        assert self._confirm is not None
+        await self._declare_queue(self._confirm, spec)
+
+    # ------------------------------------------------------------------ sending
+
+    async def _ready(self, deadline: float) -> None:
+        if self._connected.is_set():
+            return
+        if self._closing:
+            raise RingstackError(Sys.SHUTTING_DOWN, "the bus was closed")
+        try:
+            await asyncio.wait_for(self._connected.wait(), max(0.0, deadline - time.time()))
+        except TimeoutError:
+            raise RingstackError(Sys.UNAVAILABLE, "no broker connection before the deadline") from None
+
+    def _message(self, env: Envelope, *, persistent: bool = False, expire: bool = True) -> aio_pika.Message:
+        body = env.encode()
+        if len(body) > self.max_message_bytes:
+            raise RingstackError(
+                Sys.MESSAGE_TOO_LARGE,
+                f"message of {len(body)} bytes exceeds the limit of {self.max_message_bytes}",
+            )
+        expiration = None
+        if expire and env.deadline is not None:
+            # The broker drops (dead-letters) a request nobody took before its deadline.
+            expiration = max(1.0, env.deadline - time.time())
+        return aio_pika.Message(
+            body,
+            content_type="application/json",
+            message_id=env.id,
+            correlation_id=env.correlation_id or env.id,
+            reply_to=env.reply_to,
+            type=env.name,
+            expiration=expiration,
+            delivery_mode=DeliveryMode.PERSISTENT if persistent else DeliveryMode.NOT_PERSISTENT,
+        )
+
+    async def _publish_confirmed(self, exchange: str, routing_key: str, message: aio_pika.Message) -> None:
+        channel = self._confirm
+        if channel is None:
+            raise RingstackError(Sys.CONNECTION_LOST, "the broker connection was lost")
+        target = channel.default_exchange if not exchange else self._exchanges.get(exchange)
+        if target is None:
+            target = await channel.get_exchange(exchange, ensure=False)
+        try:
+            await target.publish(message, routing_key, mandatory=True)
+        except PublishError:
+            raise RingstackError(
+                Sys.UNAVAILABLE,
+                f"no queue is bound for {routing_key!r}; is its consumer running?",
+                details={"routing_key": routing_key},
+            ) from None
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            raise RingstackError(Sys.CONNECTION_LOST, f"publish failed: {exc}") from None
+
+    async def call(
+        self,
+        queue: str,
+        name: str,
+        body: dict[str, Any] | None = None,
+        *,
+        kind: str = "call",
+        resource_uuid: str | None = None,
+        session: str | None = None,
+        service: str | None = None,
+        timeout: float | None = None,
+        persistent: bool = False,
+    ) -> dict[str, Any]:
+        """Send a request to ``queue`` and return the reply body; remote errors are raised."""
+        deadline = time.time() + (self.default_timeout if timeout is None else timeout)
+        env = Envelope(
+            name=name,
+            kind=kind,
+            body=body or {},
+            resource_uuid=resource_uuid,
+            session=session,
+            service=service,
+            deadline=deadline,
+        )
+        reply = await self.call_envelope(queue, env, persistent=persistent)
+        return reply.raise_for_error()
+
+    async def call_envelope(self, queue: str, env: Envelope, *, persistent: bool = False) -> Envelope:
+        """Send a prepared request envelope and wait for its reply envelope (errors are not raised)."""
+        if env.deadline is None:
+            env.deadline = time.time() + self.default_timeout
+        await self._ready(env.deadline)
+        env.reply_to = self._reply_queue.name
+        message = self._message(env, persistent=persistent)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Envelope] = loop.create_future()
+        self._pending[env.id] = fut
+        timer = loop.call_later(max(0.0, env.deadline - time.time()), _expire, fut, env)
+        try:
+            await self._publish_confirmed("", queue, message)
+            return await fut
+        finally:
+            timer.cancel()
+            self._pending.pop(env.id, None)
+
+    async def send(self, queue: str, env: Envelope, *, persistent: bool = False) -> None:
+        """Deliver a message that expects no reply; confirmed by the broker."""
+        await self._ready(env.deadline or time.time() + self.default_timeout)
+        await self._publish_confirmed("", queue, self._message(env, persistent=persistent))
+
+    async def publish_event(self, routing_key: str, name: str, body: dict[str, Any]) -> None:
+        """Publish on the events exchange; confirmed, but no subscriber is needed."""
+        env = Envelope(name=name, kind="event", body=body)
+        await self.publish(self.topology.events_exchange.name, routing_key, env, persistent=True)
+
+    async def publish(self, exchange: str, routing_key: str, env: Envelope, *, persistent: bool = False) -> None:
+        await self._ready(time.time() + self.default_timeout)
+        channel = self._confirm
+        if channel is None:
+            raise RingstackError(Sys.CONNECTION_LOST, "the broker connection was lost")
+        target = self._exchanges.get(exchange) or await channel.get_exchange(exchange, ensure=False)
+        try:
+            await target.publish(
+                self._message(env, persistent=persistent, expire=False), routing_key, mandatory=False
+            )
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            raise RingstackError(Sys.CONNECTION_LOST, f"publish failed: {exc}") from None
+
+    async def reply(self, reply_to: str, reply: Envelope) -> None:
+        """Answer a request; unconfirmed: if it is lost the caller's deadline covers it."""
+        channel = self._fast
+        if channel is None:
+            log.info("%s: reply %s dropped: not connected", self.process_name, reply.correlation_id)
+            return
+        try:
+            await channel.default_exchange.publish(
+                self._reply_message(reply), reply_to, mandatory=False
+            )
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            log.info("%s: reply %s dropped: %s", self.process_name, reply.correlation_id, exc)
+
+    def _reply_message(self, reply: Envelope) -> aio_pika.Message:
+        body = reply.encode()
+        if len(body) > self.max_message_bytes:
+            too_large = RingstackError(
+                Sys.MESSAGE_TOO_LARGE, f"the reply of {len(body)} bytes exceeds the limit of {self.max_message_bytes}"
+            )
+            body = Envelope(
+                name=reply.name, kind="reply", correlation_id=reply.correlation_id, error=too_large.to_wire()
+            ).encode()
+        return aio_pika.Message(
+            body, content_type="application/json", correlation_id=reply.correlation_id, type=reply.name
+        )
+
+    # aio-pika calls a plain (non-async) callback directly, without a task of its own.
+    def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        try:
+            env = Envelope.decode(message.body)
+        except RingstackError as exc:
+            log.warning("%s: unreadable reply dropped: %s", self.process_name, exc.message)
+            return
+        fut = self._pending.get(env.correlation_id or "")
+        if fut is not None and not fut.done():
+            fut.set_result(env)
+
+    # ------------------------------------------------------------------ consuming
+
+    def consume(self, spec: QueueSpec, handler: Handler, *, prefetch: int = 256) -> Consumer:
+        """Register a consumer; it starts now if connected, and again after every reconnect."""
+        consumer = Consumer(spec=spec, handler=handler, prefetch=prefetch)
+        self._consumers.append(consumer)
+        return consumer
+
+    async def start_consumer(self, consumer: Consumer) -> None:
+        """Start a registered consumer on the live connection (or leave it to the next connect)."""
+        if self._connected.is_set() and consumer._tag is None:
+            await self._start_consumer(consumer)
+
+    async def _start_consumer(self, consumer: Consumer) -> None:
+        assert self._connection is not None
+        channel = await self._connection.channel(publisher_confirms=False)
+        channel.close_callbacks.add(self._on_closed)
+        await channel.set_qos(prefetch_count=consumer.prefetch)
+        queue = await self._declare_queue(channel, consumer.spec)
+        consumer._queue = queue
+        consumer._tag = await queue.consume(lambda m: self._deliver(consumer, m), no_ack=consumer.no_ack)
+
+    async def cancel(self, consumer: Consumer) -> None:
+        """Stop taking new messages on this consumer; the ones being handled go on (see drain)."""
+        consumer.cancelled = True
+        queue, tag = consumer._queue, consumer._tag
+        if queue is not None and tag is not None:
+            with contextlib.suppress(Exception):
+                await queue.cancel(tag)
+        consumer._tag = None
+
+    def _deliver(self, consumer: Consumer, message: AbstractIncomingMessage) -> None:
+        # Our own task, not aiormq's: a dying channel cancels aiormq's consumer tasks, and business
+        # logic must not be cut off half-way because a reply could not be sent.
+        task = asyncio.create_task(self._process(consumer, message))
+        consumer.tasks.add(task)
+        task.add_done_callback(consumer.tasks.discard)
+
+    async def _process(self, consumer: Consumer, message: AbstractIncomingMessage) -> None:
+        if consumer.cancelled:
+            # Taken after we stopped: give it back so another consumer handles it.
+            await _settle(message.nack(requeue=True))
+            return
+        reply_to = message.reply_to
+        env: Envelope | None = None
+        error: RingstackError | None = None
+        result: HandlerResult = None
+        if len(message.body) > self.max_message_bytes:
+            error = RingstackError(
+                Sys.MESSAGE_TOO_LARGE,
+                f"message of {len(message.body)} bytes exceeds the limit of {self.max_message_bytes}",
+            )
+        else:
+            try:
+                env = Envelope.decode(message.body)
+                reply_to = env.reply_to or reply_to
+            except RingstackError as exc:
+                error = exc
+        if env is not None:
+            if env.expired():
+                error = RingstackError(Sys.TIMEOUT, "the deadline passed before the request was taken")
+            else:
+                try:
+                    result = await consumer.handler(env)
+                except RingstackError as exc:
+                    error = exc
+                except Exception:
+                    log.exception("%s: handler for %s (id %s) failed", self.process_name, env.name, env.id)
+                    error = RingstackError(Sys.INTERNAL, f"internal error handling {env.name}; request id {env.id}")
+        if result is NO_REPLY:
+            await _settle(message.ack())
+            return
+        if reply_to:
+            if env is not None:
+                reply = env.reply(result if isinstance(result, dict) else None, error)
+            else:
+                reply = Envelope(
+                    name=message.type or "unknown",
+                    kind="reply",
+                    correlation_id=message.correlation_id or message.message_id,
+                    error=error.to_wire() if error else None,
+                )
+            await self.reply(reply_to, reply)
+            await _settle(message.ack())
+        elif error is not None and error.code in _DEAD_LETTER_CODES:
+            log.warning("%s: dead-lettering a message no one can answer: %s", self.process_name, error)
+            await _settle(message.reject(requeue=False))
+        else:
+            if error is not None:
+                log.warning("%s: %s failed with no one to tell: %s", self.process_name, message.type, error)
+            await _settle(message.ack())
+
+
+_DEAD_LETTER_CODES: Final = frozenset({Sys.MALFORMED_MESSAGE, Sys.UNKNOWN_MESSAGE, Sys.MESSAGE_TOO_LARGE})
+
+
+def _expire(fut: asyncio.Future[Envelope], env: Envelope) -> None:
+    if not fut.done():
+        fut.set_exception(
+            RingstackError(Sys.TIMEOUT, f"{env.name} got no reply before its deadline", details={"id": env.id})
+        )
+
+
+async def _settle(op: Awaitable[Any]) -> None:
+    """Ack/nack/reject, tolerating a channel that died meanwhile (the broker then requeues)."""
+    with contextlib.suppress(aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
+        await op

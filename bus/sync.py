@@ -1,0 +1,239 @@
+"""The synchronous client on kombu, with the async bus's call surface, for the CLI and outside programs.
+
+It holds one connection and one exclusive reply queue. A call publishes with publisher confirms and
+mandatory routing (so "nobody consumes that queue" is an immediate ``SYS.UNAVAILABLE``, not a
+timeout), then drains replies until its own arrives or its deadline passes (``SYS.TIMEOUT``). When
+the connection breaks, the call in flight fails with ``SYS.CONNECTION_LOST`` and the next call
+reconnects.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from typing import Any
+
+import amqp.exceptions
+import kombu
+import kombu.exceptions
+from kombu.message import Message as KombuMessage
+
+from bus.envelope import Envelope, new_uuid
+from bus.errors import RingstackError, Sys
+from bus.topology import QueueSpec, Topology
+
+log = logging.getLogger(__name__)
+
+_CONNECTION_ERRORS = (
+    OSError,
+    amqp.exceptions.ConnectionError,
+    amqp.exceptions.RecoverableConnectionError,
+    kombu.exceptions.OperationalError,
+)
+NO_ROUTE = 312
+
+
+class SyncClient:
+    def __init__(
+        self,
+        url: str,
+        topology: Topology | None = None,
+        *,
+        default_timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+        max_message_bytes: int = 1 << 20,
+        process_name: str = "ringstack-client",
+    ) -> None:
+        self.url = url
+        self.topology = topology or Topology()
+        self.default_timeout = default_timeout
+        self.connect_timeout = connect_timeout
+        self.max_message_bytes = max_message_bytes
+        self.process_name = process_name
+        self._reply_spec = self.topology.reply_queue(new_uuid())
+        self._conn: kombu.Connection | None = None
+        self._channel: Any = None
+        self._producer: kombu.Producer | None = None
+        self._replies: dict[str, Envelope] = {}
+        self._returned: list[str] = []
+
+    # ------------------------------------------------------------------ connection
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        self._channel = self._producer = None
+        if conn is not None:
+            try:
+                conn.release()
+            except _CONNECTION_ERRORS:
+                pass
+
+    def _connect(self, deadline: float) -> None:
+        if self._conn is not None and self._conn.connected:
+            return
+        self.close()
+        conn = kombu.Connection(
+            self.url,
+            connect_timeout=min(self.connect_timeout, max(0.1, deadline - time.time())),
+            transport_options={"confirm_publish": True},
+            heartbeat=0,
+        )
+        try:
+            conn.connect()
+            channel = conn.default_channel
+            channel.events["basic_return"].add(self._on_return)
+            reply = _kombu_queue(self._reply_spec, channel)
+            reply.declare()
+            consumer = kombu.Consumer(channel, queues=[reply], no_ack=True, on_message=self._on_reply)
+            consumer.consume()
+        except _CONNECTION_ERRORS as exc:
+            conn.release()
+            raise RingstackError(Sys.UNAVAILABLE, f"cannot reach the broker at {_safe_url(self.url)}: {exc}") from None
+        self._conn, self._channel = conn, channel
+        self._producer = kombu.Producer(channel)
+
+    def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
+        self._returned.append(routing_key)
+
+    def _on_reply(self, message: KombuMessage) -> None:
+        try:
+            env = Envelope.decode(message.body)
+        except RingstackError as exc:
+            log.warning("unreadable reply dropped: %s", exc.message)
+            return
+        if env.correlation_id:
+            self._replies[env.correlation_id] = env
+
+    # ------------------------------------------------------------------ sending
+
+    def _publish(self, exchange: str, routing_key: str, env: Envelope, *, persistent: bool, mandatory: bool) -> None:
+        body = env.encode()
+        if len(body) > self.max_message_bytes:
+            raise RingstackError(
+                Sys.MESSAGE_TOO_LARGE, f"message of {len(body)} bytes exceeds the limit of {self.max_message_bytes}"
+            )
+        deadline = env.deadline or time.time() + self.default_timeout
+        self._connect(deadline)
+        assert self._producer is not None
+        properties: dict[str, Any] = {"message_id": env.id, "correlation_id": env.correlation_id or env.id, "type": env.name}
+        if env.reply_to:
+            properties["reply_to"] = env.reply_to
+        if env.deadline is not None and env.kind != "event":
+            properties["expiration"] = max(1.0, env.deadline - time.time())
+        self._returned.clear()
+        try:
+            self._producer.publish(
+                body,
+                exchange=exchange,
+                routing_key=routing_key,
+                content_type="application/json",
+                content_encoding="utf-8",
+                delivery_mode=2 if persistent else 1,
+                mandatory=mandatory,
+                retry=False,
+                **properties,
+            )
+        except amqp.exceptions.MessageNacked:
+            raise RingstackError(Sys.UNAVAILABLE, f"the broker refused the message for {routing_key!r}") from None
+        except _CONNECTION_ERRORS as exc:
+            self.close()
+            raise RingstackError(Sys.CONNECTION_LOST, f"publish failed: {exc}") from None
+        if self._returned:
+            raise RingstackError(
+                Sys.UNAVAILABLE,
+                f"no queue is bound for {routing_key!r}; is its consumer running?",
+                details={"routing_key": routing_key},
+            )
+
+    def call(
+        self,
+        queue: str,
+        name: str,
+        body: dict[str, Any] | None = None,
+        *,
+        kind: str = "call",
+        resource_uuid: str | None = None,
+        session: str | None = None,
+        timeout: float | None = None,
+        persistent: bool = False,
+    ) -> dict[str, Any]:
+        """Send a request and return the reply body; remote errors are raised."""
+        env = Envelope(
+            name=name,
+            kind=kind,
+            body=body or {},
+            resource_uuid=resource_uuid,
+            session=session,
+            deadline=time.time() + (self.default_timeout if timeout is None else timeout),
+        )
+        return self.call_envelope(queue, env, persistent=persistent).raise_for_error()
+
+    def api(self, name: str, body: dict[str, Any] | None = None, *, session: str | None = None,
+            timeout: float | None = None) -> dict[str, Any]:
+        """Call an API through the shared API queue (persistent: survives a broker restart)."""
+        return self.call(self.topology.api_queue.name, name, body, kind="api", session=session,
+                         timeout=timeout, persistent=True)
+
+    def call_envelope(self, queue: str, env: Envelope, *, persistent: bool = False) -> Envelope:
+        if env.deadline is None:
+            env.deadline = time.time() + self.default_timeout
+        env.reply_to = self._reply_spec.name
+        self._publish("", queue, env, persistent=persistent, mandatory=True)
+        return self._wait_reply(env)
+
+    def _wait_reply(self, env: Envelope) -> Envelope:
+        assert env.deadline is not None
+        while True:
+            reply = self._replies.pop(env.id, None)
+            if reply is not None:
+                return reply
+            left = env.deadline - time.time()
+            if left <= 0:
+                raise RingstackError(Sys.TIMEOUT, f"{env.name} got no reply before its deadline", details={"id": env.id})
+            assert self._conn is not None
+            try:
+                self._conn.drain_events(timeout=left)
+            except (TimeoutError, socket.timeout):
+                continue
+            except _CONNECTION_ERRORS as exc:
+                self.close()
+                raise RingstackError(
+                    Sys.CONNECTION_LOST, f"the broker connection was lost with {env.name} in flight: {exc}"
+                ) from None
+
+    def send(self, queue: str, env: Envelope, *, persistent: bool = False) -> None:
+        """Deliver a message that expects no reply."""
+        self._publish("", queue, env, persistent=persistent, mandatory=True)
+
+    def publish_event(self, routing_key: str, name: str, body: dict[str, Any]) -> None:
+        env = Envelope(name=name, kind="event", body=body)
+        self._publish(self.topology.events_exchange.name, routing_key, env, persistent=True, mandatory=False)
+
+
+def _kombu_queue(spec: QueueSpec, channel: Any) -> kombu.Queue:
+    return kombu.Queue(
+        spec.name,
+        channel=channel,
+        durable=spec.durable,
+        exclusive=spec.exclusive,
+        auto_delete=spec.auto_delete,
+        queue_arguments=spec.arguments or None,
+        no_declare=False,
+    )
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for error messages."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"

@@ -1,0 +1,121 @@
+"""Every RabbitMQ exchange and queue ringstack uses, declared in one place.
+
+Names are prefixed by a *namespace* (``ringstack`` in production) so that test runs and several
+installations can share one broker without touching each other's queues.
+
+| name | kind | purpose |
+|---|---|---|
+| ``<ns>.api`` | durable queue | API requests from clients; every node consumes it |
+| ``<ns>.node.<node_uuid>`` | exclusive queue | calls routed to one management node |
+| ``<ns>.agent.<host_uuid>`` | durable queue | commands to one agent (KVM host, virtual router) |
+| ``<ns>.reply.<process_uuid>`` | exclusive queue | replies to one process's calls |
+| ``<ns>.membership`` | fanout exchange | join / heartbeat / leave broadcasts |
+| ``<ns>.events`` | topic exchange | canonical events, e.g. ``zone.<uuid>.created`` |
+| ``<ns>.dead-letter`` | fanout exchange + queue | messages no one could answer, kept for inspection |
+
+Messages to queues go through the default exchange with the queue name as routing key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ExchangeType = Literal["direct", "fanout", "topic"]
+
+# The dead-letter queue is bounded so a flood of garbage cannot fill the broker's disk.
+DEAD_LETTER_MAX_LENGTH = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeSpec:
+    name: str
+    type: ExchangeType
+    durable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    name: str
+    durable: bool = False
+    exclusive: bool = False
+    auto_delete: bool = False
+    arguments: dict[str, Any] = field(default_factory=dict)
+    # (exchange, routing key) pairs to bind after declaring
+    bindings: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    namespace: str = "ringstack"
+
+    # exchanges
+    @property
+    def events_exchange(self) -> ExchangeSpec:
+        return ExchangeSpec(f"{self.namespace}.events", "topic")
+
+    @property
+    def membership_exchange(self) -> ExchangeSpec:
+        return ExchangeSpec(f"{self.namespace}.membership", "fanout", durable=False)
+
+    @property
+    def dead_letter_exchange(self) -> ExchangeSpec:
+        return ExchangeSpec(f"{self.namespace}.dead-letter", "fanout")
+
+    def exchanges(self) -> tuple[ExchangeSpec, ...]:
+        return (self.events_exchange, self.membership_exchange, self.dead_letter_exchange)
+
+    # queues
+    def _dead_lettered(self) -> dict[str, Any]:
+        return {"x-dead-letter-exchange": self.dead_letter_exchange.name}
+
+    @property
+    def dead_letter_queue(self) -> QueueSpec:
+        return QueueSpec(
+            f"{self.namespace}.dead-letter",
+            durable=True,
+            arguments={"x-max-length": DEAD_LETTER_MAX_LENGTH},
+            bindings=((self.dead_letter_exchange.name, ""),),
+        )
+
+    @property
+    def api_queue(self) -> QueueSpec:
+        return QueueSpec(f"{self.namespace}.api", durable=True, arguments=self._dead_lettered())
+
+    def node_queue(self, node_uuid: str) -> QueueSpec:
+        # Exclusive: the broker deletes it the moment the node's connection dies, which is how the
+        # other nodes (and publishers using mandatory routing) learn at once that the node is gone.
+        return QueueSpec(
+            f"{self.namespace}.node.{node_uuid}", exclusive=True, arguments=self._dead_lettered()
+        )
+
+    def agent_queue(self, host_uuid: str) -> QueueSpec:
+        return QueueSpec(f"{self.namespace}.agent.{host_uuid}", durable=True, arguments=self._dead_lettered())
+
+    def reply_queue(self, process_uuid: str) -> QueueSpec:
+        return QueueSpec(f"{self.namespace}.reply.{process_uuid}", exclusive=True, auto_delete=True)
+
+    def membership_queue(self, node_uuid: str) -> QueueSpec:
+        return QueueSpec(
+            f"{self.namespace}.membership.{node_uuid}",
+            exclusive=True,
+            auto_delete=True,
+            bindings=((self.membership_exchange.name, ""),),
+        )
+
+    def event_queue(self, subscriber: str, *patterns: str, durable: bool = False) -> QueueSpec:
+        """A subscriber's queue on the events exchange, bound to topic patterns like ``zone.*.*``."""
+        return QueueSpec(
+            f"{self.namespace}.events.{subscriber}",
+            durable=durable,
+            exclusive=not durable,
+            auto_delete=not durable,
+            bindings=tuple((self.events_exchange.name, p) for p in patterns),
+        )
+
+    def event_routing_key(self, resource_type: str, resource_uuid: str, action: str) -> str:
+        return f"{resource_type}.{resource_uuid}.{action}"
+
+    def shared_queues(self) -> tuple[QueueSpec, ...]:
+        """Queues that exist independently of any one process."""
+        return (self.dead_letter_queue, self.api_queue)

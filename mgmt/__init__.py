@@ -1,0 +1,1 @@
+"""The management node: services, the core they share, the API gateway and the CLIs."""

@@ -1,0 +1,1 @@
+"""Command-line tools: ``ringstack`` (the API client) and ``ringstack-ctl`` (node administration)."""

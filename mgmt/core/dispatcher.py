@@ -1,0 +1,84 @@
+"""Dispatch an envelope to the service handler for its message name.
+
+The dispatcher validates the body against the message's schema, builds the call context, runs the
+handler (in its resource's serial queue when the handler asks for it) and turns the reply model
+back into a wire body. Every path into a handler goes through here: API requests, calls routed
+from other nodes, and local short-cuts alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from bus.envelope import Envelope
+from bus.errors import RingstackError, Sys
+from mgmt.core.serial import SerialQueues
+from mgmt.core.service import SYSTEM_ACCOUNT, Account, CallContext, Service
+from schema.api.base import ApiMessage, Reply
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    message: type[ApiMessage]
+    service: Service
+    fn: Callable[[ApiMessage, CallContext], Awaitable[Reply]]
+    serial: bool
+
+
+class Dispatcher:
+    def __init__(self, serial: SerialQueues) -> None:
+        self.serial = serial
+        self._routes: dict[str, Route] = {}
+
+    def add_service(self, service: Service) -> None:
+        for name, (method, spec) in service.handler_specs().items():
+            if name in self._routes:
+                other = type(self._routes[name].service).__name__
+                raise TypeError(f"{name} is handled by both {other} and {type(service).__name__}")
+            self._routes[name] = Route(spec.message, service, getattr(service, method), spec.serial)
+
+    def route(self, name: str) -> Route:
+        route = self._routes.get(name)
+        if route is None:
+            raise RingstackError(Sys.UNKNOWN_MESSAGE, f"no service handles {name!r}", details={"name": name})
+        return route
+
+    def handles(self, name: str) -> bool:
+        return name in self._routes
+
+    def parse(self, env: Envelope) -> tuple[Route, ApiMessage]:
+        route = self.route(env.name)
+        return route, validate(route.message, env.body)
+
+    async def dispatch(self, env: Envelope, account: Account = SYSTEM_ACCOUNT) -> dict[str, Any]:
+        route, msg = self.parse(env)
+        ctx = CallContext(env, account)
+        key = msg.resource_uuid() if route.serial else None
+        if key is None:
+            reply = await route.fn(msg, ctx)
+        else:
+            reply = await self.serial.run(key, lambda: route.fn(msg, ctx), deadline=env.deadline)
+        return reply.to_wire()
+
+
+def validate(message: type[ApiMessage], body: dict[str, Any]) -> ApiMessage:
+    """Parse a body into its message model; a failure names every bad field."""
+    try:
+        return message.from_wire(body)
+    except ValidationError as exc:
+        errors = [
+            {
+                "field": ".".join(str(p) for p in err["loc"]) or "(body)",
+                "message": err["msg"],
+                "type": err["type"],
+            }
+            for err in exc.errors(include_url=False, include_input=False)
+        ]
+        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        raise RingstackError(
+            Sys.INVALID_ARGUMENT, f"invalid {message.__name__}: {summary}", details={"errors": errors}
+        ) from None

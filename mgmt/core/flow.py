@@ -1,0 +1,115 @@
+"""Flow chains: a multi-step job where every completed step is undone, in reverse, if a later
+step fails or the deadline passes. No half-made resources are left behind.
+
+A step is a ``Flow`` with ``run(ctx)`` and ``rollback(ctx)``; ``ctx`` is whatever object the
+chain's steps share (ZStack's flow data). A failing rollback is recorded and the remaining
+rollbacks still run; the error raised names the failed step, what was rolled back and what
+could not be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from bus.errors import RingstackError, Sys
+
+log = logging.getLogger(__name__)
+
+C = TypeVar("C")
+StepFn = Callable[[C], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Flow(Generic[C]):
+    name: str
+    run: StepFn[C]
+    rollback: StepFn[C] | None = None
+
+
+@dataclass
+class FlowOutcome:
+    """What happened, for the error's details and for tests."""
+
+    completed: list[str] = field(default_factory=list)
+    rolled_back: list[str] = field(default_factory=list)
+    rollback_failures: list[dict[str, str]] = field(default_factory=list)
+    failed_step: str | None = None
+
+
+class FlowChain(Generic[C]):
+    def __init__(self, name: str, flows: Sequence[Flow[C]], *, rollback_timeout: float = 60.0) -> None:
+        self.name = name
+        self.flows = list(flows)
+        self.rollback_timeout = rollback_timeout
+        self.outcome = FlowOutcome()
+
+    async def run(self, ctx: C, *, deadline: float | None = None) -> C:
+        done: list[Flow[C]] = []
+        for flow in self.flows:
+            try:
+                await _before(flow.run(ctx), deadline, f"{self.name}/{flow.name}")
+            except BaseException as exc:
+                self.outcome.failed_step = flow.name
+                await self._rollback(ctx, done)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                raise self._failure(flow, exc) from exc
+            done.append(flow)
+            self.outcome.completed.append(flow.name)
+        return ctx
+
+    async def _rollback(self, ctx: C, done: list[Flow[C]]) -> None:
+        for flow in reversed(done):
+            if flow.rollback is None:
+                continue
+            try:
+                # Rollback must run even after the deadline: it has a budget of its own.
+                await asyncio.wait_for(flow.rollback(ctx), self.rollback_timeout)
+                self.outcome.rolled_back.append(flow.name)
+            except Exception as exc:
+                log.exception("%s: rollback of %s failed", self.name, flow.name)
+                self.outcome.rollback_failures.append({"step": flow.name, "error": _describe(exc)})
+
+    def _failure(self, flow: Flow[C], exc: BaseException) -> RingstackError:
+        cause = exc if isinstance(exc, RingstackError) else None
+        code = cause.code if cause else Sys.INTERNAL
+        message = cause.message if cause else f"internal error in {self.name}/{flow.name}"
+        details: dict[str, Any] = {
+            "chain": self.name,
+            "failedStep": flow.name,
+            "rolledBack": list(self.outcome.rolled_back),
+        }
+        if self.outcome.rollback_failures:
+            details["rollbackFailures"] = list(self.outcome.rollback_failures)
+        if cause is None:
+            log.error("%s: step %s failed", self.name, flow.name, exc_info=exc)
+        return RingstackError(code, message, details={**(cause.details if cause else {}), **details},
+                              cause=cause.cause if cause else None)
+
+
+async def _before(step: Awaitable[None], deadline: float | None, what: str) -> None:
+    if deadline is None:
+        await step
+        return
+    left = deadline - time.time()
+    if left <= 0:
+        if asyncio.iscoroutine(step):
+            step.close()
+        raise RingstackError(Sys.TIMEOUT, f"{what} did not start before the deadline")
+    try:
+        await asyncio.wait_for(step, left)
+    except TimeoutError:
+        raise RingstackError(Sys.TIMEOUT, f"{what} did not finish before the deadline") from None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, RingstackError):
+        return f"{exc.code}: {exc.message}"
+    if isinstance(exc, TimeoutError):
+        return "rollback timed out"
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,135 @@
+"""ZStack's query API compiled to SQLAlchemy expressions (never string-built SQL).
+
+A ``QueryTarget`` says which wire fields of a resource can be filtered, sorted and selected, and
+which column each one is. Conditions are ANDed; operators: ``= != > < >= <=``, ``?=`` (in),
+``!?=`` (not in), ``~=`` (LIKE, ``%`` wildcards), ``!~=``, ``=null``, ``!=null``. An unknown field
+or a value of the wrong type is ``SYS.INVALID_ARGUMENT`` naming it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic.alias_generators import to_camel
+from sqlalchemy import Boolean, DateTime, Float, Integer, Numeric, Select, func, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from bus.errors import RingstackError, invalid_argument
+from schema.api.base import Condition, Inventory, QueryMessage, QueryReply
+from schema.db.base import Base
+
+
+@dataclass(frozen=True)
+class QueryTarget:
+    model: type[Base]
+    fields: dict[str, InstrumentedAttribute[Any]]
+    to_inventory: Callable[[Any], dict[str, Any]]
+
+    @classmethod
+    def for_model(cls, model: type[Base], inventory: type[Inventory]) -> QueryTarget:
+        """Every inventory field that is a column of the same (snake_case) name is queryable."""
+        fields = {
+            to_camel(name): getattr(model, name)
+            for name in inventory.model_fields
+            if isinstance(getattr(model, name, None), InstrumentedAttribute)
+        }
+
+        def to_inventory(row: Any) -> dict[str, Any]:
+            return inventory.model_validate(row, from_attributes=True).to_wire()
+
+        return cls(model, fields, to_inventory)
+
+    def column(self, name: str) -> InstrumentedAttribute[Any]:
+        col = self.fields.get(name)
+        if col is None:
+            raise invalid_argument(
+                f"unknown field {name!r}; queryable fields: {', '.join(sorted(self.fields))}", field=name
+            )
+        return col
+
+
+def _coerce(col: InstrumentedAttribute[Any], name: str, value: Any) -> Any:
+    col_type = col.property.columns[0].type
+    try:
+        if isinstance(col_type, Boolean):
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "false"):
+                return str(value).lower() == "true"
+            raise ValueError("expected true or false")
+        if isinstance(col_type, Integer):
+            if isinstance(value, bool):
+                raise ValueError("expected an integer")
+            return int(value)
+        if isinstance(col_type, Float | Numeric):
+            return float(value)
+        if isinstance(col_type, DateTime):
+            return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+        if isinstance(value, list | dict):
+            raise ValueError("expected a single value")
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise invalid_argument(f"bad value {value!r} for field {name!r}: {exc}", field=name) from None
+
+
+def _condition(target: QueryTarget, cond: Condition) -> Any:
+    col = target.column(cond.name)
+    op = cond.op
+    if op == "=null":
+        return col.is_(None)
+    if op == "!=null":
+        return col.is_not(None)
+    if cond.value is None:
+        raise invalid_argument(f"operator {op!r} on {cond.name!r} needs a value", field=cond.name)
+    if op in ("?=", "!?="):
+        items = cond.value if isinstance(cond.value, list) else str(cond.value).split(",")
+        values = [_coerce(col, cond.name, v) for v in items]
+        return col.in_(values) if op == "?=" else col.not_in(values)
+    if isinstance(cond.value, list):
+        raise invalid_argument(f"operator {op!r} on {cond.name!r} takes a single value", field=cond.name)
+    if op in ("~=", "!~="):
+        pattern = str(cond.value)
+        return col.like(pattern) if op == "~=" else col.not_like(pattern)
+    value = _coerce(col, cond.name, cond.value)
+    return {
+        "=": col.__eq__,
+        "!=": col.__ne__,
+        ">": col.__gt__,
+        "<": col.__lt__,
+        ">=": col.__ge__,
+        "<=": col.__le__,
+    }[op](value)
+
+
+def compile_filter(target: QueryTarget, msg: QueryMessage, base: Select[Any] | None = None) -> Select[Any]:
+    stmt = base if base is not None else select(target.model)
+    for cond in msg.conditions:
+        stmt = stmt.where(_condition(target, cond))
+    return stmt
+
+
+def run_query(session: Session, target: QueryTarget, msg: QueryMessage, base: Select[Any] | None = None) -> QueryReply:
+    stmt = compile_filter(target, msg, base)
+    total = None
+    if msg.count or msg.reply_with_count:
+        total = session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
+        if msg.count:
+            return QueryReply(inventories=[], total=total)
+    if msg.sort_by is not None:
+        col = target.column(msg.sort_by)
+        stmt = stmt.order_by(col.desc() if msg.sort_direction == "desc" else col.asc())
+    # A stable tie-break keeps paging deterministic.
+    stmt = stmt.order_by(target.model.uuid).offset(msg.start).limit(msg.limit)  # type: ignore[attr-defined]
+    rows = session.scalars(stmt).all()
+    inventories = [target.to_inventory(row) for row in rows]
+    if msg.fields:
+        for name in msg.fields:
+            target.column(name)
+        inventories = [{k: inv.get(k) for k in msg.fields} for inv in inventories]
+    return QueryReply(inventories=inventories, total=total)
+
+
+__all__ = ["QueryTarget", "RingstackError", "compile_filter", "run_query"]

@@ -1,0 +1,153 @@
+"""The management node process: one asyncio loop holding every service.
+
+Start-up: connect to the broker and the database, build the services (found through the
+``ringstack.services`` entry points plus ``extra_services``), then consume the shared API queue
+and this node's own queue. SIGTERM/SIGINT: stop taking work, let in-flight requests finish within
+``drain_timeout``, close, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import signal
+import time
+from importlib.metadata import entry_points
+from typing import Any
+
+from bus.aio import AsyncBus, Consumer, HandlerResult
+from bus.envelope import Envelope, new_uuid
+from bus.errors import RingstackError, Sys
+from bus.topology import Topology
+from mgmt.config import NodeConfig
+from mgmt.core.auth import AuthStrategy, TrustingAuth
+from mgmt.core.db import Database
+from mgmt.core.dispatcher import Dispatcher
+from mgmt.core.events import EventPublisher
+from mgmt.core.serial import SerialQueues
+from mgmt.core.service import Service
+from schema.registry import load_all
+
+log = logging.getLogger(__name__)
+
+SERVICE_ENTRY_POINTS = "ringstack.services"
+
+
+def service_classes(config: NodeConfig) -> list[type[Service]]:
+    """Services from the entry point group, plus ``extra_services``, minus ``disabled_services``."""
+    found: dict[str, type[Service]] = {}
+    for ep in entry_points(group=SERVICE_ENTRY_POINTS):
+        found[ep.name] = ep.load()
+    for ref in config.extra_services:
+        module, _, attr = ref.partition(":")
+        cls = getattr(importlib.import_module(module), attr)
+        found[cls.name] = cls
+    return [cls for name, cls in sorted(found.items()) if name not in config.disabled_services]
+
+
+class ManagementNode:
+    def __init__(self, config: NodeConfig, *, auth: AuthStrategy | None = None) -> None:
+        load_all()
+        self.config = config
+        self.uuid = config.node_uuid or new_uuid()
+        self.topology = Topology(config.namespace)
+        self.bus = AsyncBus(
+            config.broker_url,
+            self.topology,
+            process_name=f"ringstack-node-{self.uuid[:8]}",
+            default_timeout=config.default_call_timeout,
+            max_message_bytes=config.max_message_bytes,
+        )
+        self.db = Database(config.database_url, pool_size=config.db_pool_size)
+        self.serial = SerialQueues(config.serial_queue_limit)
+        self.dispatcher = Dispatcher(self.serial)
+        self.events = EventPublisher(self.bus)
+        self.auth: AuthStrategy = auth or TrustingAuth()
+        self.services: list[Service] = []
+        self._consumers: list[Consumer] = []
+        self._stopping = False
+        self._stopped = asyncio.Event()
+
+    def _dependencies(self) -> dict[str, Any]:
+        return {
+            "db": self.db,
+            "events": self.events,
+            "bus": self.bus,
+            "config": self.config,
+            "node": self,
+            "serial": self.serial,
+        }
+
+    def _build_services(self) -> None:
+        provided = self._dependencies()
+        for cls in service_classes(self.config):
+            missing = cls.dependencies.keys() - provided.keys()
+            if missing:
+                raise RuntimeError(f"service {cls.name} needs {sorted(missing)}, which no node provides")
+            service = cls(**{name: provided[name] for name in cls.dependencies})
+            self.dispatcher.add_service(service)
+            self.services.append(service)
+
+    async def start(self) -> None:
+        self._build_services()
+        await self.bus.start()
+        for service in self.services:
+            await service.start()
+        await self.bus.declare_queue(self.topology.dead_letter_queue)
+        self._consumers = [
+            self.bus.consume(self.topology.api_queue, self._on_api, prefetch=self.config.api_prefetch),
+            self.bus.consume(
+                self.topology.node_queue(self.uuid), self._on_call, prefetch=self.config.node_prefetch
+            ),
+        ]
+        for consumer in self._consumers:
+            await self.bus.start_consumer(consumer)
+        log.info("node %s ready: services %s", self.uuid, [s.name for s in self.services])
+
+    async def _on_api(self, env: Envelope) -> HandlerResult:
+        """The API gateway step: check the envelope, authenticate, then route to a handler."""
+        if env.kind != "api":
+            raise RingstackError(Sys.INVALID_ARGUMENT, f"the API queue takes kind 'api', not {env.kind!r}")
+        self.dispatcher.route(env.name)  # unknown names fail before authentication is spent on them
+        account = await self.auth.authenticate(env.session, env.name)
+        return await self.dispatcher.dispatch(env, account)
+
+    async def _on_call(self, env: Envelope) -> HandlerResult:
+        return await self.dispatcher.dispatch(env)
+
+    async def stop(self) -> bool:
+        """Stop taking work, drain, close. True when every in-flight request finished in time."""
+        if self._stopping:
+            await self._stopped.wait()
+            return True
+        self._stopping = True
+        for consumer in self._consumers:
+            await self.bus.cancel(consumer)
+        deadline = time.monotonic() + self.config.drain_timeout
+        drained = True
+        for consumer in self._consumers:
+            left = max(0.0, deadline - time.monotonic())
+            drained = await consumer.drain(left) and drained
+        if not drained:
+            log.warning("node %s: drain deadline passed with requests still running", self.uuid)
+        for service in reversed(self.services):
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("service %s failed to stop cleanly", service.name)
+        await self.bus.close()
+        self.db.close()
+        self._stopped.set()
+        log.info("node %s stopped", self.uuid)
+        return drained
+
+    async def run_until_signalled(self) -> bool:
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop_requested.set)
+        await self.start()
+        await stop_requested.wait()
+        log.info("node %s: stop requested; draining", self.uuid)
+        return await self.stop()

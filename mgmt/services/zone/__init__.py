@@ -1,0 +1,3 @@
+from mgmt.services.zone.service import ZoneService
+
+__all__ = ["ZoneService"]

@@ -1,0 +1,111 @@
+"""Zones: create, update, enable/disable, delete, query."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from bus.envelope import new_uuid
+from bus.errors import not_found
+from mgmt.core.db import Database
+from mgmt.core.events import EventPublisher
+from mgmt.core.query import QueryTarget, run_query
+from mgmt.core.service import CallContext, Service, handler
+from schema.api.base import EmptyReply, QueryReply
+from schema.api.zone import (
+    ChangeZoneState,
+    CreateZone,
+    DeleteZone,
+    QueryZone,
+    UpdateZone,
+    ZoneInventory,
+    ZoneReply,
+)
+from schema.db.zone import Zone
+
+QUERY = QueryTarget.for_model(Zone, ZoneInventory)
+
+
+def _inventory(zone: Zone) -> ZoneInventory:
+    return ZoneInventory.model_validate(zone, from_attributes=True)
+
+
+def _load(session: Session, uuid: str) -> Zone:
+    zone = session.get(Zone, uuid)
+    if zone is None:
+        raise not_found("zone", uuid)
+    return zone
+
+
+class ZoneService(Service):
+    name = "zone"
+
+    db: Database
+    events: EventPublisher
+
+    @handler(CreateZone)
+    async def create_zone(self, msg: CreateZone, ctx: CallContext) -> ZoneReply:
+        def create(session: Session) -> ZoneInventory:
+            zone = Zone(
+                uuid=new_uuid(),
+                name=msg.name,
+                description=msg.description,
+                state="Enabled",
+                owner_account_uuid=ctx.account.uuid,
+            )
+            session.add(zone)
+            session.flush()
+            return _inventory(zone)
+
+        inv = await self.db.run(create)
+        await self.events.resource_event("zone", inv.uuid, "created", inv.to_wire())
+        return ZoneReply(inventory=inv)
+
+    @handler(UpdateZone)
+    async def update_zone(self, msg: UpdateZone, ctx: CallContext) -> ZoneReply:
+        def update(session: Session) -> ZoneInventory:
+            zone = _load(session, msg.uuid)
+            if msg.name is not None:
+                zone.name = msg.name
+            if msg.description is not None:
+                zone.description = msg.description
+            session.flush()
+            return _inventory(zone)
+
+        inv = await self.db.run(update)
+        await self.events.resource_event("zone", inv.uuid, "updated", inv.to_wire())
+        return ZoneReply(inventory=inv)
+
+    @handler(ChangeZoneState)
+    async def change_zone_state(self, msg: ChangeZoneState, ctx: CallContext) -> ZoneReply:
+        new_state = "Enabled" if msg.state_event == "enable" else "Disabled"
+
+        def change(session: Session) -> tuple[ZoneInventory, bool]:
+            zone = _load(session, msg.uuid)
+            changed = zone.state != new_state
+            zone.state = new_state
+            session.flush()
+            return _inventory(zone), changed
+
+        inv, changed = await self.db.run(change)
+        if changed:
+            await self.events.resource_event("zone", inv.uuid, "state", inv.to_wire())
+        return ZoneReply(inventory=inv)
+
+    @handler(DeleteZone)
+    async def delete_zone(self, msg: DeleteZone, ctx: CallContext) -> EmptyReply:
+        """Deleting a zone that is already gone succeeds, so a retried delete is safe."""
+
+        def delete(session: Session) -> bool:
+            zone = session.get(Zone, msg.uuid)
+            if zone is None:
+                return False
+            session.delete(zone)
+            return True
+
+        if await self.db.run(delete):
+            await self.events.resource_event("zone", msg.uuid, "deleted")
+        return EmptyReply()
+
+    @handler(QueryZone, serial=False)
+    async def query_zone(self, msg: QueryZone, ctx: CallContext) -> QueryReply:
+        return await self.db.run(run_query, QUERY, msg)

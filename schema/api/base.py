@@ -1,0 +1,142 @@
+"""Base classes for API messages, replies, inventories and events.
+
+Conventions every message follows:
+- field names are camelCase on the wire (``zoneUuid``, ``l3NetworkUuids``), ZStack's API names;
+  Python code uses the snake_case attribute names pydantic derives them from;
+- unknown fields are rejected, never ignored;
+- an API message's wire name is its class name (``CreateZone``); the CLI and the JSON Schema
+  export use the same name.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from schema.registry import REGISTRY
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        # Python code may build models by attribute name; bodies from the wire are validated with
+        # ``from_wire`` (aliases only), so the wire speaks one style.
+        validate_by_alias=True,
+        validate_by_name=True,
+        serialize_by_alias=True,
+        str_strip_whitespace=False,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    @classmethod
+    def from_wire(cls, body: Any) -> Self:
+        """Validate a body received from the wire: camelCase names only, unknown fields rejected."""
+        return cls.model_validate(body, by_alias=True, by_name=False)
+
+
+class Reply(WireModel):
+    """The body of a successful reply."""
+
+
+class EmptyReply(Reply):
+    pass
+
+
+class ApiMessage(WireModel):
+    """An API request. Subclasses register themselves under their class name.
+
+    ``reply``: the reply body's model. ``resource_field``: the field naming the resource the
+    request is about (routing and per-resource serialisation use it); None for creations and
+    other requests not tied to one existing resource. ``mutating``: False for reads.
+    """
+
+    reply: ClassVar[type[Reply]] = EmptyReply
+    resource_field: ClassVar[str | None] = None
+    mutating: ClassVar[bool] = True
+    service: ClassVar[str] = ""
+
+    def __init_subclass__(cls, *, abstract: bool = False, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not abstract:
+            REGISTRY.register(cls)
+
+    def resource_uuid(self) -> str | None:
+        return getattr(self, self.resource_field) if self.resource_field else None
+
+
+class Inventory(WireModel):
+    """What the API shows of a resource; built from database rows by attribute name."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    uuid: str
+    name: str
+    description: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ResourceMessage(ApiMessage, abstract=True):
+    """A request about one existing resource, named by ``uuid``."""
+
+    resource_field: ClassVar[str | None] = "uuid"
+
+    uuid: str = Field(pattern=r"^[0-9a-f]{32}$", description="the resource's uuid")
+
+
+DeletionMode = Literal["Permissive", "Enforcing"]
+
+
+class DeleteMessage(ResourceMessage, abstract=True):
+    """ZStack's deletion modes: Permissive refuses while the resource is in use, Enforcing cascades."""
+
+    delete_mode: DeletionMode = "Permissive"
+
+
+# ---------------------------------------------------------------- queries
+
+QueryOp = Literal["=", "!=", ">", "<", ">=", "<=", "?=", "!?=", "~=", "!~=", "=null", "!=null"]
+QUERY_OPS: tuple[str, ...] = ("!?=", "!~=", "!=null", "=null", "?=", "~=", "!=", ">=", "<=", "=", ">", "<")
+
+
+class Condition(WireModel):
+    """One filter of a query: ``name op value``; ``?=``/``!?=`` take a list, the null tests none."""
+
+    name: str = Field(min_length=1, max_length=200)
+    op: QueryOp
+    value: str | int | float | bool | list[str | int | float | bool] | None = None
+
+
+class QueryMessage(ApiMessage, abstract=True):
+    """ZStack's query API: conditions ANDed together, paging, sorting, count, field selection."""
+
+    mutating: ClassVar[bool] = False
+
+    conditions: list[Condition] = Field(default_factory=list, max_length=64)
+    limit: int = Field(default=1000, ge=0, le=10_000)
+    start: int = Field(default=0, ge=0)
+    sort_by: str | None = None
+    sort_direction: Literal["asc", "desc"] = "asc"
+    count: bool = False
+    reply_with_count: bool = False
+    fields: list[str] | None = None
+
+
+class QueryReply(Reply):
+    inventories: list[dict[str, Any]] = Field(default_factory=list)
+    total: int | None = None
+
+
+class Event(WireModel):
+    """The body of a canonical event on the events exchange."""
+
+    resource_uuid: str
+    resource_type: str
+    action: str
+    inventory: dict[str, Any] | None = None

@@ -1,0 +1,63 @@
+"""Zones: the top of the resource tree; clusters, backup storage and networks live in one."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
+
+from schema.api.base import (
+    ApiMessage,
+    DeleteMessage,
+    EmptyReply,
+    Inventory,
+    QueryMessage,
+    QueryReply,
+    Reply,
+    ResourceMessage,
+)
+
+ZoneState = Literal["Enabled", "Disabled"]
+Name = Annotated[str, Field(min_length=1, max_length=255)]
+Description = Annotated[str | None, Field(max_length=2048)]
+
+
+class ZoneInventory(Inventory):
+    state: ZoneState
+
+
+class ZoneReply(Reply):
+    inventory: ZoneInventory
+
+
+class CreateZone(ApiMessage):
+    service: ClassVar[str] = "zone"
+    reply = ZoneReply
+
+    name: Name
+    description: Description = None
+
+
+class UpdateZone(ResourceMessage):
+    service: ClassVar[str] = "zone"
+    reply = ZoneReply
+
+    name: Name | None = None
+    description: Description = None
+
+
+class ChangeZoneState(ResourceMessage):
+    service: ClassVar[str] = "zone"
+    reply = ZoneReply
+
+    state_event: Literal["enable", "disable"]
+
+
+class DeleteZone(DeleteMessage):
+    service: ClassVar[str] = "zone"
+    reply = EmptyReply
+
+
+class QueryZone(QueryMessage):
+    service: ClassVar[str] = "zone"
+    reply = QueryReply
