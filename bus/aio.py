@@ -1,5 +1,8 @@
 """The async bus on aio-pika: calls with deadlines, sends, events, and consumers that survive reconnects.
 
+aio-pika opens the connection and declares queues; the per-message paths (publish, consume, ack)
+use the aiormq channel underneath directly, because every microsecond there is CPU on the hot path.
+
 One ``AsyncBus`` per process holds one broker connection. A supervisor task owns that connection:
 it connects, declares the topology and every registered consumer, and when the connection (or any
 of its channels) dies it fails the calls in flight with ``SYS.CONNECTION_LOST`` and starts again with
@@ -22,15 +25,10 @@ from typing import Any, Final
 
 import aio_pika
 import aiormq
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractConnection,
-    AbstractExchange,
-    AbstractIncomingMessage,
-    AbstractQueue,
-    DeliveryMode,
-)
-from aio_pika.exceptions import PublishError
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
+from aiormq.abc import DeliveredMessage
+from aiormq.exceptions import PublishError
+from pamqp.commands import Basic
 
 from bus.envelope import Envelope, new_uuid
 from bus.errors import RingstackError, Sys
@@ -63,7 +61,7 @@ class Consumer:
     no_ack: bool = False
     cancelled: bool = False
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    _queue: AbstractQueue | None = None
+    _channel: aiormq.abc.AbstractChannel | None = None
     _tag: str | None = None
 
     @property
@@ -109,9 +107,9 @@ class AsyncBus:
         self._supervisor: asyncio.Task[None] | None = None
         self._connection: AbstractConnection | None = None
         self._lost: asyncio.Future[None] | None = None
-        self._confirm: AbstractChannel | None = None
-        self._fast: AbstractChannel | None = None
-        self._exchanges: dict[str, AbstractExchange] = {}
+        self._confirm: aiormq.abc.AbstractChannel | None = None
+        self._fast: aiormq.abc.AbstractChannel | None = None
+        self._declarer: AbstractChannel | None = None
         self.connection_count = 0  # how many times a connection was established; tests watch it
 
     # ------------------------------------------------------------------ lifecycle
@@ -177,18 +175,18 @@ class AsyncBus:
         conn = await aio_pika.connect(self.url, client_properties={"connection_name": self.process_name})
         self._connection = conn
         conn.close_callbacks.add(self._on_closed)
-        self._confirm = await conn.channel(publisher_confirms=True, on_return_raises=True)
-        self._fast = await conn.channel(publisher_confirms=False)
-        for ch in (self._confirm, self._fast):
+        confirm = await conn.channel(publisher_confirms=True, on_return_raises=True)
+        fast = await conn.channel(publisher_confirms=False)
+        for ch in (confirm, fast):
             ch.close_callbacks.add(self._on_closed)
-        self._exchanges = {}
+        self._declarer = confirm
         if self.declare_topology:
             for spec in self.topology.exchanges():
-                self._exchanges[spec.name] = await self._confirm.declare_exchange(
-                    spec.name, spec.type, durable=spec.durable
-                )
-        reply = await self._declare_queue(self._fast, self._reply_queue)
-        await reply.consume(self._on_reply, no_ack=True)
+                await confirm.declare_exchange(spec.name, spec.type, durable=spec.durable)
+        await self._declare_queue(fast, self._reply_queue)
+        self._confirm = await confirm.get_underlay_channel()
+        self._fast = await fast.get_underlay_channel()
+        await self._fast.basic_consume(self._reply_queue.name, self._on_reply, no_ack=True)
         for consumer in self._consumers:
             if not consumer.cancelled:
                 await self._start_consumer(consumer)
@@ -200,8 +198,9 @@ class AsyncBus:
     async def _drop_connection(self) -> None:
         conn, self._connection = self._connection, None
         self._confirm = self._fast = None
+        self._declarer = None
         for consumer in self._consumers:
-            consumer._queue = None
+            consumer._channel = None
             consumer._tag = None
         if conn is not None and not conn.is_closed:
             with contextlib.suppress(Exception):
@@ -228,8 +227,8 @@ class AsyncBus:
     async def declare_queue(self, spec: QueueSpec) -> None:
         """Declare a queue (and its bindings) without consuming it, e.g. the shared API queue."""
         await self._ready(time.time() + self.default_timeout)
-        assert self._confirm is not None
-        await self._declare_queue(self._confirm, spec)
+        assert self._declarer is not None
+        await self._declare_queue(self._declarer, spec)
 
     # ------------------------------------------------------------------ sending
 
@@ -243,7 +242,7 @@ class AsyncBus:
         except TimeoutError:
             raise RingstackError(Sys.UNAVAILABLE, "no broker connection before the deadline") from None
 
-    def _message(self, env: Envelope, *, persistent: bool = False, expire: bool = True) -> aio_pika.Message:
+    def _message(self, env: Envelope, *, persistent: bool = False, expire: bool = True) -> tuple[bytes, Basic.Properties]:
         body = env.encode()
         if len(body) > self.max_message_bytes:
             raise RingstackError(
@@ -253,27 +252,28 @@ class AsyncBus:
         expiration = None
         if expire and env.deadline is not None:
             # The broker drops (dead-letters) a request nobody took before its deadline.
-            expiration = max(1.0, env.deadline - time.time())
-        return aio_pika.Message(
-            body,
+            expiration = str(max(1, int((env.deadline - time.time()) * 1000)))
+        return body, Basic.Properties(
             content_type="application/json",
             message_id=env.id,
             correlation_id=env.correlation_id or env.id,
             reply_to=env.reply_to,
-            type=env.name,
+            message_type=env.name,
             expiration=expiration,
-            delivery_mode=DeliveryMode.PERSISTENT if persistent else DeliveryMode.NOT_PERSISTENT,
+            delivery_mode=2 if persistent else 1,
         )
 
-    async def _publish_confirmed(self, exchange: str, routing_key: str, message: aio_pika.Message) -> None:
+    async def _publish_confirmed(
+        self, exchange: str, routing_key: str, message: tuple[bytes, Basic.Properties], *, mandatory: bool = True
+    ) -> None:
         channel = self._confirm
         if channel is None:
             raise RingstackError(Sys.CONNECTION_LOST, "the broker connection was lost")
-        target = channel.default_exchange if not exchange else self._exchanges.get(exchange)
-        if target is None:
-            target = await channel.get_exchange(exchange, ensure=False)
+        body, properties = message
         try:
-            await target.publish(message, routing_key, mandatory=True)
+            await channel.basic_publish(
+                body, exchange=exchange, routing_key=routing_key, properties=properties, mandatory=mandatory
+            )
         except PublishError:
             raise RingstackError(
                 Sys.UNAVAILABLE,
@@ -310,6 +310,16 @@ class AsyncBus:
         reply = await self.call_envelope(queue, env, persistent=persistent)
         return reply.raise_for_error()
 
+    async def api(
+        self, name: str, body: dict[str, Any] | None = None, *, session: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Call an API through the shared API queue (persistent: survives a broker restart)."""
+        return await self.call(
+            self.topology.api_queue.name, name, body, kind="api", session=session, timeout=timeout,
+            persistent=True,
+        )
+
     async def call_envelope(self, queue: str, env: Envelope, *, persistent: bool = False) -> Envelope:
         """Send a prepared request envelope and wait for its reply envelope (errors are not raised)."""
         if env.deadline is None:
@@ -339,17 +349,11 @@ class AsyncBus:
         await self.publish(self.topology.events_exchange.name, routing_key, env, persistent=True)
 
     async def publish(self, exchange: str, routing_key: str, env: Envelope, *, persistent: bool = False) -> None:
+        """Publish to an exchange with confirms; unroutable is fine (nobody subscribed)."""
         await self._ready(time.time() + self.default_timeout)
-        channel = self._confirm
-        if channel is None:
-            raise RingstackError(Sys.CONNECTION_LOST, "the broker connection was lost")
-        target = self._exchanges.get(exchange) or await channel.get_exchange(exchange, ensure=False)
-        try:
-            await target.publish(
-                self._message(env, persistent=persistent, expire=False), routing_key, mandatory=False
-            )
-        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-            raise RingstackError(Sys.CONNECTION_LOST, f"publish failed: {exc}") from None
+        await self._publish_confirmed(
+            exchange, routing_key, self._message(env, persistent=persistent, expire=False), mandatory=False
+        )
 
     async def reply(self, reply_to: str, reply: Envelope) -> None:
         """Answer a request; unconfirmed: if it is lost the caller's deadline covers it."""
@@ -357,28 +361,24 @@ class AsyncBus:
         if channel is None:
             log.info("%s: reply %s dropped: not connected", self.process_name, reply.correlation_id)
             return
-        try:
-            await channel.default_exchange.publish(
-                self._reply_message(reply), reply_to, mandatory=False
-            )
-        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-            log.info("%s: reply %s dropped: %s", self.process_name, reply.correlation_id, exc)
-
-    def _reply_message(self, reply: Envelope) -> aio_pika.Message:
         body = reply.encode()
         if len(body) > self.max_message_bytes:
             too_large = RingstackError(
-                Sys.MESSAGE_TOO_LARGE, f"the reply of {len(body)} bytes exceeds the limit of {self.max_message_bytes}"
+                Sys.MESSAGE_TOO_LARGE,
+                f"the reply of {len(body)} bytes exceeds the limit of {self.max_message_bytes}",
             )
             body = Envelope(
                 name=reply.name, kind="reply", correlation_id=reply.correlation_id, error=too_large.to_wire()
             ).encode()
-        return aio_pika.Message(
-            body, content_type="application/json", correlation_id=reply.correlation_id, type=reply.name
+        properties = Basic.Properties(
+            content_type="application/json", correlation_id=reply.correlation_id, message_type=reply.name
         )
+        try:
+            await channel.basic_publish(body, routing_key=reply_to, properties=properties)
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            log.info("%s: reply %s dropped: %s", self.process_name, reply.correlation_id, exc)
 
-    # aio-pika calls a plain (non-async) callback directly, without a task of its own.
-    def _on_reply(self, message: AbstractIncomingMessage) -> None:
+    def _on_reply(self, message: DeliveredMessage) -> None:
         try:
             env = Envelope.decode(message.body)
         except RingstackError as exc:
@@ -406,32 +406,39 @@ class AsyncBus:
         channel = await self._connection.channel(publisher_confirms=False)
         channel.close_callbacks.add(self._on_closed)
         await channel.set_qos(prefetch_count=consumer.prefetch)
-        queue = await self._declare_queue(channel, consumer.spec)
-        consumer._queue = queue
-        consumer._tag = await queue.consume(lambda m: self._deliver(consumer, m), no_ack=consumer.no_ack)
+        await self._declare_queue(channel, consumer.spec)
+        raw = await channel.get_underlay_channel()
+        ok = await raw.basic_consume(
+            consumer.spec.name, lambda m: self._deliver(consumer, m), no_ack=consumer.no_ack
+        )
+        consumer._channel = raw
+        consumer._tag = ok.consumer_tag
 
     async def cancel(self, consumer: Consumer) -> None:
         """Stop taking new messages on this consumer; the ones being handled go on (see drain)."""
         consumer.cancelled = True
-        queue, tag = consumer._queue, consumer._tag
-        if queue is not None and tag is not None:
+        channel, tag = consumer._channel, consumer._tag
+        if channel is not None and tag is not None:
             with contextlib.suppress(Exception):
-                await queue.cancel(tag)
+                await channel.basic_cancel(tag)
         consumer._tag = None
 
-    def _deliver(self, consumer: Consumer, message: AbstractIncomingMessage) -> None:
+    def _deliver(self, consumer: Consumer, message: DeliveredMessage) -> None:
         # Our own task, not aiormq's: a dying channel cancels aiormq's consumer tasks, and business
         # logic must not be cut off half-way because a reply could not be sent.
         task = asyncio.create_task(self._process(consumer, message))
         consumer.tasks.add(task)
         task.add_done_callback(consumer.tasks.discard)
 
-    async def _process(self, consumer: Consumer, message: AbstractIncomingMessage) -> None:
+    async def _process(self, consumer: Consumer, message: DeliveredMessage) -> None:
+        channel = message.channel
+        tag = message.delivery.delivery_tag  # type: ignore[union-attr]
         if consumer.cancelled:
             # Taken after we stopped: give it back so another consumer handles it.
-            await _settle(message.nack(requeue=True))
+            await _settle(channel.basic_reject(tag, requeue=True))
             return
-        reply_to = message.reply_to
+        props = message.header.properties
+        reply_to = props.reply_to
         env: Envelope | None = None
         error: RingstackError | None = None
         result: HandlerResult = None
@@ -458,27 +465,27 @@ class AsyncBus:
                     log.exception("%s: handler for %s (id %s) failed", self.process_name, env.name, env.id)
                     error = RingstackError(Sys.INTERNAL, f"internal error handling {env.name}; request id {env.id}")
         if result is NO_REPLY:
-            await _settle(message.ack())
+            await _settle(channel.basic_ack(tag))
             return
         if reply_to:
             if env is not None:
                 reply = env.reply(result if isinstance(result, dict) else None, error)
             else:
                 reply = Envelope(
-                    name=message.type or "unknown",
+                    name=props.message_type or "unknown",
                     kind="reply",
-                    correlation_id=message.correlation_id or message.message_id,
+                    correlation_id=props.correlation_id or props.message_id,
                     error=error.to_wire() if error else None,
                 )
             await self.reply(reply_to, reply)
-            await _settle(message.ack())
+            await _settle(channel.basic_ack(tag))
         elif error is not None and error.code in _DEAD_LETTER_CODES:
             log.warning("%s: dead-lettering a message no one can answer: %s", self.process_name, error)
-            await _settle(message.reject(requeue=False))
+            await _settle(channel.basic_reject(tag, requeue=False))
         else:
             if error is not None:
-                log.warning("%s: %s failed with no one to tell: %s", self.process_name, message.type, error)
-            await _settle(message.ack())
+                log.warning("%s: %s failed with no one to tell: %s", self.process_name, props.message_type, error)
+            await _settle(channel.basic_ack(tag))
 
 
 _DEAD_LETTER_CODES: Final = frozenset({Sys.MALFORMED_MESSAGE, Sys.UNKNOWN_MESSAGE, Sys.MESSAGE_TOO_LARGE})
