@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -104,6 +105,7 @@ class AsyncBus:
         self._consumers: list[Consumer] = []
         self._connected = asyncio.Event()
         self._closing = False
+        self._close_requested = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._connection: AbstractConnection | None = None
         self._lost: asyncio.Future[None] | None = None
@@ -121,10 +123,13 @@ class AsyncBus:
         try:
             await asyncio.wait_for(self._connected.wait(), timeout)
         except TimeoutError:
-            raise RingstackError(Sys.UNAVAILABLE, f"could not connect to the broker within {timeout} s") from None
+            raise RingstackError(
+                Sys.UNAVAILABLE, f"could not connect to the broker within {timeout} s"
+            ) from None
 
     async def close(self) -> None:
         self._closing = True
+        self._close_requested.set()
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
         if self._supervisor is not None:
@@ -146,7 +151,9 @@ class AsyncBus:
             try:
                 await self._connect()
             except Exception as exc:
-                log.warning("%s: broker connection failed: %s; retrying in %.1f s", self.process_name, exc, backoff)
+                log.warning(
+                    "%s: broker connection failed: %s; retrying in %.1f s", self.process_name, exc, backoff
+                )
                 await self._drop_connection()
                 await self._sleep_unless_closing(backoff)
                 backoff = min(backoff * 2, self._reconnect_max)
@@ -165,9 +172,8 @@ class AsyncBus:
             await self._drop_connection()
 
     async def _sleep_unless_closing(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while not self._closing and time.monotonic() < end:
-            await asyncio.sleep(min(0.05, end - time.monotonic()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._close_requested.wait(), seconds)
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -242,7 +248,9 @@ class AsyncBus:
         except TimeoutError:
             raise RingstackError(Sys.UNAVAILABLE, "no broker connection before the deadline") from None
 
-    def _message(self, env: Envelope, *, persistent: bool = False, expire: bool = True) -> tuple[bytes, Basic.Properties]:
+    def _message(
+        self, env: Envelope, *, persistent: bool = False, expire: bool = True
+    ) -> tuple[bytes, Basic.Properties]:
         body = env.encode()
         if len(body) > self.max_message_bytes:
             raise RingstackError(
@@ -264,7 +272,12 @@ class AsyncBus:
         )
 
     async def _publish_confirmed(
-        self, exchange: str, routing_key: str, message: tuple[bytes, Basic.Properties], *, mandatory: bool = True
+        self,
+        exchange: str,
+        routing_key: str,
+        message: tuple[bytes, Basic.Properties],
+        *,
+        mandatory: bool = True,
     ) -> None:
         channel = self._confirm
         if channel is None:
@@ -311,12 +324,21 @@ class AsyncBus:
         return reply.raise_for_error()
 
     async def api(
-        self, name: str, body: dict[str, Any] | None = None, *, session: str | None = None,
+        self,
+        name: str,
+        body: dict[str, Any] | None = None,
+        *,
+        session: str | None = None,
         timeout: float | None = None,
     ) -> dict[str, Any]:
         """Call an API through the shared API queue (persistent: survives a broker restart)."""
         return await self.call(
-            self.topology.api_queue.name, name, body, kind="api", session=session, timeout=timeout,
+            self.topology.api_queue.name,
+            name,
+            body,
+            kind="api",
+            session=session,
+            timeout=timeout,
             persistent=True,
         )
 
@@ -348,7 +370,9 @@ class AsyncBus:
         env = Envelope(name=name, kind="event", body=body)
         await self.publish(self.topology.events_exchange.name, routing_key, env, persistent=True)
 
-    async def publish(self, exchange: str, routing_key: str, env: Envelope, *, persistent: bool = False) -> None:
+    async def publish(
+        self, exchange: str, routing_key: str, env: Envelope, *, persistent: bool = False
+    ) -> None:
         """Publish to an exchange with confirms; unroutable is fine (nobody subscribed)."""
         await self._ready(time.time() + self.default_timeout)
         await self._publish_confirmed(
@@ -378,7 +402,7 @@ class AsyncBus:
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             log.info("%s: reply %s dropped: %s", self.process_name, reply.correlation_id, exc)
 
-    def _on_reply(self, message: DeliveredMessage) -> None:
+    async def _on_reply(self, message: DeliveredMessage) -> None:
         try:
             env = Envelope.decode(message.body)
         except RingstackError as exc:
@@ -409,7 +433,7 @@ class AsyncBus:
         await self._declare_queue(channel, consumer.spec)
         raw = await channel.get_underlay_channel()
         ok = await raw.basic_consume(
-            consumer.spec.name, lambda m: self._deliver(consumer, m), no_ack=consumer.no_ack
+            consumer.spec.name, functools.partial(self._deliver, consumer), no_ack=consumer.no_ack
         )
         consumer._channel = raw
         consumer._tag = ok.consumer_tag
@@ -423,7 +447,7 @@ class AsyncBus:
                 await channel.basic_cancel(tag)
         consumer._tag = None
 
-    def _deliver(self, consumer: Consumer, message: DeliveredMessage) -> None:
+    async def _deliver(self, consumer: Consumer, message: DeliveredMessage) -> None:
         # Our own task, not aiormq's: a dying channel cancels aiormq's consumer tasks, and business
         # logic must not be cut off half-way because a reply could not be sent.
         task = asyncio.create_task(self._process(consumer, message))
@@ -432,7 +456,7 @@ class AsyncBus:
 
     async def _process(self, consumer: Consumer, message: DeliveredMessage) -> None:
         channel = message.channel
-        tag = message.delivery.delivery_tag  # type: ignore[union-attr]
+        tag = int(message.delivery.delivery_tag or 0)  # type: ignore[union-attr]
         if consumer.cancelled:
             # Taken after we stopped: give it back so another consumer handles it.
             await _settle(channel.basic_reject(tag, requeue=True))
@@ -463,7 +487,9 @@ class AsyncBus:
                     error = exc
                 except Exception:
                     log.exception("%s: handler for %s (id %s) failed", self.process_name, env.name, env.id)
-                    error = RingstackError(Sys.INTERNAL, f"internal error handling {env.name}; request id {env.id}")
+                    error = RingstackError(
+                        Sys.INTERNAL, f"internal error handling {env.name}; request id {env.id}"
+                    )
         if result is NO_REPLY:
             await _settle(channel.basic_ack(tag))
             return
@@ -484,7 +510,9 @@ class AsyncBus:
             await _settle(channel.basic_reject(tag, requeue=False))
         else:
             if error is not None:
-                log.warning("%s: %s failed with no one to tell: %s", self.process_name, props.message_type, error)
+                log.warning(
+                    "%s: %s failed with no one to tell: %s", self.process_name, props.message_type, error
+                )
             await _settle(channel.basic_ack(tag))
 
 
@@ -494,7 +522,9 @@ _DEAD_LETTER_CODES: Final = frozenset({Sys.MALFORMED_MESSAGE, Sys.UNKNOWN_MESSAG
 def _expire(fut: asyncio.Future[Envelope], env: Envelope) -> None:
     if not fut.done():
         fut.set_exception(
-            RingstackError(Sys.TIMEOUT, f"{env.name} got no reply before its deadline", details={"id": env.id})
+            RingstackError(
+                Sys.TIMEOUT, f"{env.name} got no reply before its deadline", details={"id": env.id}
+            )
         )
 
 

@@ -9,8 +9,8 @@ reconnects.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import socket
 import time
 from typing import Any
 
@@ -70,10 +70,8 @@ class SyncClient:
         conn, self._conn = self._conn, None
         self._channel = self._producer = None
         if conn is not None:
-            try:
+            with contextlib.suppress(*_CONNECTION_ERRORS):
                 conn.release()
-            except _CONNECTION_ERRORS:
-                pass
 
     def _connect(self, deadline: float) -> None:
         if self._conn is not None and self._conn.connected:
@@ -82,20 +80,25 @@ class SyncClient:
         conn = kombu.Connection(
             self.url,
             connect_timeout=min(self.connect_timeout, max(0.1, deadline - time.time())),
-            transport_options={"confirm_publish": True},
+            transport_options={
+                "confirm_publish": True,
+                "client_properties": {"connection_name": self.process_name},
+            },
             heartbeat=0,
         )
         try:
             conn.connect()
             channel = conn.default_channel
-            channel.events["basic_return"].add(self._on_return)
+            channel.events["basic_return"].add(self._on_return)  # type: ignore[attr-defined]
             reply = _kombu_queue(self._reply_spec, channel)
             reply.declare()
             consumer = kombu.Consumer(channel, queues=[reply], no_ack=True, on_message=self._on_reply)
             consumer.consume()
         except _CONNECTION_ERRORS as exc:
             conn.release()
-            raise RingstackError(Sys.UNAVAILABLE, f"cannot reach the broker at {_safe_url(self.url)}: {exc}") from None
+            raise RingstackError(
+                Sys.UNAVAILABLE, f"cannot reach the broker at {_safe_url(self.url)}: {exc}"
+            ) from None
         self._conn, self._channel = conn, channel
         self._producer = kombu.Producer(channel)
 
@@ -113,16 +116,23 @@ class SyncClient:
 
     # ------------------------------------------------------------------ sending
 
-    def _publish(self, exchange: str, routing_key: str, env: Envelope, *, persistent: bool, mandatory: bool) -> None:
+    def _publish(
+        self, exchange: str, routing_key: str, env: Envelope, *, persistent: bool, mandatory: bool
+    ) -> None:
         body = env.encode()
         if len(body) > self.max_message_bytes:
             raise RingstackError(
-                Sys.MESSAGE_TOO_LARGE, f"message of {len(body)} bytes exceeds the limit of {self.max_message_bytes}"
+                Sys.MESSAGE_TOO_LARGE,
+                f"message of {len(body)} bytes exceeds the limit of {self.max_message_bytes}",
             )
         deadline = env.deadline or time.time() + self.default_timeout
         self._connect(deadline)
         assert self._producer is not None
-        properties: dict[str, Any] = {"message_id": env.id, "correlation_id": env.correlation_id or env.id, "type": env.name}
+        properties: dict[str, Any] = {
+            "message_id": env.id,
+            "correlation_id": env.correlation_id or env.id,
+            "type": env.name,
+        }
         if env.reply_to:
             properties["reply_to"] = env.reply_to
         if env.deadline is not None and env.kind != "event":
@@ -141,7 +151,9 @@ class SyncClient:
                 **properties,
             )
         except amqp.exceptions.MessageNacked:
-            raise RingstackError(Sys.UNAVAILABLE, f"the broker refused the message for {routing_key!r}") from None
+            raise RingstackError(
+                Sys.UNAVAILABLE, f"the broker refused the message for {routing_key!r}"
+            ) from None
         except _CONNECTION_ERRORS as exc:
             self.close()
             raise RingstackError(Sys.CONNECTION_LOST, f"publish failed: {exc}") from None
@@ -175,11 +187,24 @@ class SyncClient:
         )
         return self.call_envelope(queue, env, persistent=persistent).raise_for_error()
 
-    def api(self, name: str, body: dict[str, Any] | None = None, *, session: str | None = None,
-            timeout: float | None = None) -> dict[str, Any]:
+    def api(
+        self,
+        name: str,
+        body: dict[str, Any] | None = None,
+        *,
+        session: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
         """Call an API through the shared API queue (persistent: survives a broker restart)."""
-        return self.call(self.topology.api_queue.name, name, body, kind="api", session=session,
-                         timeout=timeout, persistent=True)
+        return self.call(
+            self.topology.api_queue.name,
+            name,
+            body,
+            kind="api",
+            session=session,
+            timeout=timeout,
+            persistent=True,
+        )
 
     def call_envelope(self, queue: str, env: Envelope, *, persistent: bool = False) -> Envelope:
         if env.deadline is None:
@@ -196,11 +221,13 @@ class SyncClient:
                 return reply
             left = env.deadline - time.time()
             if left <= 0:
-                raise RingstackError(Sys.TIMEOUT, f"{env.name} got no reply before its deadline", details={"id": env.id})
+                raise RingstackError(
+                    Sys.TIMEOUT, f"{env.name} got no reply before its deadline", details={"id": env.id}
+                )
             assert self._conn is not None
             try:
                 self._conn.drain_events(timeout=left)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except _CONNECTION_ERRORS as exc:
                 self.close()

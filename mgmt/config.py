@@ -80,7 +80,7 @@ def load_config(
     try:
         return NodeConfig.model_validate(values)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"invalid configuration (from {source} and {ENV_PREFIX}* variables): {problems}") from None
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        raise ConfigError(
+            f"invalid configuration (from {source} and {ENV_PREFIX}* variables): {problems}"
+        ) from None

@@ -16,7 +16,9 @@ class MessageRegistry:
         name = cls.__name__
         existing = self._messages.get(name)
         if existing is not None and existing is not cls:
-            raise TypeError(f"API message name {name} is taken by {existing.__module__}.{existing.__qualname__}")
+            raise TypeError(
+                f"API message name {name} is taken by {existing.__module__}.{existing.__qualname__}"
+            )
         self._messages[name] = cls
 
     def get(self, name: str) -> type[ApiMessage] | None:

@@ -80,7 +80,9 @@ async def client(namespace: str, broker_url: str) -> AsyncIterator:
     from bus.aio import AsyncBus
     from bus.topology import Topology
 
-    bus = AsyncBus(broker_url, Topology(namespace), process_name=f"test-client-{namespace}", default_timeout=10)
+    bus = AsyncBus(
+        broker_url, Topology(namespace), process_name=f"test-client-{namespace}", default_timeout=10
+    )
     await bus.start()
     try:
         yield bus

@@ -54,7 +54,7 @@ def _split(word: str, ops: tuple[str, ...]) -> tuple[str, str, str]:
     if best is None:
         raise UsageError(f"expected key=value, got {word!r}")
     pos, op = best
-    return word[:pos], op, word[pos + len(op):]
+    return word[:pos], op, word[pos + len(op) :]
 
 
 def parse_body(message: type[ApiMessage], words: list[str]) -> dict[str, Any]:
@@ -62,7 +62,7 @@ def parse_body(message: type[ApiMessage], words: list[str]) -> dict[str, Any]:
         return _parse_query(message, words)
     body: dict[str, Any] = {}
     for word in words:
-        key, op, raw = _split(word, ("=",))
+        key, _, raw = _split(word, ("=",))
         if key in body:
             raise UsageError(f"{key} given twice")
         body[key] = _value(raw, _is_list(message, key))

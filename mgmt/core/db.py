@@ -41,7 +41,9 @@ class Database:
         except StaleDataError as exc:
             raise RingstackError(Sys.CONFLICT, "the resource was changed concurrently; retry") from exc
         except IntegrityError as exc:
-            raise RingstackError(Sys.CONFLICT, f"the change conflicts with existing data: {exc.orig}") from exc
+            raise RingstackError(
+                Sys.CONFLICT, f"the change conflicts with existing data: {exc.orig}"
+            ) from exc
         except OperationalError as exc:
             raise RingstackError(Sys.UNAVAILABLE, f"database unavailable: {exc.orig}") from exc
 

@@ -88,8 +88,12 @@ class FlowChain(Generic[C]):
             details["rollbackFailures"] = list(self.outcome.rollback_failures)
         if cause is None:
             log.error("%s: step %s failed", self.name, flow.name, exc_info=exc)
-        return RingstackError(code, message, details={**(cause.details if cause else {}), **details},
-                              cause=cause.cause if cause else None)
+        return RingstackError(
+            code,
+            message,
+            details={**(cause.details if cause else {}), **details},
+            cause=cause.cause if cause else None,
+        )
 
 
 async def _before(step: Awaitable[None], deadline: float | None, what: str) -> None:

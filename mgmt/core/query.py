@@ -111,7 +111,9 @@ def compile_filter(target: QueryTarget, msg: QueryMessage, base: Select[Any] | N
     return stmt
 
 
-def run_query(session: Session, target: QueryTarget, msg: QueryMessage, base: Select[Any] | None = None) -> QueryReply:
+def run_query(
+    session: Session, target: QueryTarget, msg: QueryMessage, base: Select[Any] | None = None
+) -> QueryReply:
     stmt = compile_filter(target, msg, base)
     total = None
     if msg.count or msg.reply_with_count:

@@ -89,7 +89,8 @@ class Service:
         cls.dependencies = {
             attr: hint
             for attr, hint in hints.items()
-            if not attr.startswith("_") and getattr(hint, "__origin__", None) is not ClassVar
+            if not attr.startswith("_")
+            and getattr(hint, "__origin__", None) is not ClassVar
             and attr not in ("name", "dependencies")
         }
 

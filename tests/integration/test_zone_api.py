@@ -24,7 +24,9 @@ async def test_zone_crud_round_trip(node, client):
     assert updated["name"] == "z1b"
     assert updated["description"] == "first"
 
-    disabled = (await client.api("ChangeZoneState", {"uuid": created["uuid"], "stateEvent": "disable"}))["inventory"]
+    disabled = (await client.api("ChangeZoneState", {"uuid": created["uuid"], "stateEvent": "disable"}))[
+        "inventory"
+    ]
     assert disabled["state"] == "Disabled"
 
     assert await client.api("DeleteZone", {"uuid": created["uuid"]}) == {}
@@ -93,10 +95,13 @@ async def test_zone_query_operators_paging_and_count(node, client):
     for i in range(7):
         await client.api("CreateZone", {"name": f"zone-{i}", "description": "odd" if i % 2 else None})
     q = lambda *conds, **extra: client.api(  # noqa: E731
-        "QueryZone", {"conditions": [dict(zip(("name", "op", "value"), c, strict=False)) for c in conds], **extra}
+        "QueryZone",
+        {"conditions": [dict(zip(("name", "op", "value"), c, strict=False)) for c in conds], **extra},
     )
     assert len((await q(("name", "~=", "zone-%")))["inventories"]) == 7
-    assert [z["name"] for z in (await q(("name", "?=", ["zone-1", "zone-3"]), sortBy="name"))["inventories"]] == [
+    assert [
+        z["name"] for z in (await q(("name", "?=", ["zone-1", "zone-3"]), sortBy="name"))["inventories"]
+    ] == [
         "zone-1",
         "zone-3",
     ]
@@ -139,5 +144,7 @@ async def test_concurrent_updates_of_one_zone_are_serialised(node, client):
         *(client.api("UpdateZone", {"uuid": zone["uuid"], "description": f"d{i}"}) for i in range(20))
     )
     assert len(results) == 20
-    final = (await client.api("QueryZone", {"conditions": [{"name": "uuid", "op": "=", "value": zone["uuid"]}]}))
+    final = await client.api(
+        "QueryZone", {"conditions": [{"name": "uuid", "op": "=", "value": zone["uuid"]}]}
+    )
     assert final["inventories"][0]["description"] in {f"d{i}" for i in range(20)}

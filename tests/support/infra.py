@@ -20,7 +20,9 @@ from psycopg2 import sql
 from bus.topology import Topology
 
 BROKER_URL = os.environ.get("RINGSTACK_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
-PG_ADMIN_DSN = os.environ.get("RINGSTACK_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+PG_ADMIN_DSN = os.environ.get(
+    "RINGSTACK_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+)
 PG_URL_BASE = os.environ.get("RINGSTACK_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 
 
@@ -45,7 +47,11 @@ def database_url(name: str) -> str:
 def create_database(name: str, template: str | None = None) -> str:
     with _admin() as conn, conn.cursor() as cur:
         if template:
-            cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template)))
+            cur.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(template)
+                )
+            )
         else:
             cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return database_url(name)

@@ -1,0 +1,73 @@
+# Shared by scripts/demo and scripts/test: make sure RabbitMQ, PostgreSQL and the venv are ready.
+# Idempotent: installs only what is missing, starts only what is stopped. Debian/Ubuntu, as root.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV="$ROOT/.venv"
+export RINGSTACK_PG_USER=${RINGSTACK_PG_USER:-ringstack}
+export RINGSTACK_PG_PASSWORD=${RINGSTACK_PG_PASSWORD:-ringstack}
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing ${missing[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+ensure_rabbitmq() {
+  command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
+  if ! as_root rabbitmqctl -q status >/dev/null 2>&1; then
+    log "starting RabbitMQ"
+    as_root rabbitmq-server -detached
+    as_root rabbitmqctl -q await_startup --timeout 120 >/dev/null
+  fi
+}
+
+ensure_postgres() {
+  command -v pg_ctlcluster >/dev/null || apt_install postgresql
+  local ver
+  ver=$(ls /etc/postgresql | sort -V | tail -n 1)
+  if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    log "starting PostgreSQL $ver"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main start 2>/dev/null || as_root pg_ctlcluster "$ver" main start
+    for _ in $(seq 1 60); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.5; done
+  fi
+  # A role of our own with a password works whether the cluster trusts local TCP or not.
+  as_root runuser -u postgres -- psql -q -v ON_ERROR_STOP=1 -d postgres >/dev/null <<SQL
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$RINGSTACK_PG_USER') THEN
+    CREATE ROLE $RINGSTACK_PG_USER LOGIN CREATEDB PASSWORD '$RINGSTACK_PG_PASSWORD';
+  END IF;
+END \$\$;
+SQL
+}
+
+ensure_venv() {
+  apt_install python3-venv python3-dev gcc
+  local stamp="$VENV/.ringstack-installed"
+  local want
+  want=$(cat "$ROOT/setup.cfg" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating $VENV"
+    python3 -m venv "$VENV"
+  fi
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    log "installing ringstack and its dependencies into $VENV"
+    "$VENV/bin/pip" install -q --upgrade pip >/dev/null
+    "$VENV/bin/pip" install -q -e "$ROOT[dev]" 2>&1 | grep -v '^WARNING: Location' || true
+    "$VENV/bin/python" -c 'import bus.aio, mgmt.node' >/dev/null
+    echo "$want" > "$stamp"
+  fi
+}
+
+pg_url() {  # pg_url DBNAME
+  echo "postgresql+psycopg2://$RINGSTACK_PG_USER:$RINGSTACK_PG_PASSWORD@127.0.0.1:5432/$1"
+}

@@ -1,0 +1,147 @@
+"""Broker faults: the broker closes connections or restarts; nodes and clients recover, calls in
+flight fail cleanly (never hang) and later calls succeed."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+
+import pytest
+
+from bus.aio import AsyncBus
+from bus.errors import RingstackError, Sys
+from bus.sync import SyncClient
+from bus.topology import Topology
+from tests.support import infra
+
+
+async def _eventually(coro_fn, timeout: float = 30):
+    """Retry a call until it succeeds: the peer may still be reconnecting (UNAVAILABLE/TIMEOUT)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await coro_fn()
+        except RingstackError as exc:
+            if (
+                exc.code not in (Sys.UNAVAILABLE, Sys.TIMEOUT, Sys.CONNECTION_LOST)
+                or time.monotonic() > deadline
+            ):
+                raise
+            await asyncio.sleep(0.1)
+
+
+async def _wait_reconnected(bus: AsyncBus, count: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while bus.connection_count < count or not bus.connected:
+        assert time.monotonic() < deadline, f"{bus.process_name} did not reconnect"
+        await asyncio.sleep(0.05)
+
+
+async def test_client_connection_closed_fails_in_flight_call_then_recovers(node, client, namespace):
+    hung: asyncio.Event = asyncio.Event()
+    never: asyncio.Event = asyncio.Event()
+
+    async def hang(env):
+        hung.set()
+        await never.wait()
+        return {}
+
+    server = AsyncBus(infra.BROKER_URL, Topology(namespace), process_name=f"hang-{namespace}")
+    await server.start()
+    spec = Topology(namespace).node_queue("hang")
+    await server.start_consumer(server.consume(spec, hang))
+    try:
+        call = asyncio.create_task(client.call(spec.name, "Hang", {}, timeout=30))
+        await asyncio.wait_for(hung.wait(), 10)
+        started = time.monotonic()
+        assert await asyncio.to_thread(infra.close_connections, f"test-client-{namespace}") == 1
+        with pytest.raises(RingstackError) as err:
+            await call
+        assert err.value.code == Sys.CONNECTION_LOST
+        assert time.monotonic() - started < 5
+        await _wait_reconnected(client, 2)
+        zone = await client.api("CreateZone", {"name": "after"})
+        assert zone["inventory"]["name"] == "after"
+    finally:
+        never.set()
+        await server.close()
+
+
+async def test_node_connection_closed_node_recovers(node, client):
+    await client.api("CreateZone", {"name": "before"})
+    assert await asyncio.to_thread(infra.close_connections, node.bus.process_name) == 1
+    await _wait_reconnected(node.bus, 2)
+    zone = await _eventually(lambda: client.api("CreateZone", {"name": "after"}, timeout=3))
+    assert zone["inventory"]["name"] == "after"
+    names = {z["name"] for z in (await client.api("QueryZone", {}))["inventories"]}
+    assert names == {"before", "after"}
+    # its own exclusive queue was declared again: routed calls reach it
+    reply = await client.call(node.topology.node_queue(node.uuid).name, "QueryZone", {"count": True})
+    assert reply["total"] == 2
+
+
+async def test_in_flight_api_call_survives_node_connection_loss(node, client):
+    """The node's connection dies while it handles a request: the unacked request is redelivered
+    after the node reconnects, and the client still gets exactly one answer before its deadline."""
+    gate = asyncio.Event()
+    entered = asyncio.Event()
+    original = node.dispatcher.route("CreateZone").fn
+
+    async def slow_create(msg, ctx):
+        entered.set()
+        await gate.wait()
+        return await original(msg, ctx)
+
+    node.dispatcher._routes["CreateZone"] = dataclasses.replace(
+        node.dispatcher.route("CreateZone"), fn=slow_create
+    )
+    call = asyncio.create_task(client.api("CreateZone", {"name": "survivor"}, timeout=30))
+    await asyncio.wait_for(entered.wait(), 10)
+    assert await asyncio.to_thread(infra.close_connections, node.bus.process_name) == 1
+    await _wait_reconnected(node.bus, 2)
+    gate.set()
+    reply = await asyncio.wait_for(call, 30)
+    assert reply["inventory"]["name"] == "survivor"
+
+
+def test_sync_client_recovers_after_its_connection_is_closed(node_config, namespace):
+    """The sync client's next call after a broker-side close reconnects by itself."""
+    from mgmt.node import ManagementNode
+
+    ready = threading.Event()
+    stop = threading.Event()
+    loop_holder: dict = {}
+
+    def run_node():
+        async def main():
+            n = ManagementNode(node_config)
+            await n.start()
+            ready.set()
+            await asyncio.to_thread(stop.wait)
+            await n.stop()
+
+        loop_holder["loop"] = asyncio.new_event_loop()
+        loop_holder["loop"].run_until_complete(main())
+
+    thread = threading.Thread(target=run_node, daemon=True)
+    thread.start()
+    assert ready.wait(30)
+    try:
+        with SyncClient(infra.BROKER_URL, Topology(namespace), process_name=f"sync-{namespace}") as sync:
+            sync.api("CreateZone", {"name": "s1"})
+            name = f"sync-{namespace}"
+            assert infra.close_connections(name) == 1
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    assert sync.api("QueryZone", {"count": True}, timeout=5)["total"] == 1
+                    break
+                except RingstackError as exc:
+                    assert exc.code in (Sys.CONNECTION_LOST, Sys.UNAVAILABLE), exc
+                    assert time.monotonic() < deadline, f"{name} never recovered"
+            assert sync.api("QueryZone", {"count": True})["total"] == 1
+    finally:
+        stop.set()
+        thread.join(30)
