@@ -82,7 +82,7 @@ class Envelope:
         if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH:
             raise malformed("'name' must be a non-empty string of at most 128 characters")
         kind = wire.get("kind")
-        if kind not in KINDS:
+        if not isinstance(kind, str) or kind not in KINDS:
             raise malformed(f"'kind' must be one of {sorted(KINDS)}")
         msg_id = wire.get("id")
         if not isinstance(msg_id, str) or not msg_id:

@@ -66,7 +66,8 @@ class RingstackError(Exception):
     def from_wire(cls, wire: Any, _depth: int = 0) -> RingstackError:
         """Rebuild an error from its wire form; anything unexpected becomes a MALFORMED_MESSAGE error."""
         if not isinstance(wire, Mapping) or not isinstance(wire.get("code"), str):
-            return cls(Sys.MALFORMED_MESSAGE, f"reply carried an unreadable error: {wire!r:.200}")
+            # No repr of the input: it may be hostile (deeply nested, huge).
+            return cls(Sys.MALFORMED_MESSAGE, f"reply carried an unreadable error (a {type(wire).__name__})")
         details = wire.get("details")
         cause_wire = wire.get("cause")
         cause = None

@@ -105,9 +105,13 @@ async def _before(step: Awaitable[None], deadline: float | None, what: str) -> N
         if asyncio.iscoroutine(step):
             step.close()
         raise RingstackError(Sys.TIMEOUT, f"{what} did not start before the deadline")
+    timer = asyncio.timeout(left)
     try:
-        await asyncio.wait_for(step, left)
+        async with timer:
+            await step
     except TimeoutError:
+        if not timer.expired():
+            raise  # the step's own TimeoutError, not our deadline
         raise RingstackError(Sys.TIMEOUT, f"{what} did not finish before the deadline") from None
 
 

@@ -49,8 +49,12 @@ class SerialQueues:
             if deadline is None:
                 await lane.lock.acquire()
             else:
+                # asyncio.timeout, not wait_for: wait_for would call acquire() from a new task one
+                # loop turn later, letting a later arrival overtake this one.
+                loop = asyncio.get_running_loop()
                 try:
-                    await asyncio.wait_for(lane.lock.acquire(), max(0.0, deadline - time.time()))
+                    async with asyncio.timeout_at(loop.time() + deadline - time.time()):
+                        await lane.lock.acquire()
                 except TimeoutError:
                     raise RingstackError(
                         Sys.TIMEOUT, f"the deadline passed while queued behind other operations on {key}"
