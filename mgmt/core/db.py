@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import create_engine
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -18,7 +18,25 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from bus.errors import RingstackError, Sys
 
+if TYPE_CHECKING:
+    from mgmt.core.service import CallContext
+
 T = TypeVar("T")
+
+
+M = TypeVar("M")
+
+
+def create_guard(session: Session, model: type[M], uuid: str, ctx: CallContext) -> M | None:
+    """Before creating ``model`` under ``uuid``: the existing row when a resumed request already
+    created it (so the create completes instead of failing), ``SYS.CONFLICT`` when the uuid is
+    taken otherwise, None when the create should go ahead."""
+    existing = session.get(model, uuid)
+    if existing is None:
+        return None
+    if ctx.resumed:
+        return existing
+    raise RingstackError(Sys.CONFLICT, f"resource uuid {uuid} is already in use", details={"uuid": uuid})
 
 
 class Database:

@@ -57,7 +57,7 @@ class Dispatcher:
     async def dispatch(self, env: Envelope, account: Account = SYSTEM_ACCOUNT) -> dict[str, Any]:
         route, msg = self.parse(env)
         ctx = CallContext(env, account)
-        key = msg.resource_uuid() if route.serial else None
+        key = msg.target_uuid() if route.serial else None
         if key is None:
             reply = await route.fn(msg, ctx)
         else:

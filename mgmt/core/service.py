@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar, get_type_hints
 
-from bus.envelope import Envelope
+from bus.envelope import Envelope, new_uuid
 from schema.api.base import ApiMessage, Reply
 
 
@@ -41,7 +41,15 @@ class CallContext:
 
     envelope: Envelope
     account: Account = SYSTEM_ACCOUNT
+    # True when this request is being run again by a new owner after the node that was running
+    # it died: its effects may already be (partly) in place, so handlers must not fail on them.
+    resumed: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def new_resource_uuid(self, msg: ApiMessage) -> str:
+        """The uuid a create request must use: the one the caller or gateway assigned, else a new one."""
+        assigned = msg.target_uuid()
+        return assigned if assigned is not None else new_uuid()
 
     @property
     def request_id(self) -> str:

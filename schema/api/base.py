@@ -66,7 +66,8 @@ class ApiMessage(WireModel):
         if not abstract:
             REGISTRY.register(cls)
 
-    def resource_uuid(self) -> str | None:
+    def target_uuid(self) -> str | None:
+        """The uuid of the resource this request is about (routing and serialisation key)."""
         return getattr(self, self.resource_field) if self.resource_field else None
 
 
@@ -82,12 +83,29 @@ class Inventory(WireModel):
     updated_at: datetime
 
 
+UUID_PATTERN = r"^[0-9a-f]{32}$"
+
+
+class CreateMessage(ApiMessage, abstract=True):
+    """A request that creates a resource.
+
+    ``resourceUuid`` may be chosen by the caller (as ZStack allows); when it is not, the gateway
+    assigns one before routing. Either way the request is routed to the node that will own the
+    new resource, and the handler creates it under exactly that uuid, which is what makes a
+    create that is re-run after its node died recognisable (see ``CallContext.resumed``).
+    """
+
+    resource_field: ClassVar[str | None] = "resource_uuid"
+
+    resource_uuid: str | None = Field(default=None, pattern=UUID_PATTERN)
+
+
 class ResourceMessage(ApiMessage, abstract=True):
     """A request about one existing resource, named by ``uuid``."""
 
     resource_field: ClassVar[str | None] = "uuid"
 
-    uuid: str = Field(pattern=r"^[0-9a-f]{32}$", description="the resource's uuid")
+    uuid: str = Field(pattern=UUID_PATTERN, description="the resource's uuid")
 
 
 DeletionMode = Literal["Permissive", "Enforcing"]

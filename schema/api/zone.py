@@ -7,7 +7,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field
 
 from schema.api.base import (
-    ApiMessage,
+    CreateMessage,
     DeleteMessage,
     EmptyReply,
     Inventory,
@@ -30,7 +30,7 @@ class ZoneReply(Reply):
     inventory: ZoneInventory
 
 
-class CreateZone(ApiMessage):
+class CreateZone(CreateMessage):
     service: ClassVar[str] = "zone"
     reply = ZoneReply
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from bus.envelope import new_uuid
 from bus.errors import not_found
-from mgmt.core.db import Database
+from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
 from mgmt.core.query import QueryTarget, run_query
 from mgmt.core.service import CallContext, Service, handler
@@ -44,9 +43,14 @@ class ZoneService(Service):
 
     @handler(CreateZone)
     async def create_zone(self, msg: CreateZone, ctx: CallContext) -> ZoneReply:
+        uuid = ctx.new_resource_uuid(msg)
+
         def create(session: Session) -> ZoneInventory:
+            existing = create_guard(session, Zone, uuid, ctx)
+            if existing is not None:
+                return _inventory(existing)
             zone = Zone(
-                uuid=new_uuid(),
+                uuid=uuid,
                 name=msg.name,
                 description=msg.description,
                 state="Enabled",
