@@ -16,11 +16,12 @@ i.e. everything the bus does per call: envelope encoding and decoding, deadline,
 with mandatory routing, reply matching, per-message task on the server, manual ack.
 
 ``raw``: the idiomatic aio-pika RPC pattern, written efficiently. The server consumes a queue on a
-default channel (publisher confirms on, as aio-pika defaults), decodes the JSON request and publishes
-``{"n": n}`` to ``reply_to`` via the default exchange with the request's ``correlation_id``, then acks.
-The client publishes on a default channel (confirms on) to the default exchange with ``reply_to`` set
-to one exclusive reply queue declared once, and resolves futures keyed by ``correlation_id``. Bodies
-are small orjson objects about as large as ringstack's envelopes (both sizes are reported).
+default channel (publisher confirms on, as aio-pika defaults) with ringstack's prefetch, decodes the
+JSON request and publishes the reply to ``reply_to`` via the default exchange with the request's
+``correlation_id``, then acks. The client publishes on a default channel (confirms on) to the default
+exchange with ``reply_to`` set to one exclusive reply queue declared once, and resolves futures keyed
+by ``correlation_id``. Bodies are orjson objects with the fields of ringstack's envelopes, so about as
+large (both sizes are reported in ``--json``). Each side checks that the echoed number is the one sent.
 
 Each run is preceded by a short warm-up per implementation. Throughput is calls divided by the wall
 time of the run; latency is each call's own round trip (p50, p99). With ``--rounds R`` the levels are
@@ -106,10 +107,30 @@ class Names:
         return tuple(spec.name for spec in self.topology.exchanges())
 
 
-def raw_request(n: int, correlation_id: str) -> bytes:
-    """The raw baseline's request body: about the size of a ringstack request envelope."""
+def raw_request(n: int, correlation_id: str, reply_to: str) -> bytes:
+    """The raw baseline's request body: the same fields, so about the size, of a ringstack request."""
     return orjson.dumps(
-        {"id": correlation_id, "name": CALL_NAME, "body": {"n": n}, "deadline": time.time() + CALL_TIMEOUT}
+        {
+            "id": correlation_id,
+            "name": CALL_NAME,
+            "kind": "call",
+            "body": {"n": n},
+            "reply_to": reply_to,
+            "deadline": time.time() + CALL_TIMEOUT,
+        }
+    )
+
+
+def raw_reply(n: int, correlation_id: str) -> bytes:
+    """The raw baseline's reply body, shaped like a ringstack reply envelope."""
+    return orjson.dumps(
+        {
+            "id": secrets.token_hex(16),
+            "name": CALL_NAME,
+            "kind": "reply",
+            "body": {"n": n},
+            "correlation_id": correlation_id,
+        }
     )
 
 
@@ -151,9 +172,9 @@ async def serve_raw(url: str, names: Names) -> None:
 
         async def on_request(message: AbstractIncomingMessage) -> None:
             async with message.process(requeue=False):
-                n = orjson.loads(message.body)["body"]["n"]
+                request = orjson.loads(message.body)
                 reply = aio_pika.Message(
-                    orjson.dumps({"n": n}),
+                    raw_reply(request["body"]["n"], message.correlation_id or ""),
                     content_type="application/json",
                     correlation_id=message.correlation_id,
                 )
@@ -238,14 +259,14 @@ class RawClient:
         fut = asyncio.get_running_loop().create_future()
         self.futures[correlation_id] = fut
         message = aio_pika.Message(
-            raw_request(n, correlation_id),
+            raw_request(n, correlation_id, self.reply_queue.name),
             content_type="application/json",
             correlation_id=correlation_id,
             reply_to=self.reply_queue.name,
         )
         await self.channel.default_exchange.publish(message, routing_key=self.queue)
         reply = await fut
-        return int(orjson.loads(reply.body)["n"])
+        return int(orjson.loads(reply.body)["body"]["n"])
 
     def server_version(self) -> str:
         """The broker's version, from the properties it sent when the connection opened."""
@@ -371,10 +392,18 @@ async def cleanup(url: str, names: Names) -> None:
             await channel.exchange_delete(exchange)
 
 
-def request_sizes(names: Names) -> dict[str, int]:
+def message_sizes(names: Names) -> dict[str, dict[str, int]]:
+    """Bytes of a typical request and reply body on the wire, per implementation."""
     env = Envelope(name=CALL_NAME, kind="call", body={"n": 1000}, deadline=time.time() + CALL_TIMEOUT)
     env.reply_to = names.topology.reply_queue(env.id).name
-    return {"ringstack": len(env.encode()), "raw": len(raw_request(1000, env.id))}
+    raw_reply_to = "amq.gen-" + "x" * 22  # the broker's name for the raw client's reply queue
+    return {
+        "ringstack": {"request": len(env.encode()), "reply": len(env.reply({"n": 1000}).encode())},
+        "raw": {
+            "request": len(raw_request(1000, env.id, raw_reply_to)),
+            "reply": len(raw_reply(1000, env.id)),
+        },
+    }
 
 
 async def run_clients(url: str, names: Names, calls: dict[int, int], rounds: int) -> tuple[list[Result], str]:
@@ -399,7 +428,7 @@ async def benchmark(url: str, calls: dict[int, int], rounds: int) -> dict[str, A
             results, broker_version = await run_clients(url, names, calls, rounds)
     finally:
         await cleanup(url, names)
-    return report(results, calls, rounds, broker_version, request_sizes(names))
+    return report(results, calls, rounds, broker_version, message_sizes(names))
 
 
 # ---------------------------------------------------------------------------------------- reporting
@@ -431,7 +460,11 @@ def ratios(results: list[Result]) -> dict[str, float]:
 
 
 def report(
-    results: list[Result], calls: dict[int, int], rounds: int, broker_version: str, sizes: dict[str, int]
+    results: list[Result],
+    calls: dict[int, int],
+    rounds: int,
+    broker_version: str,
+    sizes: dict[str, dict[str, int]],
 ) -> dict[str, Any]:
     ratio = ratios(results)
     return {
@@ -441,7 +474,7 @@ def report(
             "rounds": rounds,
             "warmup_calls": WARMUP_CALLS,
             "prefetch": PREFETCH,
-            "request_bytes": sizes,
+            "body_bytes": sizes,
         },
         "results": [
             {
@@ -491,7 +524,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="calls per measured run at every in-flight level (default: 1500 at 1, 3000 at 64)",
     )
-    parser.add_argument("--rounds", type=int, default=1, help="measure every level this many times")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="measure every level this many times (default: %(default)s)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--serve", choices=IMPLS, help=argparse.SUPPRESS)
     parser.add_argument("--namespace", help=argparse.SUPPRESS)

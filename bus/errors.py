@@ -24,6 +24,7 @@ class Sys:
     AUTH_REQUIRED = "SYS.AUTH_REQUIRED"  # no session, or an expired one
     NOT_OWNER = "SYS.NOT_OWNER"  # this node does not own the resource under its ring view
     CONFLICT = "SYS.CONFLICT"  # a concurrent change won (optimistic concurrency) or a uniqueness clash
+    RESOURCE_IN_USE = "SYS.RESOURCE_IN_USE"  # deleting would orphan children (Permissive mode)
     BUSY = "SYS.BUSY"  # a bounded queue is full; retry later
     UNKNOWN_MESSAGE = "SYS.UNKNOWN_MESSAGE"  # no handler for that message name
     MALFORMED_MESSAGE = "SYS.MALFORMED_MESSAGE"  # not a valid envelope

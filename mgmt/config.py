@@ -71,11 +71,13 @@ def load_config(
     if chosen is not None:
         source = str(chosen)
         try:
-            file_values = tomllib.loads(Path(chosen).read_text())
+            file_values = tomllib.loads(Path(chosen).read_bytes().decode("utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {chosen} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {chosen} is not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {chosen} cannot be read: {exc.strerror or exc}") from None
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {chosen} is not valid TOML (UTF-8): {exc}") from None
     values = {**file_values, **_from_env(environ), **(overrides or {})}
     try:
         return NodeConfig.model_validate(values)

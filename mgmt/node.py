@@ -22,11 +22,12 @@ from bus.errors import RingstackError, Sys
 from bus.topology import Topology
 from mgmt.config import NodeConfig
 from mgmt.core.auth import AuthStrategy, TrustingAuth
+from mgmt.core.cascade import CascadeRegistry
 from mgmt.core.db import Database
 from mgmt.core.dispatcher import Dispatcher
 from mgmt.core.events import EventPublisher
 from mgmt.core.serial import SerialQueues
-from mgmt.core.service import Service
+from mgmt.core.service import ANONYMOUS, Service
 from schema.registry import load_all
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class ManagementNode:
         self.serial = SerialQueues(config.serial_queue_limit)
         self.dispatcher = Dispatcher(self.serial)
         self.events = EventPublisher(self.bus)
+        self.cascade = CascadeRegistry()
         self.auth: AuthStrategy = auth or TrustingAuth()
         self.services: list[Service] = []
         self._consumers: list[Consumer] = []
@@ -77,6 +79,7 @@ class ManagementNode:
             "config": self.config,
             "node": self,
             "serial": self.serial,
+            "cascade": self.cascade,
         }
 
     def _build_services(self) -> None:
@@ -109,8 +112,10 @@ class ManagementNode:
         """The API gateway step: check the envelope, authenticate, then route to a handler."""
         if env.kind != "api":
             raise RingstackError(Sys.INVALID_ARGUMENT, f"the API queue takes kind 'api', not {env.kind!r}")
-        self.dispatcher.route(env.name)  # unknown names fail before authentication is spent on them
-        account = await self.auth.authenticate(env.session, env.name)
+        message = self.dispatcher.route(env.name).message  # unknown names fail before authentication
+        account = ANONYMOUS if message.public else await self.auth.authenticate(env.session, env.name)
+        if message.admin_only and not account.is_admin:
+            raise RingstackError(Sys.PERMISSION_DENIED, f"{env.name} needs an admin account")
         return await self.dispatcher.dispatch(env, account)
 
     async def _on_call(self, env: Envelope) -> HandlerResult:

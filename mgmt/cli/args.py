@@ -49,9 +49,9 @@ def _split(word: str, ops: tuple[str, ...]) -> tuple[str, str, str]:
     best: tuple[int, str] | None = None
     for op in ops:
         pos = word.find(op)
-        if pos > 0 and (best is None or pos < best[0] or (pos == best[0] and len(op) > len(best[1]))):
+        if pos >= 0 and (best is None or pos < best[0] or (pos == best[0] and len(op) > len(best[1]))):
             best = (pos, op)
-    if best is None:
+    if best is None or best[0] == 0:
         raise UsageError(f"expected key=value, got {word!r}")
     pos, op = best
     return word[:pos], op, word[pos + len(op) :]

@@ -35,10 +35,13 @@ class Dispatcher:
         self._routes: dict[str, Route] = {}
 
     def add_service(self, service: Service) -> None:
-        for name, (method, spec) in service.handler_specs().items():
+        """Add every handler of ``service``, or none of them if one clashes."""
+        specs = service.handler_specs()
+        for name in specs:
             if name in self._routes:
                 other = type(self._routes[name].service).__name__
                 raise TypeError(f"{name} is handled by both {other} and {type(service).__name__}")
+        for name, (method, spec) in specs.items():
             self._routes[name] = Route(spec.message, service, getattr(service, method), spec.serial)
 
     def route(self, name: str) -> Route:

@@ -49,11 +49,13 @@ class FlowChain(Generic[C]):
         self.outcome = FlowOutcome()
 
     async def run(self, ctx: C, *, deadline: float | None = None) -> C:
+        """Run every step; ``outcome`` describes this run (a chain object may be run again)."""
+        self.outcome = FlowOutcome()
         done: list[Flow[C]] = []
         for flow in self.flows:
             try:
                 await _before(flow.run(ctx), deadline, f"{self.name}/{flow.name}")
-            except BaseException as exc:
+            except (Exception, asyncio.CancelledError) as exc:
                 self.outcome.failed_step = flow.name
                 await self._rollback(ctx, done)
                 if isinstance(exc, asyncio.CancelledError):

@@ -18,6 +18,8 @@ from sqlalchemy import Boolean, DateTime, Float, Integer, Numeric, Select, func,
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from bus.errors import RingstackError, invalid_argument
+from mgmt.core.access import visible
+from mgmt.core.service import Account
 from schema.api.base import Condition, Inventory, QueryMessage, QueryReply
 from schema.db.base import Base
 
@@ -112,9 +114,16 @@ def compile_filter(target: QueryTarget, msg: QueryMessage, base: Select[Any] | N
 
 
 def run_query(
-    session: Session, target: QueryTarget, msg: QueryMessage, base: Select[Any] | None = None
+    session: Session,
+    target: QueryTarget,
+    msg: QueryMessage,
+    account: Account | None = None,
+    base: Select[Any] | None = None,
 ) -> QueryReply:
+    """Run a query; with ``account``, only rows it may see (see ``mgmt.core.access``)."""
     stmt = compile_filter(target, msg, base)
+    if account is not None:
+        stmt = visible(stmt, target.model, account)
     total = None
     if msg.count or msg.reply_with_count:
         total = session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))

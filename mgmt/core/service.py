@@ -33,6 +33,7 @@ class Account:
 
 
 SYSTEM_ACCOUNT = Account(uuid="0" * 32, name="system", is_admin=True)
+ANONYMOUS = Account(uuid="", name="anonymous", is_admin=False)  # callers of public APIs (login)
 
 
 @dataclass(slots=True)

@@ -60,6 +60,11 @@ class ApiMessage(WireModel):
     resource_field: ClassVar[str | None] = None
     mutating: ClassVar[bool] = True
     service: ClassVar[str] = ""
+    # Infrastructure (zones, clusters, hosts, storage, L2) is the admin's; the gateway refuses
+    # these to normal accounts with SYS.PERMISSION_DENIED before any handler runs.
+    admin_only: ClassVar[bool] = False
+    # Reachable without a session (LogInByAccount and the like).
+    public: ClassVar[bool] = False
 
     def __init_subclass__(cls, *, abstract: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -32,6 +32,7 @@ class ZoneReply(Reply):
 
 class CreateZone(CreateMessage):
     service: ClassVar[str] = "zone"
+    admin_only: ClassVar[bool] = True
     reply = ZoneReply
 
     name: Name
@@ -40,6 +41,7 @@ class CreateZone(CreateMessage):
 
 class UpdateZone(ResourceMessage):
     service: ClassVar[str] = "zone"
+    admin_only: ClassVar[bool] = True
     reply = ZoneReply
 
     name: Name | None = None
@@ -48,6 +50,7 @@ class UpdateZone(ResourceMessage):
 
 class ChangeZoneState(ResourceMessage):
     service: ClassVar[str] = "zone"
+    admin_only: ClassVar[bool] = True
     reply = ZoneReply
 
     state_event: Literal["enable", "disable"]
@@ -55,6 +58,7 @@ class ChangeZoneState(ResourceMessage):
 
 class DeleteZone(DeleteMessage):
     service: ClassVar[str] = "zone"
+    admin_only: ClassVar[bool] = True
     reply = EmptyReply
 
 

@@ -47,7 +47,11 @@ def test_to_wire_shape() -> None:
         "cause": {
             "code": "SYS.UNAVAILABLE",
             "message": "cannot reach the database",
-            "cause": {"code": "DB.UNAVAILABLE", "message": "connection refused", "details": {"host": "db1", "port": 5432}},
+            "cause": {
+                "code": "DB.UNAVAILABLE",
+                "message": "connection refused",
+                "details": {"host": "db1", "port": 5432},
+            },
         },
     }
 
@@ -82,8 +86,18 @@ def test_chain_of_a_single_error_is_itself() -> None:
 
 @pytest.mark.parametrize(
     "garbage",
-    [None, 42, "SYS.INTERNAL", [], ["code"], {}, {"message": "no code"}, {"code": 5}, {"code": None},
-     {"code": ["A.B"]}],
+    [
+        None,
+        42,
+        "SYS.INTERNAL",
+        [],
+        ["code"],
+        {},
+        {"message": "no code"},
+        {"code": 5},
+        {"code": None},
+        {"code": ["A.B"]},
+    ],
 )
 def test_from_wire_of_garbage_is_malformed(garbage: Any) -> None:
     err = RingstackError.from_wire(garbage)
@@ -171,7 +185,9 @@ def test_sys_codes_are_unique_and_namespaced() -> None:
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=10),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
     max_leaves=10,
 )
 CODES = st.text(min_size=1, max_size=20)
@@ -181,7 +197,7 @@ CODES = st.text(min_size=1, max_size=20)
 def error_chains(draw: st.DrawFn) -> RingstackError:
     err: RingstackError | None = None
     for _ in range(draw(st.integers(min_value=1, max_value=MAX_CAUSE_DEPTH + 1))):
-        details = draw(st.dictionaries(st.text(max_size=6), JSON, max_size=3))
+        details = draw(st.dictionaries(st.text(max_size=6), JSON, max_size=2))
         err = RingstackError(draw(CODES), draw(st.text(max_size=20)), details=details, cause=err)
     assert err is not None
     return err

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from bus.errors import not_found
+from mgmt.core.cascade import CascadeRegistry
 from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
 from mgmt.core.query import QueryTarget, run_query
@@ -40,6 +41,7 @@ class ZoneService(Service):
 
     db: Database
     events: EventPublisher
+    cascade: CascadeRegistry
 
     @handler(CreateZone)
     async def create_zone(self, msg: CreateZone, ctx: CallContext) -> ZoneReply:
@@ -99,17 +101,22 @@ class ZoneService(Service):
     async def delete_zone(self, msg: DeleteZone, ctx: CallContext) -> EmptyReply:
         """Deleting a zone that is already gone succeeds, so a retried delete is safe."""
 
-        def delete(session: Session) -> bool:
+        def delete(session: Session) -> dict[str, list[str]] | None:
             zone = session.get(Zone, msg.uuid)
             if zone is None:
-                return False
+                return None
+            cascaded = self.cascade.delete(session, "zone", msg.uuid, msg.delete_mode)
             session.delete(zone)
-            return True
+            return cascaded
 
-        if await self.db.run(delete):
+        cascaded = await self.db.run(delete)
+        if cascaded is not None:
+            for kind, uuids in cascaded.items():
+                for uuid in uuids:
+                    await self.events.resource_event(kind, uuid, "deleted")
             await self.events.resource_event("zone", msg.uuid, "deleted")
         return EmptyReply()
 
     @handler(QueryZone, serial=False)
     async def query_zone(self, msg: QueryZone, ctx: CallContext) -> QueryReply:
-        return await self.db.run(run_query, QUERY, msg)
+        return await self.db.run(run_query, QUERY, msg, ctx.account)

@@ -1,0 +1,70 @@
+"""Who may see and touch which resource.
+
+Admins see everything. A normal account sees the resources it owns, plus those shared with it or
+made public (sharing is the identity service's table, consulted here). Code that loads a resource
+for an account uses ``load_visible``; queries pass the account to ``run_query``, which applies
+``visible``. A resource an account may not see is reported as not found, so its existence does not
+leak.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from sqlalchemy import ColumnElement, Select, or_, select
+from sqlalchemy.orm import Session
+
+from bus.errors import RingstackError, Sys, not_found
+from mgmt.core.service import Account
+
+M = TypeVar("M")
+
+
+def visible_clause(model: Any, account: Account) -> ColumnElement[bool] | None:
+    """The WHERE clause limiting ``model`` rows to what ``account`` may see; None for admins."""
+    if account.is_admin:
+        return None
+    clauses: list[ColumnElement[bool]] = [model.owner_account_uuid == account.uuid]
+    shared = _shared_with(account)
+    if shared is not None:
+        clauses.append(model.uuid.in_(shared))
+    return or_(*clauses)
+
+
+def _shared_with(account: Account) -> Select[Any] | None:
+    try:
+        from schema.db.identity import SharedResource  # the identity service's table
+    except ImportError:
+        return None
+    return select(SharedResource.resource_uuid).where(
+        or_(SharedResource.receiver_account_uuid == account.uuid, SharedResource.to_public.is_(True))
+    )
+
+
+def visible(stmt: Select[Any], model: Any, account: Account) -> Select[Any]:
+    clause = visible_clause(model, account)
+    return stmt if clause is None else stmt.where(clause)
+
+
+def load_visible(session: Session, model: type[M], uuid: str, account: Account, kind: str) -> M:
+    """The row, if ``account`` may see it; otherwise ``SYS.NOT_FOUND``."""
+    stmt = visible(select(model).where(model.uuid == uuid), model, account)  # type: ignore[attr-defined]
+    row = session.scalars(stmt).first()
+    if row is None:
+        raise not_found(kind, uuid)
+    return row
+
+
+def load_owned(session: Session, model: type[M], uuid: str, account: Account, kind: str) -> M:
+    """The row, if ``account`` may change it: admins any, others only their own (shared is read-only)."""
+    row = load_visible(session, model, uuid, account, kind)
+    if not account.is_admin and row.owner_account_uuid != account.uuid:  # type: ignore[attr-defined]
+        raise RingstackError(
+            Sys.PERMISSION_DENIED, f"{kind} {uuid} is shared with you read-only", details={"uuid": uuid}
+        )
+    return row
+
+
+def require_admin(account: Account, what: str) -> None:
+    if not account.is_admin:
+        raise RingstackError(Sys.PERMISSION_DENIED, f"{what} needs an admin account")
