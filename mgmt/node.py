@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import pkgutil
 import signal
 import time
 from importlib.metadata import entry_points
@@ -35,11 +36,27 @@ log = logging.getLogger(__name__)
 SERVICE_ENTRY_POINTS = "ringstack.services"
 
 
-def service_classes(config: NodeConfig) -> list[type[Service]]:
-    """Services from the entry point group, plus ``extra_services``, minus ``disabled_services``."""
+def builtin_services() -> dict[str, type[Service]]:
+    """Every Service class exported (``__all__``) by a package under ``mgmt/services``."""
+    import mgmt.services
+
     found: dict[str, type[Service]] = {}
+    for module in pkgutil.iter_modules(mgmt.services.__path__):
+        package = importlib.import_module(f"mgmt.services.{module.name}")
+        for attr in getattr(package, "__all__", ()):
+            cls = getattr(package, attr)
+            if isinstance(cls, type) and issubclass(cls, Service):
+                found[cls.name] = cls
+    return found
+
+
+def service_classes(config: NodeConfig) -> list[type[Service]]:
+    """Built-in services, plugins from the ``ringstack.services`` entry points, and
+    ``extra_services``; minus ``disabled_services``."""
+    found = builtin_services()
     for ep in entry_points(group=SERVICE_ENTRY_POINTS):
-        found[ep.name] = ep.load()
+        cls = ep.load()
+        found[cls.name] = cls
     for ref in config.extra_services:
         module, _, attr = ref.partition(":")
         cls = getattr(importlib.import_module(module), attr)

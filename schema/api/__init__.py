@@ -1,5 +1,9 @@
-"""API messages of every service. Importing this package registers them all."""
+"""API messages of every service, one module per service. Importing this package imports every
+module in it, which registers all messages; a new module needs no edit here."""
 
-from schema.api import zone
+import importlib
+import pkgutil
 
-__all__ = ["zone"]
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")

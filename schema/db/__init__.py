@@ -1,7 +1,13 @@
-"""SQLAlchemy 2 models. Importing this package registers every table on ``Base.metadata``."""
+"""SQLAlchemy models, one module per service. Importing this package imports every module in it,
+so ``Base.metadata`` knows every table; a new module needs no edit here."""
+
+import importlib
+import pkgutil
 
 from schema.db.base import Base, ResourceMixin
-from schema.db.cluster import Cluster
-from schema.db.zone import Zone
 
-__all__ = ["Base", "Cluster", "ResourceMixin", "Zone"]
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["Base", "ResourceMixin"]
