@@ -50,6 +50,8 @@ NO_REPLY: Final = _NoReply()
 
 HandlerResult = dict[str, Any] | None | _NoReply
 Handler = Callable[[Envelope], Awaitable[HandlerResult]]
+# For messages that are not ringstack envelopes (e.g. the broker's own event exchange).
+RawHandler = Callable[[DeliveredMessage], Awaitable[None]]
 
 
 @dataclass(eq=False)
@@ -57,9 +59,10 @@ class Consumer:
     """A registered consumer; it is re-established after every reconnect until cancelled."""
 
     spec: QueueSpec
-    handler: Handler
+    handler: Handler | None
     prefetch: int
     no_ack: bool = False
+    raw_handler: RawHandler | None = None
     cancelled: bool = False
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _channel: aiormq.abc.AbstractChannel | None = None
@@ -420,6 +423,28 @@ class AsyncBus:
         self._consumers.append(consumer)
         return consumer
 
+    def consume_raw(self, spec: QueueSpec, handler: RawHandler, *, prefetch: int = 64) -> Consumer:
+        """Like ``consume`` for messages that are not envelopes; the handler gets the raw delivery
+        and the message is acked after it returns (or raises, which is logged)."""
+        consumer = Consumer(spec=spec, handler=None, raw_handler=handler, prefetch=prefetch)
+        self._consumers.append(consumer)
+        return consumer
+
+    async def exchange_exists(self, name: str) -> bool:
+        """Whether an exchange exists, checked on a throwaway channel (a failed passive declare
+        closes its channel, which must not be one of ours)."""
+        await self._ready(time.time() + self.default_timeout)
+        assert self._connection is not None
+        channel = await self._connection.channel(publisher_confirms=False)
+        try:
+            await channel.declare_exchange(name, passive=True)
+            return True
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
     async def start_consumer(self, consumer: Consumer) -> None:
         """Start a registered consumer on the live connection (or leave it to the next connect)."""
         if self._connected.is_set() and consumer._tag is None:
@@ -461,6 +486,14 @@ class AsyncBus:
             # Taken after we stopped: give it back so another consumer handles it.
             await _settle(channel.basic_reject(tag, requeue=True))
             return
+        if consumer.raw_handler is not None:
+            try:
+                await consumer.raw_handler(message)
+            except Exception:
+                log.exception("%s: raw consumer of %s failed", self.process_name, consumer.spec.name)
+            await _settle(channel.basic_ack(tag))
+            return
+        assert consumer.handler is not None
         props = message.header.properties
         reply_to = props.reply_to
         env: Envelope | None = None

@@ -38,6 +38,14 @@ class NodeConfig(BaseModel):
     default_call_timeout: float = Field(default=30.0, gt=0)
     max_message_bytes: int = Field(default=1 << 20, ge=1024)
     serial_queue_limit: int = Field(default=1000, ge=1)
+    heartbeat_interval: float = Field(default=1.0, gt=0, le=60)
+    heartbeat_misses: int = Field(default=3, ge=2, le=100)
+    lease_ttl: float = Field(default=2.5, gt=0.5, le=300, description="must exceed heartbeat_interval")
+    ring_vnodes: int = Field(default=160, ge=1, le=10_000)
+    max_forward_hops: int = Field(default=3, ge=1, le=10)
+    job_timeout: float = Field(
+        default=600.0, gt=0, description="budget of a job whose caller's deadline passed"
+    )
     extra_services: list[str] = Field(default_factory=list, description="'module:Class' services to load too")
     disabled_services: list[str] = Field(default_factory=list)
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")

@@ -21,14 +21,16 @@ from bus.aio import AsyncBus, Consumer, HandlerResult
 from bus.envelope import Envelope, new_uuid
 from bus.errors import RingstackError, Sys
 from bus.topology import Topology
+from mgmt.cluster import Cluster
 from mgmt.config import NodeConfig
 from mgmt.core.auth import AuthStrategy, TrustingAuth
 from mgmt.core.cascade import CascadeRegistry
 from mgmt.core.db import Database
-from mgmt.core.dispatcher import Dispatcher
+from mgmt.core.dispatcher import Dispatcher, validate
 from mgmt.core.events import EventPublisher
 from mgmt.core.serial import SerialQueues
 from mgmt.core.service import ANONYMOUS, Service
+from schema.api.base import CreateMessage
 from schema.registry import load_all
 
 log = logging.getLogger(__name__)
@@ -82,10 +84,13 @@ class ManagementNode:
         self.dispatcher = Dispatcher(self.serial)
         self.events = EventPublisher(self.bus)
         self.cascade = CascadeRegistry()
+        self.cluster = Cluster(self)
         self.auth: AuthStrategy = auth or TrustingAuth()
         self.services: list[Service] = []
-        self._consumers: list[Consumer] = []
+        self._api_consumer: Consumer | None = None
+        self._node_consumer: Consumer | None = None
         self._stopping = False
+        self._started_cluster = False
         self._stopped = asyncio.Event()
 
     def _dependencies(self) -> dict[str, Any]:
@@ -97,6 +102,7 @@ class ManagementNode:
             "node": self,
             "serial": self.serial,
             "cascade": self.cascade,
+            "cluster": self.cluster,
         }
 
     def _build_services(self) -> None:
@@ -115,27 +121,44 @@ class ManagementNode:
         for service in self.services:
             await service.start()
         await self.bus.declare_queue(self.topology.dead_letter_queue)
-        self._consumers = [
-            self.bus.consume(self.topology.api_queue, self._on_api, prefetch=self.config.api_prefetch),
-            self.bus.consume(
-                self.topology.node_queue(self.uuid), self._on_call, prefetch=self.config.node_prefetch
-            ),
-        ]
-        for consumer in self._consumers:
-            await self.bus.start_consumer(consumer)
-        log.info("node %s ready: services %s", self.uuid, [s.name for s in self.services])
+        # Our own queue first (peers route to us as soon as we join), then join, then take API work.
+        self._node_consumer = self.bus.consume(
+            self.topology.node_queue(self.uuid), self._on_call, prefetch=self.config.node_prefetch
+        )
+        await self.bus.start_consumer(self._node_consumer)
+        await self.cluster.start()
+        self._started_cluster = True
+        self._api_consumer = self.bus.consume(
+            self.topology.api_queue, self._on_api, prefetch=self.config.api_prefetch
+        )
+        await self.bus.start_consumer(self._api_consumer)
+        log.info(
+            "node %s ready: ring epoch %d, %d members, services %s",
+            self.uuid,
+            self.cluster.ring.epoch,
+            len(self.cluster.ring.members),
+            [s.name for s in self.services],
+        )
 
     async def _on_api(self, env: Envelope) -> HandlerResult:
         """The API gateway step: check the envelope, authenticate, then route to a handler."""
         if env.kind != "api":
             raise RingstackError(Sys.INVALID_ARGUMENT, f"the API queue takes kind 'api', not {env.kind!r}")
-        message = self.dispatcher.route(env.name).message  # unknown names fail before authentication
+        route = self.dispatcher.route(env.name)  # unknown names fail before authentication
+        message = route.message
         account = ANONYMOUS if message.public else await self.auth.authenticate(env.session, env.name)
         if message.admin_only and not account.is_admin:
             raise RingstackError(Sys.PERMISSION_DENIED, f"{env.name} needs an admin account")
-        return await self.dispatcher.dispatch(env, account)
+        msg = validate(message, env.body)
+        if message.mutating and (msg.target_uuid() is not None or isinstance(msg, CreateMessage)):
+            # About one resource: a durable job on the resource's owner node.
+            return await self.cluster.jobs.accept(env, route, msg, account)
+        # Reads, and requests about no resource (login...), run right here.
+        return await self.dispatcher.dispatch_parsed(route, msg, env, account)
 
     async def _on_call(self, env: Envelope) -> HandlerResult:
+        if Cluster.is_internal(env.name):
+            return await self.cluster.on_internal(env)
         return await self.dispatcher.dispatch(env)
 
     async def stop(self) -> bool:
@@ -144,13 +167,16 @@ class ManagementNode:
             await self._stopped.wait()
             return True
         self._stopping = True
-        for consumer in self._consumers:
-            await self.bus.cancel(consumer)
         deadline = time.monotonic() + self.config.drain_timeout
         drained = True
-        for consumer in self._consumers:
-            left = max(0.0, deadline - time.monotonic())
-            drained = await consumer.drain(left) and drained
+        if self._api_consumer is not None:
+            await self.bus.cancel(self._api_consumer)
+            drained = await self._api_consumer.drain(self.config.drain_timeout)
+        if self._started_cluster:
+            drained = await self.cluster.stop(max(0.0, deadline - time.monotonic())) and drained
+        if self._node_consumer is not None:
+            await self.bus.cancel(self._node_consumer)
+            drained = await self._node_consumer.drain(max(0.0, deadline - time.monotonic())) and drained
         if not drained:
             log.warning("node %s: drain deadline passed with requests still running", self.uuid)
         for service in reversed(self.services):

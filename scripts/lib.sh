@@ -29,6 +29,11 @@ ensure_rabbitmq() {
     as_root rabbitmq-server -detached
     as_root rabbitmqctl -q await_startup --timeout 120 >/dev/null
   fi
+  # The event exchange tells nodes at once when a peer's connection (and node queue) is gone.
+  if ! as_root rabbitmq-plugins -q list -e rabbitmq_event_exchange 2>/dev/null | grep -q rabbitmq_event_exchange; then
+    log "enabling rabbitmq_event_exchange"
+    as_root rabbitmq-plugins -q enable rabbitmq_event_exchange >/dev/null
+  fi
 }
 
 ensure_postgres() {

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
@@ -39,6 +41,35 @@ def create_guard(session: Session, model: type[M], uuid: str, ctx: CallContext) 
     raise RingstackError(Sys.CONFLICT, f"resource uuid {uuid} is already in use", details={"uuid": uuid})
 
 
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """The ownership a transaction depends on: this node must still hold ``partition`` under
+    fencing ``token``. Checked inside the transaction with a share lock on the partition row, so a
+    takeover (which updates that row) waits for this transaction, and a stale owner's write fails."""
+
+    node_uuid: str
+    partition: int
+    token: int
+
+
+# Set by the job runner around a job's execution; every transaction in it is fenced.
+CURRENT_FENCE: ContextVar[Fence | None] = ContextVar("ringstack_fence", default=None)
+
+_FENCE_SQL = text(
+    "SELECT 1 FROM ring_partition WHERE partition = :p AND owner_node_uuid = :n AND token = :t FOR SHARE"
+)
+
+
+def check_fence(session: Session, fence: Fence) -> None:
+    row = session.execute(_FENCE_SQL, {"p": fence.partition, "n": fence.node_uuid, "t": fence.token}).first()
+    if row is None:
+        raise RingstackError(
+            Sys.NOT_OWNER,
+            f"this node no longer owns partition {fence.partition}; another node has taken over",
+            details={"partition": fence.partition},
+        )
+
+
 class Database:
     def __init__(self, url: str, *, pool_size: int = 8) -> None:
         self.engine = create_engine(
@@ -50,11 +81,18 @@ class Database:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(session, *args)`` in one transaction on a worker thread; commit unless it raises."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._transaction, fn, args)
+        return await loop.run_in_executor(self._pool, self._transaction, fn, args, CURRENT_FENCE.get())
 
-    def _transaction(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    async def run_unfenced(self, fn: Callable[..., T], *args: Any) -> T:
+        """``run`` without the job's fence: for the cluster's own bookkeeping."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._transaction, fn, args, None)
+
+    def _transaction(self, fn: Callable[..., T], args: tuple[Any, ...], fence: Fence | None) -> T:
         try:
             with self._sessions.begin() as session:
+                if fence is not None:
+                    check_fence(session, fence)
                 return fn(session, *args)
         except StaleDataError as exc:
             raise RingstackError(Sys.CONFLICT, "the resource was changed concurrently; retry") from exc

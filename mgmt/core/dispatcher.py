@@ -27,6 +27,7 @@ class Route:
     service: Service
     fn: Callable[[ApiMessage, CallContext], Awaitable[Reply]]
     serial: bool
+    cancellable: bool = False
 
 
 class Dispatcher:
@@ -42,7 +43,9 @@ class Dispatcher:
                 other = type(self._routes[name].service).__name__
                 raise TypeError(f"{name} is handled by both {other} and {type(service).__name__}")
         for name, (method, spec) in specs.items():
-            self._routes[name] = Route(spec.message, service, getattr(service, method), spec.serial)
+            self._routes[name] = Route(
+                spec.message, service, getattr(service, method), spec.serial, spec.cancellable
+            )
 
     def route(self, name: str) -> Route:
         route = self._routes.get(name)
@@ -59,6 +62,11 @@ class Dispatcher:
 
     async def dispatch(self, env: Envelope, account: Account = SYSTEM_ACCOUNT) -> dict[str, Any]:
         route, msg = self.parse(env)
+        return await self.dispatch_parsed(route, msg, env, account)
+
+    async def dispatch_parsed(
+        self, route: Route, msg: ApiMessage, env: Envelope, account: Account = SYSTEM_ACCOUNT
+    ) -> dict[str, Any]:
         ctx = CallContext(env, account)
         key = msg.target_uuid() if route.serial else None
         if key is None:

@@ -72,17 +72,22 @@ HandlerFn = Callable[[Any, M, CallContext], Awaitable[Reply]]
 class HandlerSpec:
     message: type[ApiMessage]
     serial: bool
+    cancellable: bool = False
 
 
-def handler(message: type[M], *, serial: bool = True) -> Callable[[HandlerFn[M]], HandlerFn[M]]:
+def handler(
+    message: type[M], *, serial: bool = True, cancellable: bool = False
+) -> Callable[[HandlerFn[M]], HandlerFn[M]]:
     """Mark a method as the handler of ``message``.
 
     ``serial`` (default True) queues it behind other operations on the same resource; it only
-    applies to messages that name a resource (``resource_field``).
+    applies to messages that name a resource (``resource_field``). ``cancellable``: the handler
+    may be cancelled (``CancelJob``) while it runs, because cancellation at any await leaves
+    nothing half-done (e.g. a flow chain, which rolls back).
     """
 
     def mark(fn: HandlerFn[M]) -> HandlerFn[M]:
-        fn.__ringstack_handler__ = HandlerSpec(message, serial)  # type: ignore[attr-defined]
+        fn.__ringstack_handler__ = HandlerSpec(message, serial, cancellable)  # type: ignore[attr-defined]
         return fn
 
     return mark

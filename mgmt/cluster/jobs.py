@@ -1,0 +1,506 @@
+"""Durable jobs: how an accepted request survives the death of the node running it.
+
+Every mutating API request about a resource becomes a ``job`` row *before* any work starts, in the
+gateway node's transaction, and only then is the request acked to the broker. From there:
+
+- the gateway routes the job to the owner of the resource's partition (itself, or a ``RunJob``
+  message to the owner's node queue);
+- the owner runs it in the resource's serial queue, under the partition's fencing token: the job
+  is claimed (``running``) and finished (``succeeded``/``failed``/``cancelled``) in fenced
+  transactions, and so is every transaction of the handler itself;
+- the owner replies to the client's ``reply_to`` with the job id as correlation id, and publishes
+  ``job.<uuid>.<state>`` on the events exchange (for clients whose deadline passed meanwhile);
+- a node that takes over a partition (its holder died or left) resumes every job there that is
+  ``pending`` or was ``running``: it runs it again with ``CallContext.resumed`` set (handlers are
+  idempotent for that), and re-sends the reply of a finished job whose reply may have been lost.
+  Clients drop a second reply to the same request, so each caller sees exactly one answer;
+- a sweeper picks up pending jobs whose ``RunJob`` message was lost (sent to a node that died).
+
+A pending job can be cancelled; a running one only if its handler declares itself cancellable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from bus.aio import NO_REPLY, AsyncBus, HandlerResult
+from bus.envelope import Envelope, new_uuid
+from bus.errors import RingstackError, Sys
+from mgmt.cluster.membership import Membership
+from mgmt.cluster.ownership import Ownership
+from mgmt.config import NodeConfig
+from mgmt.core.db import CURRENT_FENCE, Database, Fence, check_fence
+from mgmt.core.dispatcher import Dispatcher, Route, validate
+from mgmt.core.events import EventPublisher
+from mgmt.core.serial import SerialQueues
+from mgmt.core.service import Account, CallContext
+from schema.api.base import ApiMessage, CreateMessage
+
+log = logging.getLogger(__name__)
+
+RUN_JOB = "ringstack.RunJob"
+CANCEL_RUNNING_JOB = "ringstack.CancelRunningJob"
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def account_to_wire(account: Account) -> dict[str, Any]:
+    return {"uuid": account.uuid, "name": account.name, "isAdmin": account.is_admin}
+
+
+def account_from_wire(wire: dict[str, Any]) -> Account:
+    return Account(uuid=wire["uuid"], name=wire["name"], is_admin=bool(wire["isAdmin"]))
+
+
+# ---------------------------------------------------------------------- transactions
+
+
+def _insert(session: Session, row: dict[str, Any]) -> bool:
+    inserted = session.execute(
+        text(
+            """
+            INSERT INTO job (uuid, name, resource_uuid, partition, state, body, owner_account_uuid, account,
+                             reply_to, deadline, attempts, replied, cancel_requested)
+            VALUES (:uuid, :name, :resource_uuid, :partition, 'pending', CAST(:body AS jsonb), :owner,
+                    CAST(:account AS jsonb), :reply_to, :deadline, 0, false, false)
+            ON CONFLICT (uuid) DO NOTHING RETURNING 1
+            """
+        ),
+        row,
+    ).first()
+    return inserted is not None
+
+
+def _claim(session: Session, job_uuid: str, fence: Fence) -> dict[str, Any] | None:
+    check_fence(session, fence)
+    row = (
+        session.execute(
+            text(
+                "SELECT name, resource_uuid, state, body, account, reply_to, deadline, attempts, result, error, "
+                "cancel_requested FROM job WHERE uuid = :u FOR UPDATE"
+            ),
+            {"u": job_uuid},
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        return None
+    job = dict(row)
+    if job["state"] in TERMINAL:
+        return job
+    if job["state"] == "pending" and job["cancel_requested"]:
+        job["state"] = "cancelled"
+        job["error"] = RingstackError(Sys.CANCELLED, "the job was cancelled before it started").to_wire()
+        session.execute(
+            text(
+                "UPDATE job SET state = 'cancelled', error = CAST(:e AS jsonb), finished_at = now() WHERE uuid = :u"
+            ),
+            {"u": job_uuid, "e": _json(job["error"])},
+        )
+        return job
+    session.execute(
+        text(
+            "UPDATE job SET state = 'running', node_uuid = :n, attempts = attempts + 1, "
+            "started_at = coalesce(started_at, now()) WHERE uuid = :u"
+        ),
+        {"u": job_uuid, "n": fence.node_uuid},
+    )
+    job["state"] = "running"
+    return job
+
+
+def _finish(
+    session: Session,
+    job_uuid: str,
+    fence: Fence,
+    state: str,
+    result: dict[str, Any] | None,
+    error: dict[str, Any] | None,
+) -> bool:
+    check_fence(session, fence)
+    done = session.execute(
+        text(
+            "UPDATE job SET state = :s, result = CAST(:r AS jsonb), error = CAST(:e AS jsonb), finished_at = now() "
+            "WHERE uuid = :u AND state = 'running' AND node_uuid = :n RETURNING 1"
+        ),
+        {"u": job_uuid, "n": fence.node_uuid, "s": state, "r": _json(result), "e": _json(error)},
+    ).first()
+    return done is not None
+
+
+def _resumable(
+    session: Session, partitions: list[int], node_uuid: str, stale_only: bool
+) -> list[tuple[str, str, int]]:
+    if stale_only:  # the sweeper: pending jobs whose RunJob message may have been lost
+        sql = (
+            "SELECT uuid, resource_uuid, partition FROM job WHERE partition = ANY(:p) AND "
+            "((state = 'pending' AND created_at < now() - interval '2 seconds') "
+            " OR (state = 'running' AND node_uuid IS DISTINCT FROM :n)) ORDER BY created_at LIMIT 500"
+        )
+    else:  # a takeover: everything unfinished, and finished jobs whose reply may be lost
+        sql = (
+            "SELECT uuid, resource_uuid, partition FROM job WHERE partition = ANY(:p) AND "
+            "(state IN ('pending', 'running') OR (NOT replied AND finished_at > now() - interval '10 minutes')) "
+            "ORDER BY created_at"
+        )
+    rows = session.execute(text(sql), {"p": partitions, "n": node_uuid}).all()
+    return [(str(u), str(r), int(p)) for u, r, p in rows]
+
+
+def _mark_replied(session: Session, job_uuids: list[str]) -> None:
+    session.execute(text("UPDATE job SET replied = true WHERE uuid = ANY(:u)"), {"u": job_uuids})
+
+
+def _request_cancel(session: Session, job_uuid: str, account: Account) -> dict[str, Any]:
+    row = (
+        session.execute(
+            text(
+                "SELECT name, state, node_uuid, reply_to, owner_account_uuid FROM job WHERE uuid = :u FOR UPDATE"
+            ),
+            {"u": job_uuid},
+        )
+        .mappings()
+        .first()
+    )
+    if row is None or (not account.is_admin and row["owner_account_uuid"] != account.uuid):
+        raise RingstackError(Sys.NOT_FOUND, f"job {job_uuid} not found", details={"uuid": job_uuid})
+    job = dict(row)
+    if job["state"] in TERMINAL:
+        raise RingstackError(Sys.CONFLICT, f"job {job_uuid} already finished ({job['state']})")
+    if job["state"] == "pending":
+        session.execute(
+            text(
+                "UPDATE job SET state = 'cancelled', error = CAST(:e AS jsonb), finished_at = now() WHERE uuid = :u"
+            ),
+            {"u": job_uuid, "e": _json(_cancelled().to_wire())},
+        )
+        job["state"] = "cancelled"
+    else:
+        session.execute(text("UPDATE job SET cancel_requested = true WHERE uuid = :u"), {"u": job_uuid})
+    return job
+
+
+def _json(value: Any) -> str | None:
+    import orjson
+
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _cancelled() -> RingstackError:
+    return RingstackError(Sys.CANCELLED, "the job was cancelled")
+
+
+# ---------------------------------------------------------------------- the runner
+
+
+class JobRunner:
+    def __init__(
+        self,
+        *,
+        node_uuid: str,
+        config: NodeConfig,
+        db: Database,
+        bus: AsyncBus,
+        dispatcher: Dispatcher,
+        serial: SerialQueues,
+        ownership: Ownership,
+        membership: Membership,
+        events: EventPublisher,
+    ) -> None:
+        self.node_uuid = node_uuid
+        self.config = config
+        self.db = db
+        self.bus = bus
+        self.dispatcher = dispatcher
+        self.serial = serial
+        self.ownership = ownership
+        self.membership = membership
+        self.events = events
+        self._scheduled: dict[str, asyncio.Task[None]] = {}  # job uuid -> its task (queued or running)
+        self._running: dict[str, asyncio.Task[Any]] = {}
+        self._running_routes: dict[str, Route] = {}
+        self._cancelling: set[str] = set()
+        self._replied: list[str] = []
+        self._stopping = False
+
+    # ------------------------------------------------------------------ accepting
+
+    async def accept(self, env: Envelope, route: Route, msg: ApiMessage, account: Account) -> HandlerResult:
+        """Record a mutating request as a job, then route it to its owner. The caller acks the
+        request to the broker only after this returns, so an accepted request is never lost."""
+        target = msg.target_uuid()
+        body = dict(env.body)
+        if target is None and isinstance(msg, CreateMessage):
+            target = new_uuid()
+            body["resourceUuid"] = target
+        assert target is not None
+        partition = self.membership.ring.partition(target)
+        await self.db.run_unfenced(
+            _insert,
+            {
+                "uuid": env.id,
+                "name": env.name,
+                "resource_uuid": target,
+                "partition": partition,
+                "body": _json(body),
+                "owner": account.uuid,
+                "account": _json(account_to_wire(account)),
+                "reply_to": env.reply_to,
+                "deadline": env.deadline,
+            },
+        )
+        await self.route(env.id, target, partition)
+        return NO_REPLY
+
+    async def route(self, job_uuid: str, resource_uuid: str, partition: int, hops: int = 0) -> None:
+        """Run the job here if this node owns its partition, else hand it to the owner."""
+        for _ in range(3):
+            owner = self.membership.ring.owner_of_partition(partition)
+            if owner is None or owner == self.node_uuid:
+                self.schedule(job_uuid, resource_uuid, partition)
+                return
+            if hops >= self.config.max_forward_hops:
+                log.info("job %s: %d hops, leaving it to the sweeper", job_uuid, hops)
+                return
+            env = Envelope(
+                name=RUN_JOB,
+                kind="call",
+                body={"job": job_uuid, "partition": partition},
+                resource_uuid=resource_uuid,
+                ring_epoch=self.membership.ring.epoch,
+                hops=hops + 1,
+                deadline=time.time() + self.config.default_call_timeout,
+            )
+            try:
+                await self.bus.send(self.bus.topology.node_queue(owner).name, env)
+                return
+            except RingstackError as exc:
+                if exc.code != Sys.UNAVAILABLE:
+                    raise
+                # The owner's queue is gone: its connection died. Evict it and route again.
+                await self.membership.evict(owner, "a job sent to it was unroutable")
+        log.warning("job %s: could not route; the sweeper will pick it up", job_uuid)
+
+    async def on_run_job(self, env: Envelope) -> None:
+        job_uuid, partition = env.body.get("job"), env.body.get("partition")
+        if not isinstance(job_uuid, str) or not isinstance(partition, int) or env.resource_uuid is None:
+            raise RingstackError(Sys.INVALID_ARGUMENT, "RunJob needs job, partition and resource_uuid")
+        if (env.ring_epoch or 0) > self.membership.ring.epoch:
+            await self.membership.refresh()
+        await self.route(job_uuid, env.resource_uuid, partition, env.hops)
+
+    # ------------------------------------------------------------------ running
+
+    def schedule(self, job_uuid: str, resource_uuid: str, partition: int) -> None:
+        if job_uuid in self._scheduled or self._stopping:
+            return
+        task = asyncio.create_task(
+            self._in_lane(job_uuid, resource_uuid, partition), name=f"job-{job_uuid[:8]}"
+        )
+        self._scheduled[job_uuid] = task
+        task.add_done_callback(lambda _: self._scheduled.pop(job_uuid, None))
+
+    async def _in_lane(self, job_uuid: str, resource_uuid: str, partition: int) -> None:
+        try:
+            await self.serial.run(resource_uuid, lambda: self._execute(job_uuid, resource_uuid, partition))
+        except RingstackError as exc:
+            log.warning("job %s not run now (%s); it stays pending", job_uuid, exc.code)
+        except asyncio.CancelledError:
+            pass  # stopping or fenced: the job stays in the database for the next owner
+        except Exception:
+            log.exception("job %s: unexpected failure in the runner", job_uuid)
+
+    async def _execute(self, job_uuid: str, resource_uuid: str, partition: int) -> None:
+        if self._stopping:
+            return
+        token = self.ownership.token(partition)
+        if token is None:
+            owner = self.membership.ring.owner_of_partition(partition)
+            if owner != self.node_uuid:
+                await self.route(job_uuid, resource_uuid, partition, hops=1)
+                return
+            token = await self.ownership.wait_held(
+                partition, self.config.lease_ttl * 2 + self.config.heartbeat_interval
+            )
+            if token is None:
+                return  # not ours yet; the takeover or the sweeper of the holder will run it
+        fence = Fence(self.node_uuid, partition, token)
+        try:
+            job = await self.db.run_unfenced(_claim, job_uuid, fence)
+        except RingstackError as exc:
+            if exc.code == Sys.NOT_OWNER:
+                return
+            raise
+        if job is None:
+            log.warning("job %s vanished", job_uuid)
+            return
+        if job["state"] in TERMINAL:
+            await self._reply(job_uuid, job["name"], job["reply_to"], job["result"], job["error"])
+            if job["state"] == "cancelled":
+                await self._event(job_uuid, job["name"], resource_uuid, "cancelled")
+            return
+        state, result, error = await self._run_handler(job_uuid, job, resource_uuid, partition, fence)
+        if state is None:
+            return  # ownership lost mid-way: the next owner runs it again
+        try:
+            finished = await self.db.run_unfenced(_finish, job_uuid, fence, state, result, error)
+        except RingstackError as exc:
+            if exc.code == Sys.NOT_OWNER:
+                return
+            raise
+        if finished:
+            await self._reply(job_uuid, job["name"], job["reply_to"], result, error)
+            await self._event(job_uuid, job["name"], resource_uuid, state, error)
+
+    async def _run_handler(
+        self, job_uuid: str, job: dict[str, Any], resource_uuid: str, partition: int, fence: Fence
+    ) -> tuple[str | None, dict[str, Any] | None, dict[str, Any] | None]:
+        self.ownership.in_flight[partition] += 1
+        self._running[job_uuid] = asyncio.current_task()  # type: ignore[assignment]
+        reset = CURRENT_FENCE.set(fence)
+        deadline = job["deadline"] if job["deadline"] and job["deadline"] > time.time() else None
+        env = Envelope(
+            name=job["name"],
+            kind="api",
+            body=job["body"],
+            id=job_uuid,
+            resource_uuid=resource_uuid,
+            deadline=deadline or time.time() + self.config.job_timeout,
+        )
+        try:
+            route = self.dispatcher.route(job["name"])
+            self._running_routes[job_uuid] = route
+            msg = validate(route.message, job["body"])
+            ctx = CallContext(env, account_from_wire(job["account"]), resumed=job["attempts"] > 0)
+            reply = await route.fn(msg, ctx)
+            return "succeeded", reply.to_wire(), None
+        except RingstackError as exc:
+            if exc.code == Sys.NOT_OWNER:
+                return None, None, None
+            return "failed", None, exc.to_wire()
+        except asyncio.CancelledError:
+            if job_uuid in self._cancelling:
+                return "cancelled", None, _cancelled().to_wire()
+            raise
+        except Exception:
+            log.exception("job %s (%s) failed", job_uuid, job["name"])
+            error = RingstackError(
+                Sys.INTERNAL, f"internal error handling {job['name']}; request id {job_uuid}"
+            )
+            return "failed", None, error.to_wire()
+        finally:
+            CURRENT_FENCE.reset(reset)
+            self.ownership.in_flight[partition] -= 1
+            self._running.pop(job_uuid, None)
+            self._running_routes.pop(job_uuid, None)
+            self._cancelling.discard(job_uuid)
+
+    async def _reply(
+        self,
+        job_uuid: str,
+        name: str,
+        reply_to: str | None,
+        result: dict[str, Any] | None,
+        error: dict[str, Any] | None,
+    ) -> None:
+        if reply_to:
+            await self.bus.reply(
+                reply_to,
+                Envelope(name=name, kind="reply", body=result or {}, correlation_id=job_uuid, error=error),
+            )
+        self._replied.append(job_uuid)
+
+    async def _event(
+        self, job_uuid: str, name: str, resource_uuid: str, state: str, error: dict[str, Any] | None = None
+    ) -> None:
+        await self.events.resource_event(
+            "job",
+            job_uuid,
+            state,
+            {"name": name, "resourceUuid": resource_uuid, "state": state, "error": error},
+        )
+
+    # ------------------------------------------------------------------ takeover, sweeping
+
+    async def takeover(self, partitions: Iterable[int]) -> None:
+        held = sorted(partitions)
+        if not held:
+            return
+        for job_uuid, resource_uuid, partition in await self.db.run_unfenced(
+            _resumable, held, self.node_uuid, False
+        ):
+            self.schedule(job_uuid, resource_uuid, partition)
+
+    async def sweep(self) -> None:
+        held = sorted(self.ownership.held)
+        if not held:
+            return
+        for job_uuid, resource_uuid, partition in await self.db.run_unfenced(
+            _resumable, held, self.node_uuid, True
+        ):
+            if job_uuid not in self._scheduled:
+                self.schedule(job_uuid, resource_uuid, partition)
+
+    async def flush_replied(self) -> None:
+        if self._replied:
+            batch, self._replied = self._replied, []
+            await self.db.run_unfenced(_mark_replied, batch)
+
+    async def fenced(self, partitions: frozenset[int]) -> None:
+        """Our lease is gone: stop every job (their rows stay, for the next owner)."""
+        for task in list(self._scheduled.values()):
+            task.cancel()
+
+    # ------------------------------------------------------------------ cancelling
+
+    async def cancel(self, job_uuid: str, account: Account) -> str:
+        job = await self.db.run_unfenced(_request_cancel, job_uuid, account)
+        if job["state"] == "cancelled":
+            await self._reply(job_uuid, job["name"], job["reply_to"], None, _cancelled().to_wire())
+            await self._event(job_uuid, job["name"], "", "cancelled")
+            return "cancelled"
+        owner = job["node_uuid"]
+        if owner == self.node_uuid or owner is None:
+            return self.cancel_running(job_uuid)
+        reply = await self.bus.call(
+            self.bus.topology.node_queue(owner).name, CANCEL_RUNNING_JOB, {"job": job_uuid}, timeout=10
+        )
+        return str(reply["state"])
+
+    def cancel_running(self, job_uuid: str) -> str:
+        task = self._running.get(job_uuid)
+        route = self._running_routes.get(job_uuid)
+        if task is None or route is None:
+            raise RingstackError(Sys.CONFLICT, f"job {job_uuid} is not running on this node")
+        if not route.cancellable:
+            raise RingstackError(
+                Sys.CONFLICT, f"job {job_uuid} is running and {route.message.__name__} cannot be cancelled"
+            )
+        self._cancelling.add(job_uuid)
+        task.cancel()
+        return "cancelling"
+
+    # ------------------------------------------------------------------ stopping, status
+
+    async def drain(self, timeout: float) -> bool:
+        """Start nothing new, let running jobs finish; queued ones stay pending for the next owner."""
+        self._stopping = True
+        running = set(self._running.values())
+        if running:
+            _, pending = await asyncio.wait(running, timeout=timeout)
+        else:
+            pending = set()
+        for task in list(self._scheduled.values()):
+            task.cancel()
+        await self.flush_replied()
+        return not pending
+
+    def status(self) -> dict[str, Any]:
+        return {"scheduledJobs": len(self._scheduled), "runningJobs": len(self._running)}

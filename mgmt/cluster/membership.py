@@ -1,0 +1,284 @@
+"""Who is in the management cluster, and the ring that follows from it.
+
+The database is the authority on membership: the ``management_node`` table says who is alive, and
+``cluster_meta.epoch`` is bumped by every join, leave and eviction in the same transaction. A view
+is read under a share lock on that epoch row, so two nodes that see the same epoch see the same
+members, and therefore build the same ring.
+
+The broker is how changes travel fast. Nodes broadcast join / heartbeat / leave on the membership
+fanout exchange; a message carrying a newer epoch makes the receiver re-read the view at once.
+A node is evicted when its heartbeats stop for ``misses`` intervals, or at once when the broker
+deletes its exclusive node queue (its connection died), which the broker's event exchange reports
+when the ``rabbitmq_event_exchange`` plugin is on. A node that finds itself evicted stops working
+on resources (see ``ownership``) and joins again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiormq.abc import DeliveredMessage
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from bus.aio import AsyncBus
+from bus.envelope import Envelope
+from bus.ring import Ring
+from bus.topology import QueueSpec
+from mgmt.core.db import Database
+
+log = logging.getLogger(__name__)
+
+BROKER_EVENTS_EXCHANGE = "amq.rabbitmq.event"
+
+
+@dataclass(frozen=True)
+class View:
+    epoch: int
+    members: tuple[str, ...]
+    partitions: int
+
+
+def _read_view(session: Session) -> View:
+    epoch, partitions = session.execute(
+        text("SELECT epoch, partitions FROM cluster_meta WHERE id = 1 FOR SHARE")
+    ).one()
+    members = session.scalars(
+        text("SELECT uuid FROM management_node WHERE state = 'alive' ORDER BY uuid")
+    ).all()
+    return View(int(epoch), tuple(members), int(partitions))
+
+
+def _bump_epoch(session: Session) -> None:
+    session.execute(text("UPDATE cluster_meta SET epoch = epoch + 1 WHERE id = 1"))
+
+
+def _join(session: Session, node_uuid: str, address: str, lease_ttl: float) -> View:
+    session.execute(text("SELECT 1 FROM cluster_meta WHERE id = 1 FOR UPDATE"))
+    session.execute(
+        text(
+            """
+            INSERT INTO management_node (uuid, address, state, joined_at, last_heartbeat, lease_expires_at)
+            VALUES (:u, :a, 'alive', now(), now(), now() + make_interval(secs => :ttl))
+            ON CONFLICT (uuid) DO UPDATE SET state = 'alive', address = :a, joined_at = now(),
+                last_heartbeat = now(), lease_expires_at = now() + make_interval(secs => :ttl)
+            """
+        ),
+        {"u": node_uuid, "a": address, "ttl": lease_ttl},
+    )
+    _bump_epoch(session)
+    return _read_view(session)
+
+
+def _heartbeat(session: Session, node_uuid: str, lease_ttl: float) -> int | None:
+    """Renew this node's lease; its new epoch view number, or None when this node was evicted."""
+    renewed = session.execute(
+        text(
+            "UPDATE management_node SET last_heartbeat = now(), "
+            "lease_expires_at = now() + make_interval(secs => :ttl) WHERE uuid = :u AND state = 'alive' RETURNING 1"
+        ),
+        {"u": node_uuid, "ttl": lease_ttl},
+    ).first()
+    if renewed is None:
+        return None
+    return int(session.scalar(text("SELECT epoch FROM cluster_meta WHERE id = 1")) or 0)
+
+
+def _evict(session: Session, node_uuid: str) -> bool:
+    session.execute(text("SELECT 1 FROM cluster_meta WHERE id = 1 FOR UPDATE"))
+    gone = session.execute(
+        text("UPDATE management_node SET state = 'dead' WHERE uuid = :u AND state = 'alive' RETURNING 1"),
+        {"u": node_uuid},
+    ).first()
+    if gone is not None:
+        _bump_epoch(session)
+    return gone is not None
+
+
+def _leave(session: Session, node_uuid: str) -> None:
+    session.execute(text("SELECT 1 FROM cluster_meta WHERE id = 1 FOR UPDATE"))
+    # Expire the lease now and hand partitions back, so the others take over without waiting.
+    session.execute(
+        text("UPDATE management_node SET state = 'left', lease_expires_at = now() WHERE uuid = :u"),
+        {"u": node_uuid},
+    )
+    session.execute(
+        text("UPDATE ring_partition SET owner_node_uuid = NULL WHERE owner_node_uuid = :u"), {"u": node_uuid}
+    )
+    _bump_epoch(session)
+
+
+RingListener = Callable[[Ring], Awaitable[None]]
+
+
+class Membership:
+    def __init__(
+        self,
+        *,
+        node_uuid: str,
+        address: str,
+        db: Database,
+        bus: AsyncBus,
+        interval: float,
+        misses: int,
+        lease_ttl: float,
+        vnodes: int,
+        on_ring: RingListener,
+        on_evicted: Callable[[], Awaitable[None]],
+        on_renewed: Callable[[float], None],
+        on_peer_released: Callable[[], None],
+    ) -> None:
+        self.node_uuid = node_uuid
+        self.address = address
+        self.db = db
+        self.bus = bus
+        self.interval = interval
+        self.misses = misses
+        self.lease_ttl = lease_ttl
+        self.vnodes = vnodes
+        self._on_ring = on_ring
+        self._on_evicted = on_evicted
+        self._on_renewed = on_renewed
+        self._on_peer_released = on_peer_released
+        self.ring = Ring.build(0, ())
+        self._last_seen: dict[str, float] = {}
+        self._refresh_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self.broker_events = False  # whether the broker reports deleted queues to us
+        topo = bus.topology
+        self._node_queue_prefix = f"{topo.namespace}.node."
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        topo = self.bus.topology
+        consumer = self.bus.consume(topo.membership_queue(self.node_uuid), self._on_broadcast, prefetch=64)
+        await self.bus.start_consumer(consumer)
+        if await self.bus.exchange_exists(BROKER_EVENTS_EXCHANGE):
+            spec = QueueSpec(
+                f"{topo.namespace}.broker-events.{self.node_uuid}",
+                exclusive=True,
+                auto_delete=True,
+                bindings=((BROKER_EVENTS_EXCHANGE, "queue.deleted"),),
+            )
+            await self.bus.start_consumer(self.bus.consume_raw(spec, self._on_broker_event))
+            self.broker_events = True
+        else:
+            log.warning(
+                "RabbitMQ's event exchange is off (rabbitmq-plugins enable rabbitmq_event_exchange): "
+                "a dead node is noticed only after %d missed heartbeats",
+                self.misses,
+            )
+        sent = time.monotonic()
+        view = await self.db.run_unfenced(_join, self.node_uuid, self.address, self.lease_ttl)
+        self._on_renewed(sent)
+        await self._apply(view)
+        await self._broadcast("join")
+
+    async def leave(self) -> None:
+        await self.db.run_unfenced(_leave, self.node_uuid)
+        await self._broadcast("leave")
+
+    # ------------------------------------------------------------------ the periodic tick
+
+    async def tick(self) -> None:
+        """Heartbeat (broadcast + lease renewal), then evict the silent."""
+        await self._broadcast("heartbeat")
+        sent = time.monotonic()
+        epoch = await self.db.run_unfenced(_heartbeat, self.node_uuid, self.lease_ttl)
+        if epoch is None:
+            log.error("node %s was evicted by the others: fencing itself and joining again", self.node_uuid)
+            await self._on_evicted()
+            view = await self.db.run_unfenced(_join, self.node_uuid, self.address, self.lease_ttl)
+            self._on_renewed(time.monotonic())
+            await self._apply(view)
+            await self._broadcast("join")
+            return
+        self._on_renewed(sent)
+        if epoch != self.ring.epoch:
+            await self.refresh()
+        await self._evict_silent()
+
+    async def _evict_silent(self) -> None:
+        now = time.monotonic()
+        limit = self.misses * self.interval
+        for member in self.ring.members:
+            if member == self.node_uuid:
+                continue
+            seen = self._last_seen.setdefault(member, now)  # a member never heard gets a full grace period
+            if now - seen > limit:
+                await self.evict(member, f"no heartbeat for {now - seen:.1f} s")
+
+    async def evict(self, node_uuid: str, reason: str) -> None:
+        if node_uuid == self.node_uuid or node_uuid not in self.ring.members:
+            return
+        if await self.db.run_unfenced(_evict, node_uuid):
+            log.warning("evicted node %s: %s", node_uuid, reason)
+            await self.refresh()
+            await self._broadcast("changed")
+        else:
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        async with self._refresh_lock:
+            view = await self.db.run_unfenced(_read_view)
+            await self._apply(view)
+
+    async def _apply(self, view: View) -> None:
+        if view.epoch == self.ring.epoch and view.members == self.ring.members:
+            return
+        self.ring = Ring.build(view.epoch, view.members, view.partitions, self.vnodes)
+        now = time.monotonic()
+        self._last_seen = {m: self._last_seen.get(m, now) for m in view.members}
+        log.info("ring epoch %d: %d members %s", view.epoch, len(view.members), [m[:8] for m in view.members])
+        await self._on_ring(self.ring)
+
+    # ------------------------------------------------------------------ messages
+
+    async def announce_release(self) -> None:
+        await self._broadcast("released")
+
+    async def _broadcast(self, kind: str) -> None:
+        env = Envelope(
+            name=f"membership.{kind}",
+            kind="event",
+            body={"node": self.node_uuid, "address": self.address},
+            ring_epoch=self.ring.epoch,
+        )
+        try:
+            await self.bus.publish(self.bus.topology.membership_exchange.name, "", env)
+        except Exception as exc:  # the DB lease, not the broadcast, is what keeps us a member
+            log.info("membership %s not broadcast: %s", kind, exc)
+
+    async def _on_broadcast(self, env: Envelope) -> None:
+        sender = env.body.get("node")
+        if not isinstance(sender, str) or sender == self.node_uuid:
+            return
+        self._last_seen[sender] = time.monotonic()
+        if env.name == "membership.released":
+            self._on_peer_released()  # partitions we want may be free now
+        if (
+            env.name == "membership.leave"
+            or (env.ring_epoch or 0) > self.ring.epoch
+            or sender not in self.ring.members
+        ):
+            await self.refresh()
+
+    async def _on_broker_event(self, message: DeliveredMessage) -> None:
+        headers: dict[str, Any] = message.header.properties.headers or {}
+        name = headers.get("name")
+        if isinstance(name, bytes):
+            name = name.decode()
+        if isinstance(name, str) and name.startswith(self._node_queue_prefix):
+            await self.evict(
+                name[len(self._node_queue_prefix) :], "its node queue was deleted (connection lost)"
+            )
+
+    def suspect(self, node_uuid: str) -> None:
+        """A message to this node came back unroutable: check it at the next opportunity."""
+        self._last_seen[node_uuid] = 0.0
