@@ -224,6 +224,7 @@ class JobRunner:
         self.membership = membership
         self.events = events
         self._scheduled: dict[str, asyncio.Task[None]] = {}  # job uuid -> its task (queued or running)
+        self._active: dict[str, asyncio.Task[Any]] = {}  # past the point where a drain waits for them
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._running_routes: dict[str, Route] = {}
         self._cancelling: set[str] = set()
@@ -320,6 +321,15 @@ class JobRunner:
     async def _execute(self, job_uuid: str, resource_uuid: str, partition: int) -> None:
         if self._stopping:
             return
+        # Registered in the same step as the check above, so a drain either sees this job as
+        # active (and waits for it) or this job sees the drain (and leaves the job pending).
+        self._active[job_uuid] = asyncio.current_task()  # type: ignore[assignment]
+        try:
+            await self._claim_and_run(job_uuid, resource_uuid, partition)
+        finally:
+            self._active.pop(job_uuid, None)
+
+    async def _claim_and_run(self, job_uuid: str, resource_uuid: str, partition: int) -> None:
         token = self.ownership.token(partition)
         if token is None:
             owner = self.membership.ring.owner_of_partition(partition)
@@ -492,9 +502,9 @@ class JobRunner:
     async def drain(self, timeout: float) -> bool:
         """Start nothing new, let running jobs finish; queued ones stay pending for the next owner."""
         self._stopping = True
-        running = set(self._running.values())
-        if running:
-            _, pending = await asyncio.wait(running, timeout=timeout)
+        active = set(self._active.values())
+        if active:
+            _, pending = await asyncio.wait(active, timeout=timeout)
         else:
             pending = set()
         for task in list(self._scheduled.values()):

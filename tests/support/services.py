@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field
+from sqlalchemy import text
+from sqlalchemy.orm import Session
 
+from mgmt.core.db import Database
 from mgmt.core.events import EventPublisher
 from mgmt.core.service import CallContext, Service, handler
-from schema.api.base import ApiMessage, Reply
+from schema.api.base import ApiMessage, Reply, ResourceMessage
 
 
 class SleepReply(Reply):
@@ -34,8 +37,77 @@ class TestingService(Service):
 
     events: EventPublisher
 
-    @handler(TestSleep)
+    @handler(TestSleep, cancellable=True)
     async def sleep(self, msg: TestSleep, ctx: CallContext) -> SleepReply:
         await self.events.resource_event("testsleep", msg.tag, "started")
         await asyncio.sleep(msg.seconds)
         return SleepReply(slept=msg.seconds, tag=msg.tag)
+
+
+# ---------------------------------------------------------------------- an audited operation
+
+AUDIT_DDL = """
+CREATE TABLE IF NOT EXISTS test_audit (
+    id bigserial PRIMARY KEY,
+    job_uuid varchar(32) NOT NULL,
+    resource_uuid varchar(32) NOT NULL,
+    node_uuid varchar(32) NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    ended_at timestamptz
+)
+"""
+
+
+class AuditReply(Reply):
+    node_uuid: str
+
+
+class AuditedWork(ResourceMessage):
+    """Work on one resource that records, in fenced transactions, when it starts and ends and on
+    which node, so a test can prove no two nodes ever worked on one resource at once."""
+
+    __test__ = False
+    service: ClassVar[str] = "testing"
+    reply = AuditReply
+
+    seconds: float = Field(ge=0, le=60)
+
+
+class AuditService(Service):
+    __test__ = False
+    name = "testing-audit"
+
+    db: Database
+    node: Any
+
+    @handler(AuditedWork, cancellable=True)
+    async def work(self, msg: AuditedWork, ctx: CallContext) -> AuditReply:
+        node_uuid = self.node.uuid
+
+        def start(session: Session) -> int:
+            return int(
+                session.execute(
+                    text(
+                        "INSERT INTO test_audit (job_uuid, resource_uuid, node_uuid) VALUES (:j, :r, :n) RETURNING id"
+                    ),
+                    {"j": ctx.request_id, "r": msg.uuid, "n": node_uuid},
+                ).scalar_one()
+            )
+
+        def end(session: Session, row_id: int) -> None:
+            session.execute(text("UPDATE test_audit SET ended_at = clock_timestamp() WHERE id = :i"), {"i": row_id})
+
+        def finished_before(session: Session) -> str | None:
+            return session.execute(
+                text("SELECT node_uuid FROM test_audit WHERE job_uuid = :j AND ended_at IS NOT NULL"),
+                {"j": ctx.request_id},
+            ).scalar()
+
+        # Idempotent like every handler must be: a job resumed after its node died right after the
+        # work finished (before the job was marked done) does not do the work twice.
+        if ctx.resumed and (done_by := await self.db.run(finished_before)) is not None:
+            return AuditReply(node_uuid=done_by)
+        row_id = await self.db.run(start)
+        await asyncio.sleep(msg.seconds)
+        await self.db.run(end, row_id)
+        return AuditReply(node_uuid=node_uuid)

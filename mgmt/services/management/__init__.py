@@ -1,0 +1,3 @@
+from mgmt.services.management.service import ManagementService
+
+__all__ = ["ManagementService"]
