@@ -159,7 +159,7 @@ class ManagementNode:
     async def _on_call(self, env: Envelope) -> HandlerResult:
         if Cluster.is_internal(env.name):
             return await self.cluster.on_internal(env)
-        return await self.dispatcher.dispatch(env)
+        return await self.cluster.router.serve(env)
 
     async def stop(self) -> bool:
         """Stop taking work, drain, close. True when every in-flight request finished in time."""

@@ -40,6 +40,24 @@ def start(config_path: str | None) -> None:
     sys.exit(0 if drained else 1)
 
 
+@main.command()
+@click.option("--config", "config_path", default=None, help="TOML config file [env RINGSTACK_CONFIG]")
+@click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table")
+def status(config_path: str | None, fmt: str) -> None:
+    """Every management node: state, heartbeat age, the ring epoch it sees, what it owns, its queues."""
+    from mgmt.cli.output import render
+    from mgmt.cli.status import cluster_status
+
+    config = _config(config_path)
+    try:
+        nodes = cluster_status(config)
+    except Exception as exc:
+        raise click.ClickException(f"cannot read the cluster's state: {exc}") from None
+    click.echo(render({"inventories": nodes}, fmt))
+    if not any(n["state"] == "alive" for n in nodes):
+        sys.exit(1)
+
+
 @main.group()
 def db() -> None:
     """Database schema."""

@@ -20,6 +20,7 @@ from bus.ring import Ring
 from mgmt.cluster.jobs import CANCEL_RUNNING_JOB, RUN_JOB, JobRunner
 from mgmt.cluster.membership import Membership
 from mgmt.cluster.ownership import Ownership
+from mgmt.cluster.router import Router
 
 if TYPE_CHECKING:
     from mgmt.node import ManagementNode
@@ -61,6 +62,15 @@ class Cluster:
             events=node.events,
         )
         self.ownership.on_lost = self.jobs.fenced
+        self.router = Router(
+            node_uuid=node.uuid,
+            bus=node.bus,
+            dispatcher=node.dispatcher,
+            membership=self.membership,
+            ownership=self.ownership,
+            max_hops=cfg.max_forward_hops,
+            lease_wait=cfg.lease_ttl * 2 + cfg.heartbeat_interval,
+        )
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
