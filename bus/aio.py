@@ -90,6 +90,7 @@ class AsyncBus:
         default_timeout: float = 30.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         declare_topology: bool = True,
+        reply_exchange: str = "",
         reconnect_initial: float = 0.1,
         reconnect_max: float = 5.0,
     ) -> None:
@@ -100,6 +101,8 @@ class AsyncBus:
         self.default_timeout = default_timeout
         self.max_message_bytes = max_message_bytes
         self.declare_topology = declare_topology
+        # Where replies are published: the default exchange, or (agents) the replies exchange.
+        self.reply_exchange = reply_exchange
         self._reconnect_initial = reconnect_initial
         self._reconnect_max = reconnect_max
 
@@ -401,7 +404,7 @@ class AsyncBus:
             content_type="application/json", correlation_id=reply.correlation_id, message_type=reply.name
         )
         try:
-            await channel.basic_publish(body, routing_key=reply_to, properties=properties)
+            await channel.basic_publish(body, exchange=self.reply_exchange, routing_key=reply_to, properties=properties)
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             log.info("%s: reply %s dropped: %s", self.process_name, reply.correlation_id, exc)
 

@@ -90,8 +90,12 @@ class SyncClient:
             conn.connect()
             channel = conn.default_channel
             channel.events["basic_return"].add(self._on_return)  # type: ignore[attr-defined]
+            for spec in self.topology.exchanges():
+                channel.exchange_declare(spec.name, spec.type, durable=spec.durable, auto_delete=False)
             reply = _kombu_queue(self._reply_spec, channel)
             reply.declare()
+            for exchange, key in self._reply_spec.bindings:
+                channel.queue_bind(queue=self._reply_spec.name, exchange=exchange, routing_key=key)
             consumer = kombu.Consumer(channel, queues=[reply], no_ack=True, on_message=self._on_reply)
             consumer.consume()
         except _CONNECTION_ERRORS as exc:

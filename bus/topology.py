@@ -9,6 +9,8 @@ installations can share one broker without touching each other's queues.
 | ``<ns>.node.<node_uuid>`` | exclusive queue | calls routed to one management node |
 | ``<ns>.agent.<host_uuid>`` | durable queue | commands to one agent (KVM host, virtual router) |
 | ``<ns>.reply.<process_uuid>`` | exclusive queue | replies to one process's calls |
+| ``<ns>.replies`` | direct exchange | how agents reply: bound only to reply queues, so an agent that may publish here cannot reach any other queue |
+| ``<ns>.agent-reports`` | durable queue | agents' reports (``agent.<host>.<report>`` on the events exchange); nodes share it |
 | ``<ns>.membership`` | fanout exchange | join / heartbeat / leave broadcasts |
 | ``<ns>.events`` | topic exchange | canonical events, e.g. ``zone.<uuid>.created`` |
 | ``<ns>.dead-letter`` | fanout exchange + queue | messages no one could answer, kept for inspection |
@@ -62,8 +64,12 @@ class Topology:
     def dead_letter_exchange(self) -> ExchangeSpec:
         return ExchangeSpec(f"{self.namespace}.dead-letter", "fanout")
 
+    @property
+    def replies_exchange(self) -> ExchangeSpec:
+        return ExchangeSpec(f"{self.namespace}.replies", "direct")
+
     def exchanges(self) -> tuple[ExchangeSpec, ...]:
-        return (self.events_exchange, self.membership_exchange, self.dead_letter_exchange)
+        return (self.events_exchange, self.membership_exchange, self.dead_letter_exchange, self.replies_exchange)
 
     # queues
     def _dead_lettered(self) -> dict[str, Any]:
@@ -93,7 +99,17 @@ class Topology:
         return QueueSpec(f"{self.namespace}.agent.{host_uuid}", durable=True, arguments=self._dead_lettered())
 
     def reply_queue(self, process_uuid: str) -> QueueSpec:
-        return QueueSpec(f"{self.namespace}.reply.{process_uuid}", exclusive=True, auto_delete=True)
+        name = f"{self.namespace}.reply.{process_uuid}"
+        return QueueSpec(name, exclusive=True, auto_delete=True, bindings=((self.replies_exchange.name, name),))
+
+    @property
+    def agent_reports_queue(self) -> QueueSpec:
+        return QueueSpec(
+            f"{self.namespace}.agent-reports",
+            durable=True,
+            arguments=self._dead_lettered(),
+            bindings=((self.events_exchange.name, "agent.*.*"),),
+        )
 
     def membership_queue(self, node_uuid: str) -> QueueSpec:
         return QueueSpec(
@@ -118,4 +134,4 @@ class Topology:
 
     def shared_queues(self) -> tuple[QueueSpec, ...]:
         """Queues that exist independently of any one process."""
-        return (self.dead_letter_queue, self.api_queue)
+        return (self.dead_letter_queue, self.api_queue, self.agent_reports_queue)

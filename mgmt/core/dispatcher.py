@@ -12,13 +12,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
-
 from bus.envelope import Envelope
 from bus.errors import RingstackError, Sys
 from mgmt.core.serial import SerialQueues
 from mgmt.core.service import SYSTEM_ACCOUNT, Account, CallContext, Service
-from schema.api.base import ApiMessage, Reply
+from schema.api.base import ApiMessage, Reply, parse_wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,18 +76,4 @@ class Dispatcher:
 
 def validate(message: type[ApiMessage], body: dict[str, Any]) -> ApiMessage:
     """Parse a body into its message model; a failure names every bad field."""
-    try:
-        return message.from_wire(body)
-    except ValidationError as exc:
-        errors = [
-            {
-                "field": ".".join(str(p) for p in err["loc"]) or "(body)",
-                "message": err["msg"],
-                "type": err["type"],
-            }
-            for err in exc.errors(include_url=False, include_input=False)
-        ]
-        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        raise RingstackError(
-            Sys.INVALID_ARGUMENT, f"invalid {message.__name__}: {summary}", details={"errors": errors}
-        ) from None
+    return parse_wire(message, body)

@@ -11,11 +11,12 @@ Conventions every message follows:
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from bus.errors import RingstackError, Sys
 from schema.registry import REGISTRY
 
 
@@ -38,6 +39,24 @@ class WireModel(BaseModel):
     def from_wire(cls, body: Any) -> Self:
         """Validate a body received from the wire: camelCase names only, unknown fields rejected."""
         return cls.model_validate(body, by_alias=True, by_name=False)
+
+
+W = TypeVar("W", bound=WireModel)
+
+
+def parse_wire(model: type[W], body: Any) -> W:
+    """Validate a body from the wire; a failure is ``SYS.INVALID_ARGUMENT`` naming every bad field."""
+    try:
+        return model.from_wire(body)
+    except ValidationError as exc:
+        errors = [
+            {"field": ".".join(str(p) for p in err["loc"]) or "(body)", "message": err["msg"], "type": err["type"]}
+            for err in exc.errors(include_url=False, include_input=False)
+        ]
+        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        raise RingstackError(
+            Sys.INVALID_ARGUMENT, f"invalid {model.__name__}: {summary}", details={"errors": errors}
+        ) from None
 
 
 class Reply(WireModel):

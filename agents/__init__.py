@@ -1,0 +1,1 @@
+"""Agents: processes on hypervisor hosts (KVM), in virtual routers, and the simulator."""

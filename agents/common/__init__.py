@@ -1,0 +1,1 @@
+"""What every hypervisor agent shares: serving the agent protocol on the bus."""

@@ -1,0 +1,1 @@
+"""The simulated hypervisor: many hosts answering the agent protocol from one process."""

@@ -1,0 +1,390 @@
+"""A simulated hypervisor: one process answers the agent protocol for many hosts.
+
+Each simulated host has its own queue, CPU and memory capacity and list of VMs, and answers every
+command of ``schema.agent`` the way a real agent would (idempotently, refusing what would exceed
+its capacity). Faults can be injected per host and command: latency, failing the Nth call or
+every call, never answering (a hung agent), exiting the whole process (a crashed agent), or
+claiming to be another host (a swapped one). VMs can be changed behind the management's back to
+test reconciliation.
+
+A control queue ``<ns>.simulator`` takes ``simulator.*`` calls: add/remove hosts, configure faults,
+change a VM's state, list everything. ``AddSimulatorHost`` uses it to bring a host up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import Field
+
+from agents.common.server import AgentServer
+from bus.aio import AsyncBus
+from bus.envelope import Envelope
+from bus.errors import RingstackError, Sys
+from bus.topology import QueueSpec
+from schema.agent import (
+    PROTOCOL_VERSION,
+    REPORT_VM_STATE,
+    AgentErrors,
+    BridgeReply,
+    ConnectCommand,
+    ConnectReply,
+    ConsoleCommand,
+    ConsoleReply,
+    CreateVolumeCommand,
+    DeleteBridgeCommand,
+    DeleteVolumeCommand,
+    DestroyVmCommand,
+    EmptyReply,
+    EnsureBridgeCommand,
+    HostFacts,
+    MigrateVmCommand,
+    NicAttachCommand,
+    PingCommand,
+    PingReply,
+    RebootVmCommand,
+    StartVmCommand,
+    StopVmCommand,
+    VmSpec,
+    VmStateReply,
+    VmStateReport,
+    VmStatus,
+    VmSyncCommand,
+    VmSyncReply,
+    VolumeAttachCommand,
+    VolumeReply,
+)
+from schema.api.base import UUID_PATTERN, WireModel, parse_wire
+
+log = logging.getLogger(__name__)
+
+AGENT_VERSION = "ringstack-simulator/1"
+
+
+class Fault(WireModel):
+    """What to do to one command on one host."""
+
+    latency: float = Field(default=0.0, ge=0, le=600)
+    fail_nth: list[int] = Field(default_factory=list, description="fail these call numbers (1-based)")
+    fail_always: bool = False
+    hang: bool = False  # never answer
+    crash_nth: int | None = Field(default=None, ge=1, description="exit the process on this call")
+
+
+@dataclass
+class SimVm:
+    spec: VmSpec
+    state: Literal["Running", "Stopped", "Paused", "Crashed"]
+
+
+@dataclass
+class SimHost:
+    host_uuid: str
+    cpu_num: int
+    memory_size: int
+    simulator: Simulator
+    vms: dict[str, SimVm] = field(default_factory=dict)
+    volumes: dict[str, int] = field(default_factory=dict)  # install path -> size
+    bridges: set[str] = field(default_factory=set)
+    faults: dict[str, Fault] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+    pretend_uuid: str | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    # ------------------------------------------------------------------ faults
+
+    async def _enter(self, command: str) -> None:
+        n = self.calls[command] = self.calls.get(command, 0) + 1
+        fault = self.faults.get(command) or self.faults.get("*")
+        if fault is None:
+            return
+        if fault.crash_nth is not None and n == fault.crash_nth:
+            log.error(
+                "simulator: crashing on %s call %d of host %s, as configured", command, n, self.host_uuid
+            )
+            os._exit(17)
+        if fault.latency:
+            await asyncio.sleep(fault.latency)
+        if fault.hang:
+            await asyncio.Event().wait()
+        if fault.fail_always or n in fault.fail_nth:
+            raise RingstackError(AgentErrors.INJECTED_FAILURE, f"injected failure of {command} call {n}")
+
+    def _used(self) -> tuple[int, int]:
+        running = [vm.spec for vm in self.vms.values() if vm.state in ("Running", "Paused")]
+        return sum(s.cpu_num for s in running), sum(s.memory_size for s in running)
+
+    def _status(self) -> list[VmStatus]:
+        return [VmStatus(uuid=uuid, state=vm.state) for uuid, vm in self.vms.items()]
+
+    # ------------------------------------------------------------------ host
+
+    async def connect(self, cmd: ConnectCommand) -> ConnectReply:
+        await self._enter("agent.connect")
+        if cmd.protocol_version != PROTOCOL_VERSION:
+            raise RingstackError(
+                AgentErrors.PROTOCOL_MISMATCH,
+                f"agent speaks protocol {PROTOCOL_VERSION}, not {cmd.protocol_version}",
+            )
+        facts = HostFacts(
+            hypervisor="simulator",
+            cpu_num=self.cpu_num,
+            cpu_model="simulated",
+            memory_size=self.memory_size,
+            hostname=f"sim-{self.host_uuid[:8]}",
+            os="simulated",
+        )
+        return ConnectReply(
+            host_uuid=self.host_uuid,
+            protocol_version=PROTOCOL_VERSION,
+            agent_version=AGENT_VERSION,
+            facts=facts,
+            vms=self._status(),
+        )
+
+    async def ping(self, cmd: PingCommand) -> PingReply:
+        await self._enter("agent.ping")
+        return PingReply(
+            host_uuid=self.pretend_uuid or self.host_uuid,
+            agent_version=AGENT_VERSION,
+            uptime=time.monotonic() - self.started,
+        )
+
+    # ------------------------------------------------------------------ VMs
+
+    def _vm(self, vm_uuid: str) -> SimVm:
+        vm = self.vms.get(vm_uuid)
+        if vm is None:
+            raise RingstackError(AgentErrors.VM_NOT_FOUND, f"VM {vm_uuid} is not on host {self.host_uuid}")
+        return vm
+
+    async def vm_start(self, cmd: StartVmCommand) -> VmStateReply:
+        await self._enter("agent.vm.start")
+        vm = self.vms.get(cmd.vm.uuid)
+        if vm is not None and vm.state == "Running":
+            return VmStateReply(vm_uuid=cmd.vm.uuid, state="Running")
+        cpu, memory = self._used()
+        if cpu + cmd.vm.cpu_num > self.cpu_num or memory + cmd.vm.memory_size > self.memory_size:
+            raise RingstackError(
+                AgentErrors.INSUFFICIENT_CAPACITY,
+                f"host {self.host_uuid} has {self.cpu_num - cpu} CPUs and {self.memory_size - memory} bytes free",
+            )
+        self.vms[cmd.vm.uuid] = SimVm(cmd.vm, "Running")
+        return VmStateReply(vm_uuid=cmd.vm.uuid, state="Running")
+
+    async def vm_stop(self, cmd: StopVmCommand) -> VmStateReply:
+        await self._enter("agent.vm.stop")
+        vm = self.vms.get(cmd.vm_uuid)
+        if vm is None:
+            return VmStateReply(vm_uuid=cmd.vm_uuid, state="Absent")
+        vm.state = "Stopped"
+        return VmStateReply(vm_uuid=cmd.vm_uuid, state="Stopped")
+
+    async def vm_reboot(self, cmd: RebootVmCommand) -> VmStateReply:
+        await self._enter("agent.vm.reboot")
+        vm = self._vm(cmd.vm_uuid)
+        vm.state = "Running"
+        return VmStateReply(vm_uuid=cmd.vm_uuid, state="Running")
+
+    async def vm_destroy(self, cmd: DestroyVmCommand) -> VmStateReply:
+        await self._enter("agent.vm.destroy")
+        self.vms.pop(cmd.vm_uuid, None)
+        return VmStateReply(vm_uuid=cmd.vm_uuid, state="Absent")
+
+    async def vm_migrate(self, cmd: MigrateVmCommand) -> VmStateReply:
+        await self._enter("agent.vm.migrate")
+        destination = self.simulator.hosts.get(cmd.destination_host_uuid)
+        if destination is None:
+            raise RingstackError(
+                AgentErrors.HYPERVISOR_ERROR, f"destination host {cmd.destination_host_uuid} unknown"
+            )
+        vm = self.vms.get(cmd.vm_uuid)
+        if vm is None:
+            if cmd.vm_uuid in destination.vms:  # already moved: idempotent
+                return VmStateReply(vm_uuid=cmd.vm_uuid, state=destination.vms[cmd.vm_uuid].state)
+            raise RingstackError(
+                AgentErrors.VM_NOT_FOUND, f"VM {cmd.vm_uuid} is not on host {self.host_uuid}"
+            )
+        cpu, memory = destination._used()
+        if (
+            cpu + vm.spec.cpu_num > destination.cpu_num
+            or memory + vm.spec.memory_size > destination.memory_size
+        ):
+            raise RingstackError(
+                AgentErrors.INSUFFICIENT_CAPACITY, f"destination {destination.host_uuid} is full"
+            )
+        destination.vms[cmd.vm_uuid] = self.vms.pop(cmd.vm_uuid)
+        return VmStateReply(vm_uuid=cmd.vm_uuid, state=destination.vms[cmd.vm_uuid].state)
+
+    async def vm_attach_volume(self, cmd: VolumeAttachCommand) -> EmptyReply:
+        await self._enter("agent.vm.attach_volume")
+        vm = self._vm(cmd.vm_uuid)
+        if all(v.uuid != cmd.volume.uuid for v in vm.spec.data_volumes):
+            vm.spec.data_volumes.append(cmd.volume)
+        return EmptyReply()
+
+    async def vm_detach_volume(self, cmd: VolumeAttachCommand) -> EmptyReply:
+        await self._enter("agent.vm.detach_volume")
+        vm = self._vm(cmd.vm_uuid)
+        vm.spec.data_volumes = [v for v in vm.spec.data_volumes if v.uuid != cmd.volume.uuid]
+        return EmptyReply()
+
+    async def vm_attach_nic(self, cmd: NicAttachCommand) -> EmptyReply:
+        await self._enter("agent.vm.attach_nic")
+        vm = self._vm(cmd.vm_uuid)
+        if all(n.uuid != cmd.nic.uuid for n in vm.spec.nics):
+            vm.spec.nics.append(cmd.nic)
+        return EmptyReply()
+
+    async def vm_detach_nic(self, cmd: NicAttachCommand) -> EmptyReply:
+        await self._enter("agent.vm.detach_nic")
+        vm = self._vm(cmd.vm_uuid)
+        vm.spec.nics = [n for n in vm.spec.nics if n.uuid != cmd.nic.uuid]
+        return EmptyReply()
+
+    async def vm_sync(self, cmd: VmSyncCommand) -> VmSyncReply:
+        await self._enter("agent.vm.sync")
+        return VmSyncReply(vms=self._status())
+
+    async def vm_console(self, cmd: ConsoleCommand) -> ConsoleReply:
+        await self._enter("agent.vm.console")
+        index = list(self.vms).index(self._vm(cmd.vm_uuid).spec.uuid)
+        return ConsoleReply(protocol="vnc", hostname="127.0.0.1", port=5900 + index)
+
+    # ------------------------------------------------------------------ storage, network
+
+    async def volume_create(self, cmd: CreateVolumeCommand) -> VolumeReply:
+        await self._enter("agent.volume.create")
+        path = f"{cmd.primary_storage_url.rstrip('/')}/{cmd.volume_uuid}.qcow2"
+        self.volumes[path] = cmd.size
+        return VolumeReply(install_path=path, actual_size=0)
+
+    async def volume_delete(self, cmd: DeleteVolumeCommand) -> EmptyReply:
+        await self._enter("agent.volume.delete")
+        self.volumes.pop(cmd.install_path, None)
+        return EmptyReply()
+
+    async def network_ensure_bridge(self, cmd: EnsureBridgeCommand) -> BridgeReply:
+        await self._enter("agent.network.ensure_bridge")
+        self.bridges.add(cmd.l2.bridge_name)
+        return BridgeReply(bridge_name=cmd.l2.bridge_name)
+
+    async def network_delete_bridge(self, cmd: DeleteBridgeCommand) -> EmptyReply:
+        await self._enter("agent.network.delete_bridge")
+        self.bridges.discard(cmd.l2.bridge_name)
+        return EmptyReply()
+
+
+# ---------------------------------------------------------------------- control messages
+
+
+class SimHostSpec(WireModel):
+    uuid: str = Field(pattern=UUID_PATTERN)
+    cpu_num: int = Field(default=32, ge=1, le=4096)
+    memory_size: int = Field(default=128 << 30, ge=1 << 20)
+
+
+class AddHosts(WireModel):
+    hosts: list[SimHostSpec] = Field(max_length=10_000)
+
+
+class RemoveHost(WireModel):
+    uuid: str = Field(pattern=UUID_PATTERN)
+
+
+class Configure(WireModel):
+    host_uuid: str = Field(description="a host uuid, or * for every host")
+    command: str = Field(description="an agent command name, or * for every command")
+    fault: Fault | None = None  # None clears it
+    pretend_uuid: str | None = None
+
+
+class SetVmState(WireModel):
+    host_uuid: str = Field(pattern=UUID_PATTERN)
+    vm_uuid: str = Field(pattern=UUID_PATTERN)
+    state: Literal["Running", "Stopped", "Paused", "Crashed", "Absent"]
+    report: bool = True  # publish a vm_state report, as a real agent's libvirt event would
+    spec: VmSpec | None = None  # needed to make a VM appear that the host did not have
+
+
+class Simulator:
+    def __init__(self, bus: AsyncBus, name: str = "simulator") -> None:
+        self.bus = bus
+        self.name = name
+        self.server = AgentServer(bus)
+        self.hosts: dict[str, SimHost] = {}
+
+    @property
+    def control_queue(self) -> QueueSpec:
+        return QueueSpec(f"{self.bus.topology.namespace}.{self.name}", exclusive=True)
+
+    async def start(self) -> None:
+        await self.bus.start()
+        await self.bus.start_consumer(self.bus.consume(self.control_queue, self._on_control, prefetch=64))
+
+    async def add_host(self, spec: SimHostSpec) -> SimHost:
+        host = self.hosts.get(spec.uuid)
+        if host is None:
+            host = self.hosts[spec.uuid] = SimHost(spec.uuid, spec.cpu_num, spec.memory_size, self)
+        await self.server.serve(host)
+        return host
+
+    async def _on_control(self, env: Envelope) -> dict[str, Any]:
+        if env.name == "simulator.add_hosts":
+            for spec in parse_wire(AddHosts, env.body).hosts:
+                await self.add_host(spec)
+            return {"hosts": len(self.hosts)}
+        if env.name == "simulator.remove_host":
+            uuid = parse_wire(RemoveHost, env.body).uuid
+            await self.server.stop_serving(uuid)
+            self.hosts.pop(uuid, None)
+            return {}
+        if env.name == "simulator.configure":
+            return self._configure(parse_wire(Configure, env.body))
+        if env.name == "simulator.set_vm_state":
+            await self._set_vm_state(parse_wire(SetVmState, env.body))
+            return {}
+        if env.name == "simulator.inventory":
+            return {
+                "hosts": {
+                    uuid: {
+                        "vms": {v: vm.state for v, vm in h.vms.items()},
+                        "calls": h.calls,
+                        "volumes": len(h.volumes),
+                    }
+                    for uuid, h in self.hosts.items()
+                }
+            }
+        raise RingstackError(Sys.UNKNOWN_MESSAGE, f"the simulator does not know {env.name!r}")
+
+    def _configure(self, cfg: Configure) -> dict[str, Any]:
+        targets = list(self.hosts.values()) if cfg.host_uuid == "*" else [self.hosts[cfg.host_uuid]]
+        for host in targets:
+            if cfg.fault is None:
+                host.faults.pop(cfg.command, None)
+            else:
+                host.faults[cfg.command] = cfg.fault
+                host.calls.pop(cfg.command, None)  # fail_nth counts from now
+            host.pretend_uuid = cfg.pretend_uuid
+        return {"configured": len(targets)}
+
+    async def _set_vm_state(self, cmd: SetVmState) -> None:
+        host = self.hosts[cmd.host_uuid]
+        if cmd.state == "Absent":
+            host.vms.pop(cmd.vm_uuid, None)
+        elif cmd.vm_uuid in host.vms:
+            host.vms[cmd.vm_uuid].state = cmd.state
+        elif cmd.spec is not None:
+            host.vms[cmd.vm_uuid] = SimVm(cmd.spec, cmd.state)
+        else:
+            raise RingstackError(Sys.INVALID_ARGUMENT, "a VM the host does not have needs its spec")
+        if cmd.report:
+            report = VmStateReport(
+                host_uuid=host.host_uuid, vm_uuid=cmd.vm_uuid, state=cmd.state, reason="simulated"
+            )
+            await self.server.report(host.host_uuid, REPORT_VM_STATE, report)

@@ -1,0 +1,272 @@
+"""The hypervisor agent protocol, version 1: every command, its reply, and the agents' reports.
+
+Spoken between management nodes and every hypervisor agent (the KVM agent, the simulator). One
+place documents it all:
+
+- Transport: a ringstack envelope (``bus.envelope``) of kind ``call`` on the agent's own queue
+  ``<ns>.agent.<host_uuid>``; the agent answers on ``reply_to`` through the ``<ns>.replies``
+  exchange (agents may publish nowhere else but their reports). Every call has a deadline; past
+  it the management side gives up with ``SYS.TIMEOUT``.
+- Every command names the host it is meant for (``hostUuid``). An agent refuses a command for
+  another host with ``AGENT.WRONG_HOST`` (a swapped or re-imaged host), and ``agent.ping`` returns
+  the uuid the agent believes it is, so the management side notices the swap itself.
+- Every command is idempotent: starting a running VM, stopping a stopped one, destroying a missing
+  one or creating a volume that exists succeed and report the state reached.
+- Reports travel on the events exchange with routing key ``agent.<host_uuid>.<report>``, e.g.
+  ``agent.<host>.vm_state`` when a VM changes state on its own (shut down from inside, crashed).
+- ``agent.connect`` carries the protocol version; an agent speaking another major version answers
+  ``AGENT.PROTOCOL_MISMATCH``.
+
+Field names are camelCase on the wire, as everywhere in ringstack.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from schema.api.base import UUID_PATTERN, WireModel
+
+PROTOCOL_VERSION = 1
+
+Uuid = str
+HypervisorVmState = Literal["Running", "Stopped", "Paused", "Crashed"]
+
+
+class AgentErrors:
+    WRONG_HOST = "AGENT.WRONG_HOST"
+    PROTOCOL_MISMATCH = "AGENT.PROTOCOL_MISMATCH"
+    VM_NOT_FOUND = "AGENT.VM_NOT_FOUND"
+    INSUFFICIENT_CAPACITY = "AGENT.INSUFFICIENT_CAPACITY"
+    HYPERVISOR_ERROR = "AGENT.HYPERVISOR_ERROR"  # libvirt (or the simulator) refused; message says why
+    INJECTED_FAILURE = "AGENT.INJECTED_FAILURE"  # the simulator failed on purpose
+
+
+class HostCommand(WireModel):
+    host_uuid: Uuid = Field(pattern=UUID_PATTERN)
+
+
+# ---------------------------------------------------------------------- host
+
+
+class ConnectCommand(HostCommand):
+    protocol_version: int = PROTOCOL_VERSION
+    management_node_uuid: Uuid | None = None
+
+
+class HostFacts(WireModel):
+    hypervisor: Literal["kvm", "qemu", "simulator"]
+    cpu_num: int = Field(ge=1)
+    cpu_model: str = ""
+    memory_size: int = Field(ge=0, description="bytes")
+    hostname: str = ""
+    os: str = ""
+    libvirt_version: str | None = None
+    qemu_version: str | None = None
+
+
+class VmStatus(WireModel):
+    uuid: Uuid
+    state: HypervisorVmState
+
+
+class ConnectReply(WireModel):
+    host_uuid: Uuid
+    protocol_version: int
+    agent_version: str
+    facts: HostFacts
+    vms: list[VmStatus] = Field(default_factory=list)
+
+
+class PingCommand(HostCommand):
+    pass
+
+
+class PingReply(WireModel):
+    host_uuid: Uuid  # the host the agent believes it is
+    agent_version: str
+    uptime: float
+
+
+# ---------------------------------------------------------------------- specs
+
+
+class L2Spec(WireModel):
+    uuid: Uuid
+    type: Literal["L2NoVlanNetwork", "L2VlanNetwork"]
+    physical_interface: str
+    vlan: int | None = Field(default=None, ge=1, le=4094)
+    bridge_name: str
+
+
+class NicSpec(WireModel):
+    uuid: Uuid
+    mac: str = Field(pattern=r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+    ip: str | None = None
+    netmask: str | None = None
+    gateway: str | None = None
+    l3_network_uuid: Uuid
+    l2: L2Spec
+    device_id: int = Field(ge=0)
+    default: bool = False
+
+
+class VolumeSpec(WireModel):
+    uuid: Uuid
+    install_path: str
+    format: Literal["qcow2", "raw"] = "qcow2"
+    size: int = Field(ge=0)
+    device_id: int = Field(ge=0)
+    type: Literal["Root", "Data"] = "Root"
+
+
+class VmSpec(WireModel):
+    uuid: Uuid
+    name: str
+    cpu_num: int = Field(ge=1, le=1024)
+    memory_size: int = Field(ge=16 << 20, description="bytes")
+    root_volume: VolumeSpec
+    data_volumes: list[VolumeSpec] = Field(default_factory=list)
+    nics: list[NicSpec] = Field(default_factory=list)
+    console: Literal["vnc", "none"] = "vnc"
+    # Extra boot inputs for images that are a kernel and an initrd rather than a disk (tests).
+    kernel: str | None = None
+    initrd: str | None = None
+    kernel_args: str | None = None
+
+
+# ---------------------------------------------------------------------- VM commands
+
+
+class StartVmCommand(HostCommand):
+    vm: VmSpec
+
+
+class VmStateReply(WireModel):
+    vm_uuid: Uuid
+    state: HypervisorVmState | Literal["Absent"]
+
+
+class StopVmCommand(HostCommand):
+    vm_uuid: Uuid
+    type: Literal["grace", "cold"] = "grace"
+    timeout: float = Field(default=60, gt=0, le=3600, description="seconds of ACPI shutdown before forcing")
+
+
+class RebootVmCommand(HostCommand):
+    vm_uuid: Uuid
+
+
+class DestroyVmCommand(HostCommand):
+    vm_uuid: Uuid
+
+
+class MigrateVmCommand(HostCommand):
+    vm_uuid: Uuid
+    destination_host_uuid: Uuid
+    destination_uri: str  # e.g. qemu+tcp://10.0.0.2/system; the simulator ignores it
+
+
+class VolumeAttachCommand(HostCommand):
+    vm_uuid: Uuid
+    volume: VolumeSpec
+
+
+class NicAttachCommand(HostCommand):
+    vm_uuid: Uuid
+    nic: NicSpec
+
+
+class VmSyncCommand(HostCommand):
+    pass
+
+
+class VmSyncReply(WireModel):
+    vms: list[VmStatus]
+
+
+class ConsoleCommand(HostCommand):
+    vm_uuid: Uuid
+
+
+class ConsoleReply(WireModel):
+    protocol: Literal["vnc"]
+    hostname: str
+    port: int
+
+
+# ---------------------------------------------------------------------- storage and network
+
+
+class CreateVolumeCommand(HostCommand):
+    volume_uuid: Uuid
+    primary_storage_uuid: Uuid
+    primary_storage_url: str  # local: a directory on the host; nfs: host:/export, mounted by the agent
+    primary_storage_type: Literal["LocalStorage", "NFS"]
+    size: int = Field(ge=0)
+    image_uuid: Uuid | None = None  # a root volume: an overlay on this image, cached per host
+    image_url: str | None = None  # where the agent fetches the image from (backup storage)
+
+
+class VolumeReply(WireModel):
+    install_path: str
+    actual_size: int
+
+
+class DeleteVolumeCommand(HostCommand):
+    install_path: str
+
+
+class EnsureBridgeCommand(HostCommand):
+    l2: L2Spec
+
+
+class BridgeReply(WireModel):
+    bridge_name: str
+
+
+class DeleteBridgeCommand(HostCommand):
+    l2: L2Spec
+
+
+# ---------------------------------------------------------------------- reports
+
+
+class VmStateReport(WireModel):
+    host_uuid: Uuid
+    vm_uuid: Uuid
+    state: HypervisorVmState | Literal["Absent"]
+    reason: str = ""
+
+
+class EmptyReply(WireModel):
+    pass
+
+
+# name -> (command model, reply model); the agents dispatch on this, the management side checks it
+COMMANDS: dict[str, tuple[type[HostCommand], type[WireModel]]] = {
+    "agent.connect": (ConnectCommand, ConnectReply),
+    "agent.ping": (PingCommand, PingReply),
+    "agent.vm.start": (StartVmCommand, VmStateReply),
+    "agent.vm.stop": (StopVmCommand, VmStateReply),
+    "agent.vm.reboot": (RebootVmCommand, VmStateReply),
+    "agent.vm.destroy": (DestroyVmCommand, VmStateReply),
+    "agent.vm.migrate": (MigrateVmCommand, VmStateReply),
+    "agent.vm.attach_volume": (VolumeAttachCommand, EmptyReply),
+    "agent.vm.detach_volume": (VolumeAttachCommand, EmptyReply),
+    "agent.vm.attach_nic": (NicAttachCommand, EmptyReply),
+    "agent.vm.detach_nic": (NicAttachCommand, EmptyReply),
+    "agent.vm.sync": (VmSyncCommand, VmSyncReply),
+    "agent.vm.console": (ConsoleCommand, ConsoleReply),
+    "agent.volume.create": (CreateVolumeCommand, VolumeReply),
+    "agent.volume.delete": (DeleteVolumeCommand, EmptyReply),
+    "agent.network.ensure_bridge": (EnsureBridgeCommand, BridgeReply),
+    "agent.network.delete_bridge": (DeleteBridgeCommand, EmptyReply),
+}
+
+REPORT_VM_STATE = "vm_state"
+
+
+def report_routing_key(host_uuid: str, report: str) -> str:
+    return f"agent.{host_uuid}.{report}"
