@@ -175,13 +175,13 @@ class Membership:
                 self.misses,
             )
         sent = time.monotonic()
-        view = await self.db.run_unfenced(_join, self.node_uuid, self.address, self.lease_ttl)
+        view = await self.db.run_system(_join, self.node_uuid, self.address, self.lease_ttl)
         self._on_renewed(sent)
         await self._apply(view)
         await self._broadcast("join")
 
     async def leave(self) -> None:
-        await self.db.run_unfenced(_leave, self.node_uuid)
+        await self.db.run_system(_leave, self.node_uuid)
         await self._broadcast("leave")
 
     # ------------------------------------------------------------------ the periodic tick
@@ -190,11 +190,11 @@ class Membership:
         """Heartbeat (broadcast + lease renewal), then evict the silent."""
         await self._broadcast("heartbeat")
         sent = time.monotonic()
-        epoch = await self.db.run_unfenced(_heartbeat, self.node_uuid, self.lease_ttl)
+        epoch = await self.db.run_system(_heartbeat, self.node_uuid, self.lease_ttl)
         if epoch is None:
             log.error("node %s was evicted by the others: fencing itself and joining again", self.node_uuid)
             await self._on_evicted()
-            view = await self.db.run_unfenced(_join, self.node_uuid, self.address, self.lease_ttl)
+            view = await self.db.run_system(_join, self.node_uuid, self.address, self.lease_ttl)
             self._on_renewed(time.monotonic())
             await self._apply(view)
             await self._broadcast("join")
@@ -217,7 +217,7 @@ class Membership:
     async def evict(self, node_uuid: str, reason: str) -> None:
         if node_uuid == self.node_uuid or node_uuid not in self.ring.members:
             return
-        if await self.db.run_unfenced(_evict, node_uuid):
+        if await self.db.run_system(_evict, node_uuid):
             log.warning("evicted node %s: %s", node_uuid, reason)
             await self.refresh()
             await self._broadcast("changed")
@@ -226,7 +226,7 @@ class Membership:
 
     async def refresh(self) -> None:
         async with self._refresh_lock:
-            view = await self.db.run_unfenced(_read_view)
+            view = await self.db.run_system(_read_view)
             await self._apply(view)
 
     async def _apply(self, view: View) -> None:

@@ -152,7 +152,7 @@ class Ownership:
         acquire = [p for p in desired if p not in self._held]
         if not release and not acquire:
             return SyncResult(frozenset(), frozenset(), None)
-        rows, retry_in = await self.db.run_unfenced(_sync, self.node_uuid, release, acquire)
+        rows, retry_in = await self.db.run_system(_sync, self.node_uuid, release, acquire)
         for p in release:
             self._held.pop(p, None)
         for p, token in rows:

@@ -52,6 +52,9 @@ class Fence:
     token: int
 
 
+# deadlock_detected, serialization_failure: the transaction lost a race and may simply be retried.
+_RETRYABLE = frozenset({"40P01", "40001"})
+
 # Set by the job runner around a job's execution; every transaction in it is fenced.
 CURRENT_FENCE: ContextVar[Fence | None] = ContextVar("ringstack_fence", default=None)
 
@@ -77,6 +80,13 @@ class Database:
         )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="db")
+        # The cluster's heartbeats and lease renewals get connections and threads of their own: a
+        # burst of slow request transactions must never starve them, or the node's lease would
+        # lapse and it would fence itself while perfectly healthy (ZStack, likewise, heartbeats on a
+        # dedicated connection).
+        self._system_engine = create_engine(url, pool_size=2, max_overflow=0, pool_pre_ping=True, pool_recycle=1800)
+        self._system_sessions = sessionmaker(self._system_engine, expire_on_commit=False)
+        self._system_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="db-cluster")
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(session, *args)`` in one transaction on a worker thread; commit unless it raises."""
@@ -84,13 +94,24 @@ class Database:
         return await loop.run_in_executor(self._pool, self._transaction, fn, args, CURRENT_FENCE.get())
 
     async def run_unfenced(self, fn: Callable[..., T], *args: Any) -> T:
-        """``run`` without the job's fence: for the cluster's own bookkeeping."""
+        """``run`` without the job's fence: for the job runner's own claims and records."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._transaction, fn, args, None)
 
-    def _transaction(self, fn: Callable[..., T], args: tuple[Any, ...], fence: Fence | None) -> T:
+    async def run_system(self, fn: Callable[..., T], *args: Any) -> T:
+        """Membership and lease work, on the cluster's own connections and threads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._system_pool, self._transaction, fn, args, None, self._system_sessions)
+
+    def _transaction(
+        self,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        fence: Fence | None,
+        sessions: sessionmaker[Session] | None = None,
+    ) -> T:
         try:
-            with self._sessions.begin() as session:
+            with (sessions or self._sessions).begin() as session:
                 if fence is not None:
                     check_fence(session, fence)
                 return fn(session, *args)
@@ -101,6 +122,8 @@ class Database:
                 Sys.CONFLICT, f"the change conflicts with existing data: {exc.orig}"
             ) from exc
         except OperationalError as exc:
+            if getattr(exc.orig, "pgcode", None) in _RETRYABLE:
+                raise RingstackError(Sys.CONFLICT, f"concurrent transactions collided; retry: {exc.orig}") from exc
             raise RingstackError(Sys.UNAVAILABLE, f"database unavailable: {exc.orig}") from exc
 
     def session(self) -> Session:
@@ -109,4 +132,6 @@ class Database:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._system_pool.shutdown(wait=True)
         self.engine.dispose()
+        self._system_engine.dispose()

@@ -9,19 +9,29 @@ or a value of the wrong type is ``SYS.INVALID_ARGUMENT`` naming it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from pydantic.alias_generators import to_camel
 from sqlalchemy import Boolean, DateTime, Float, Integer, Numeric, Select, func, select
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.orm import ColumnProperty, InstrumentedAttribute, Session
 
 from bus.errors import RingstackError, invalid_argument
 from mgmt.core.access import visible
 from mgmt.core.service import Account
-from schema.api.base import Condition, Inventory, QueryMessage, QueryReply
+from schema.api.base import Condition, QueryMessage, QueryReply, WireModel
 from schema.db.base import Base
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A nested field: ``<name>.<field of target>`` matches rows whose ``local`` column is among
+    the ``remote`` column's values of the target rows matching the condition."""
+
+    target: QueryTarget
+    local: InstrumentedAttribute[Any]
+    remote: InstrumentedAttribute[Any]
 
 
 @dataclass(frozen=True)
@@ -29,27 +39,30 @@ class QueryTarget:
     model: type[Base]
     fields: dict[str, InstrumentedAttribute[Any]]
     to_inventory: Callable[[Any], dict[str, Any]]
+    relations: dict[str, Relation] = field(default_factory=dict)
 
     @classmethod
-    def for_model(cls, model: type[Base], inventory: type[Inventory]) -> QueryTarget:
+    def for_model(
+        cls, model: type[Base], inventory: type[WireModel], relations: dict[str, Relation] | None = None
+    ) -> QueryTarget:
         """Every inventory field that is a column of the same (snake_case) name is queryable."""
         fields = {
             to_camel(name): getattr(model, name)
             for name in inventory.model_fields
             if isinstance(getattr(model, name, None), InstrumentedAttribute)
+            and isinstance(getattr(model, name).property, ColumnProperty)  # relationships are not columns
         }
 
         def to_inventory(row: Any) -> dict[str, Any]:
             return inventory.model_validate(row, from_attributes=True).to_wire()
 
-        return cls(model, fields, to_inventory)
+        return cls(model, fields, to_inventory, relations or {})
 
     def column(self, name: str) -> InstrumentedAttribute[Any]:
         col = self.fields.get(name)
         if col is None:
-            raise invalid_argument(
-                f"unknown field {name!r}; queryable fields: {', '.join(sorted(self.fields))}", field=name
-            )
+            known = sorted([*self.fields, *(f"{r}.*" for r in self.relations)])
+            raise invalid_argument(f"unknown field {name!r}; queryable fields: {', '.join(known)}", field=name)
         return col
 
 
@@ -77,7 +90,14 @@ def _coerce(col: InstrumentedAttribute[Any], name: str, value: Any) -> Any:
         raise invalid_argument(f"bad value {value!r} for field {name!r}: {exc}", field=name) from None
 
 
-def _condition(target: QueryTarget, cond: Condition) -> Any:
+def _condition(target: QueryTarget, cond: Condition, depth: int = 0) -> Any:
+    head, dot, rest = cond.name.partition(".")
+    if dot and head in target.relations:
+        if depth >= 4:
+            raise invalid_argument(f"{cond.name!r} nests too deep", field=cond.name)
+        rel = target.relations[head]
+        inner = _condition(rel.target, cond.model_copy(update={"name": rest}), depth + 1)
+        return rel.local.in_(select(rel.remote).where(inner))
     col = target.column(cond.name)
     op = cond.op
     if op == "=null":
