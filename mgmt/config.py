@@ -46,9 +46,17 @@ class NodeConfig(BaseModel):
     job_timeout: float = Field(
         default=600.0, gt=0, description="budget of a job whose caller's deadline passed"
     )
+    agent_timeout: float = Field(default=120.0, gt=0, description="deadline of one agent command")
+    host_ping_interval: float = Field(default=5.0, gt=0, description="how often a host's owner pings it")
+    host_ping_misses: int = Field(default=3, ge=1, description="missed pings before a host is Disconnected")
     extra_services: list[str] = Field(default_factory=list, description="'module:Class' services to load too")
     disabled_services: list[str] = Field(default_factory=list)
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    # identity: the bootstrap admin's first password (used only when the node creates the admin
+    # account), login session lifetime, and per-quota default limits (mgmt/core/quota.py names)
+    admin_initial_password: str = Field(default="password", min_length=1)
+    session_timeout: float = Field(default=7200, gt=0)
+    quota_defaults: dict[str, int] = Field(default_factory=dict)
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:

@@ -25,7 +25,8 @@ class MessageRegistry:
         return self._messages.get(name)
 
     def names(self) -> list[str]:
-        return sorted(self._messages)
+        """Every API a client may call (internal messages between nodes are left out)."""
+        return sorted(name for name, cls in self._messages.items() if not cls.internal)
 
     def __contains__(self, name: str) -> bool:
         return name in self._messages
@@ -41,6 +42,7 @@ class MessageRegistry:
                 "reply": cls.reply.model_json_schema(by_alias=True),
             }
             for name, cls in sorted(self._messages.items())
+            if not cls.internal
         }
 
 

@@ -76,11 +76,13 @@ async def node(node_config) -> AsyncIterator:
 
 @pytest.fixture
 async def client(namespace: str, broker_url: str) -> AsyncIterator:
-    """An async bus client in the same namespace as ``node``."""
-    from bus.aio import AsyncBus
+    """An async bus client in the same namespace as ``node``, logged in as the bootstrap admin on
+    first use: ``client.api(...)`` carries that session (see tests/support/identity.py for
+    ``client.login(name, password)`` and ``client.as_session(...)``)."""
     from bus.topology import Topology
+    from tests.support.identity import SessionBus
 
-    bus = AsyncBus(
+    bus = SessionBus(
         broker_url, Topology(namespace), process_name=f"test-client-{namespace}", default_timeout=10
     )
     await bus.start()

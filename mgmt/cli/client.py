@@ -25,6 +25,9 @@ from mgmt.cli.output import FORMATS, render
 from schema.registry import load_all
 
 CONFIG_PATH = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "ringstack" / "client.toml"
+# Written by a successful LogInByAccount, removed by LogOut; used when no --session or
+# RINGSTACK_SESSION is given (as zstack-cli keeps its session in ~/.zstack/cli).
+SESSION_PATH = CONFIG_PATH.parent / "session"
 DEFAULTS = {"broker_url": "amqp://guest:guest@127.0.0.1:5672/", "namespace": "ringstack", "timeout": "60"}
 
 
@@ -42,6 +45,30 @@ def client_setting(name: str, flag: str | None) -> str:
         if value is not None:
             return str(value)
     return DEFAULTS.get(name, "")
+
+
+def stored_session() -> str | None:
+    try:
+        return SESSION_PATH.read_text(encoding="ascii").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def store_session(session: str) -> None:
+    """Write the session file readable by its owner only (it is a bearer credential)."""
+    SESSION_PATH.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = SESSION_PATH.with_name(f".session.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(session + "\n")
+    os.chmod(tmp, 0o600)  # in case it already existed with a wider mode
+    os.replace(tmp, SESSION_PATH)
+
+
+def forget_session(session: str) -> None:
+    """Remove the session file if it holds ``session`` (logging out another session keeps it)."""
+    if stored_session() == session:
+        SESSION_PATH.unlink(missing_ok=True)
 
 
 def _print_error(err: RingstackError) -> None:
@@ -86,7 +113,7 @@ def main(
     if api is None:
         raise click.UsageError("name an API, e.g. `ringstack QueryZone`; `ringstack --list` lists them")
     message = registry.get(api)
-    if message is None:
+    if message is None or message.internal:
         raise click.UsageError(f"unknown API {api!r}; `ringstack --list` lists them")
     try:
         body = parse_body(message, list(params))
@@ -97,14 +124,21 @@ def main(
     except ValueError:
         raise click.UsageError("timeout must be a number of seconds") from None
     topology = Topology(client_setting("namespace", namespace))
+    chosen = (
+        session or os.environ.get("RINGSTACK_SESSION") or stored_session() or client_setting("session", None)
+    )
+    if api == "LogOut" and "sessionUuid" not in body and chosen:
+        body["sessionUuid"] = chosen  # `ringstack LogOut` ends the current session
     try:
         with SyncClient(client_setting("broker_url", broker_url), topology) as client:
-            reply: dict[str, Any] = client.api(
-                api, body, session=client_setting("session", session) or None, timeout=wait
-            )
+            reply: dict[str, Any] = client.api(api, body, session=chosen or None, timeout=wait)
     except RingstackError as err:
         _print_error(err)
         sys.exit(1)
+    if api == "LogInByAccount":
+        store_session(reply["inventory"]["uuid"])
+    elif api == "LogOut":
+        forget_session(body["sessionUuid"])
     click.echo(render(reply, fmt))
 
 

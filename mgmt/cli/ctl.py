@@ -35,6 +35,9 @@ def start(config_path: str | None) -> None:
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    # At DEBUG the AMQP libraries log every frame with its body, passwords included: never below INFO.
+    for noisy in ("aiormq", "aio_pika", "amqp", "kombu"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
     node = ManagementNode(config)
     drained = asyncio.run(node.run_until_signalled())
     sys.exit(0 if drained else 1)

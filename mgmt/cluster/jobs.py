@@ -123,16 +123,37 @@ def _finish(
     state: str,
     result: dict[str, Any] | None,
     error: dict[str, Any] | None,
+    scrubbed_body: dict[str, Any] | None,
 ) -> bool:
     check_fence(session, fence)
     done = session.execute(
         text(
-            "UPDATE job SET state = :s, result = CAST(:r AS jsonb), error = CAST(:e AS jsonb), finished_at = now() "
-            "WHERE uuid = :u AND state = 'running' AND node_uuid = :n RETURNING 1"
+            "UPDATE job SET state = :s, result = CAST(:r AS jsonb), error = CAST(:e AS jsonb), finished_at = now(), "
+            "body = coalesce(CAST(:b AS jsonb), body) WHERE uuid = :u AND state = 'running' AND node_uuid = :n RETURNING 1"
         ),
-        {"u": job_uuid, "n": fence.node_uuid, "s": state, "r": _json(result), "e": _json(error)},
+        {
+            "u": job_uuid,
+            "n": fence.node_uuid,
+            "s": state,
+            "r": _json(result),
+            "e": _json(error),
+            "b": _json(scrubbed_body),
+        },
     ).first()
     return done is not None
+
+
+def scrub_secrets(message: type[ApiMessage], body: dict[str, Any]) -> dict[str, Any] | None:
+    """The body with its secret fields (passwords, keys) masked, or None when it has none. A job
+    needs its body to be run again after a crash, but not once it has finished."""
+    secret = {
+        info.alias or name
+        for name, info in message.model_fields.items()
+        if "SecretStr" in str(info.annotation) or "password" in name or name.endswith("_key")
+    }
+    if not secret & body.keys():
+        return None
+    return {k: ("******" if k in secret else v) for k, v in body.items()}
 
 
 def _resumable(
@@ -190,7 +211,7 @@ def _request_cancel(session: Session, job_uuid: str, account: Account) -> dict[s
 def _json(value: Any) -> str | None:
     import orjson
 
-    return None if value is None else orjson.dumps(value).decode()
+    return None if value is None else orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def _cancelled() -> RingstackError:
@@ -316,7 +337,7 @@ class JobRunner:
         except asyncio.CancelledError:
             pass  # stopping or fenced: the job stays in the database for the next owner
         except Exception:
-            log.exception("job %s: unexpected failure in the runner", job_uuid)
+            log.exception("job %s: unexpected failure in the runner; it stays in the database for a retry", job_uuid)
 
     async def _execute(self, job_uuid: str, resource_uuid: str, partition: int) -> None:
         if self._stopping:
@@ -359,8 +380,10 @@ class JobRunner:
         state, result, error = await self._run_handler(job_uuid, job, resource_uuid, partition, fence)
         if state is None:
             return  # ownership lost mid-way: the next owner runs it again
+        route = self.dispatcher.route(job["name"]) if self.dispatcher.handles(job["name"]) else None
+        scrubbed = scrub_secrets(route.message, job["body"]) if route else None
         try:
-            finished = await self.db.run_unfenced(_finish, job_uuid, fence, state, result, error)
+            finished = await self.db.run_unfenced(_finish, job_uuid, fence, state, result, error, scrubbed)
         except RingstackError as exc:
             if exc.code == Sys.NOT_OWNER:
                 return
@@ -507,8 +530,11 @@ class JobRunner:
             _, pending = await asyncio.wait(active, timeout=timeout)
         else:
             pending = set()
-        for task in list(self._scheduled.values()):
+        queued = list(self._scheduled.values())
+        for task in queued:
             task.cancel()
+        if queued:  # let them unwind before the node closes what they use
+            await asyncio.wait(queued, timeout=5)
         await self.flush_replied()
         return not pending
 

@@ -9,13 +9,15 @@ leak.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Select, or_, select
+from sqlalchemy import ColumnElement, Select, delete, or_, select
 from sqlalchemy.orm import Session
 
 from bus.errors import RingstackError, Sys, not_found
 from mgmt.core.service import Account
+from schema.db.identity import SharedResource  # the identity service's table
 
 M = TypeVar("M")
 
@@ -24,21 +26,21 @@ def visible_clause(model: Any, account: Account) -> ColumnElement[bool] | None:
     """The WHERE clause limiting ``model`` rows to what ``account`` may see; None for admins."""
     if account.is_admin:
         return None
-    clauses: list[ColumnElement[bool]] = [model.owner_account_uuid == account.uuid]
-    shared = _shared_with(account)
-    if shared is not None:
-        clauses.append(model.uuid.in_(shared))
-    return or_(*clauses)
+    return or_(model.owner_account_uuid == account.uuid, model.uuid.in_(_shared_with(account)))
 
 
-def _shared_with(account: Account) -> Select[Any] | None:
-    try:
-        from schema.db.identity import SharedResource  # the identity service's table
-    except ImportError:
-        return None
+def _shared_with(account: Account) -> Select[Any]:
+    # Both branches are indexed (receiver_account_uuid, to_public).
     return select(SharedResource.resource_uuid).where(
         or_(SharedResource.receiver_account_uuid == account.uuid, SharedResource.to_public.is_(True))
     )
+
+
+def forget_sharing(session: Session, resource_uuids: Sequence[str]) -> None:
+    """Drop the sharing records of resources being deleted; call it in the deleting transaction.
+    (A record left behind is harmless to visibility, as its uuid matches nothing, but it stays.)"""
+    if resource_uuids:
+        session.execute(delete(SharedResource).where(SharedResource.resource_uuid.in_(resource_uuids)))
 
 
 def visible(stmt: Select[Any], model: Any, account: Account) -> Select[Any]:

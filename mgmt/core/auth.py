@@ -5,7 +5,7 @@ Two seams:
 - ``AuthStrategy``: turns the session an API envelope carries into the calling ``Account``; the
   gateway (``ManagementNode._on_api``) calls it for every non-public API. The identity service
   installs ``AccountSessionAuth`` (sessions in PostgreSQL, cached briefly in memory) on the node
-  when it starts. ``TrustingAuth`` is the stand-in a bare node has before that.
+  when it starts. ``NoAuth``, which refuses everyone, is what a bare node has before that.
 - ``PasswordVerifier``: checks the credentials of ``LogInByAccount``. Local accounts (scrypt
   hashes) are one verifier; an LDAP directory would be another, added to the identity service's
   chain (``IdentityService.add_password_verifier`` or the ``ringstack.password_verifiers`` entry
@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from bus.errors import RingstackError, Sys
 from mgmt.core.db import Database
-from mgmt.core.service import SYSTEM_ACCOUNT, Account
+from mgmt.core.service import Account
 
 SESSION_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 PASSWORD_VERIFIER_ENTRY_POINTS = "ringstack.password_verifiers"
@@ -56,11 +56,12 @@ class PasswordVerifier(Protocol):
         ...
 
 
-class TrustingAuth:
-    """A stand-in that authenticates everyone as admin; the identity service replaces it."""
+class NoAuth:
+    """What a node has until an identity backend installs itself: it lets nobody in, so a node
+    without an identity service (disabled, or failed to load) is closed rather than open."""
 
     async def authenticate(self, session: str | None, message_name: str) -> Account:
-        return SYSTEM_ACCOUNT
+        raise RingstackError(Sys.AUTH_REQUIRED, "no authentication backend is running on this node")
 
 
 def auth_required(message: str) -> RingstackError:
@@ -72,6 +73,7 @@ class _Cached:
     account: Account
     expires_at: float  # the session's own expiry, wall clock (time.time)
     fresh_until: float  # when to ask the database again, monotonic
+    epoch: int  # the invalidation feed's epoch when cached (see ``feed_epoch``)
 
 
 def _lookup(session: Session, session_uuid: str) -> tuple[Account, float] | None:
@@ -97,7 +99,8 @@ class AccountSessionAuth:
     an entry is never used past its session's expiry, nor longer than ``cache_ttl`` after it was
     read; ``LogOut`` and account deletion also invalidate it at once on every node (the identity
     service listens for those events). An invalidation racing with a lookup in flight wins: the
-    lookup's result is then not cached.
+    lookup's result is then not cached. ``feed_epoch`` (e.g. the bus's connection count) says
+    when the invalidation feed may have had a gap: entries cached before it changed are dropped.
     """
 
     def __init__(
@@ -108,12 +111,14 @@ class AccountSessionAuth:
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        feed_epoch: Callable[[], int] = lambda: 0,
     ) -> None:
         self.db = db
         self.cache_ttl = cache_ttl
         self.max_entries = max_entries
         self._clock = clock
         self._wall_clock = wall_clock
+        self._feed_epoch = feed_epoch
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         # Bumped by every invalidation. No lock: the cache is only touched on the event loop.
         self._generation = 0
@@ -132,16 +137,20 @@ class AccountSessionAuth:
             return None
         cached = self._cache.get(session)
         if cached is not None:
-            if self._clock() < cached.fresh_until and self._wall_clock() < cached.expires_at:
+            if (
+                self._clock() < cached.fresh_until
+                and self._wall_clock() < cached.expires_at
+                and cached.epoch == self._feed_epoch()
+            ):
                 return cached.account
             self._cache.pop(session, None)
-        generation = self._generation
+        generation, epoch = self._generation, self._feed_epoch()
         found = await self.db.run(_lookup, session)
         if found is None:
             return None
         account, expires_at = found
         if generation == self._generation:
-            self._store(session, _Cached(account, expires_at, self._clock() + self.cache_ttl))
+            self._store(session, _Cached(account, expires_at, self._clock() + self.cache_ttl, epoch))
         return account
 
     def _store(self, session: str, entry: _Cached) -> None:

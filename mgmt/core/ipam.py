@@ -183,7 +183,9 @@ def check_netmask(start: int, end: int, prefix: int) -> None:
     check_prefix(prefix)
     subnet = Subnet.of(start, prefix)
     if end not in subnet:
-        raise ValueError(f"startIp {to_str(start)} and endIp {to_str(end)} are not in one network {subnet.cidr}")
+        raise ValueError(
+            f"startIp {to_str(start)} and endIp {to_str(end)} are not in one network {subnet.cidr}"
+        )
     if start == subnet.network:
         raise ValueError(f"startIp {to_str(start)} is the network address of {subnet.cidr}")
     if end == subnet.broadcast:
@@ -211,17 +213,14 @@ def range_from_cidr(cidr: str) -> RangeSpec:
 
 def parse_cidr(cidr: str) -> IPv4Network:
     """A network in CIDR form whose host bits are zero, of an allowed size and not reserved."""
-    if "/" not in cidr:
+    address, slash, prefix_text = cidr.partition("/")
+    if not slash or not prefix_text.isdigit() or int(prefix_text) > 32:
         raise ValueError(f"{cidr!r} is not a network CIDR such as 192.168.0.0/24")
-    address, _, prefix_text = cidr.partition("/")
     parse_ipv4(address)
-    if not prefix_text.isdigit():
-        raise ValueError(f"{cidr!r} is not a network CIDR such as 192.168.0.0/24")
-    try:
-        net = IPv4Network(cidr)
-    except ValueError:
-        raise ValueError(f"{cidr!r} has host bits set; did you mean {IPv4Network(cidr, strict=False)}?") from None
-    check_prefix(net.prefixlen)
+    check_prefix(int(prefix_text))
+    net = IPv4Network(cidr, strict=False)
+    if str(net.network_address) != address:
+        raise ValueError(f"{cidr!r} has host bits set; did you mean {net}?")
     block = reserved_block_hit(int(net.network_address), int(net.broadcast_address))
     if block is not None:
         raise ValueError(f"{cidr} overlaps the reserved block {block}")
@@ -322,4 +321,6 @@ def get_strategy(name: str | None) -> AllocationStrategy:
     try:
         return _STRATEGIES[key]
     except KeyError:
-        raise ValueError(f"unknown IP allocator strategy {key!r}; known: {', '.join(strategy_names())}") from None
+        raise ValueError(
+            f"unknown IP allocator strategy {key!r}; known: {', '.join(strategy_names())}"
+        ) from None

@@ -84,6 +84,8 @@ class ApiMessage(WireModel):
     admin_only: ClassVar[bool] = False
     # Reachable without a session (LogInByAccount and the like).
     public: ClassVar[bool] = False
+    # Sent between management nodes only (routed calls); the API gateway refuses it from clients.
+    internal: ClassVar[bool] = False
 
     def __init_subclass__(cls, *, abstract: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

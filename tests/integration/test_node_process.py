@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from bus.envelope import Envelope
+from tests.support.identity import cli_login
 from tests.support.procs import NodeProcess, node_env, run_cli
 
 
@@ -83,7 +84,8 @@ async def test_a_draining_node_takes_no_new_work(env, client):
             second.close()
 
 
-def test_cli_end_to_end(node_proc, env):
+def test_cli_end_to_end(node_proc, env, tmp_path):
+    env = cli_login(env, tmp_path)  # every API but the public ones needs a session
     created = run_cli(["CreateZone", "name=cli-zone", "description=made by the CLI", "-f", "json"], env)
     assert created.returncode == 0, created.stderr
     zone = orjson.loads(created.stdout)["inventory"]

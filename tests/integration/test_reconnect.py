@@ -12,9 +12,9 @@ import pytest
 
 from bus.aio import AsyncBus
 from bus.errors import RingstackError, Sys
-from bus.sync import SyncClient
 from bus.topology import Topology
 from tests.support import infra
+from tests.support.identity import SessionSyncClient
 
 
 async def _eventually(coro_fn, timeout: float = 30):
@@ -129,7 +129,9 @@ def test_sync_client_recovers_after_its_connection_is_closed(node_config, namesp
     thread.start()
     assert ready.wait(30)
     try:
-        with SyncClient(infra.BROKER_URL, Topology(namespace), process_name=f"sync-{namespace}") as sync:
+        with SessionSyncClient(
+            infra.BROKER_URL, Topology(namespace), process_name=f"sync-{namespace}"
+        ) as sync:
             sync.api("CreateZone", {"name": "s1"})
             name = f"sync-{namespace}"
             assert infra.close_connections(name) == 1

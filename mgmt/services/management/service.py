@@ -19,8 +19,8 @@ from schema.api.management import (
 )
 from schema.db.management import Job, ManagementNodeRecord
 
-NODES = QueryTarget.for_model(ManagementNodeRecord, ManagementNodeInventory)  # type: ignore[arg-type]
-JOBS = QueryTarget.for_model(Job, JobInventory)  # type: ignore[arg-type]
+NODES = QueryTarget.for_model(ManagementNodeRecord, ManagementNodeInventory)
+JOBS = QueryTarget.for_model(Job, JobInventory)
 
 
 class ManagementService(Service):

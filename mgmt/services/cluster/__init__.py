@@ -1,0 +1,3 @@
+from mgmt.services.cluster.service import ClusterService
+
+__all__ = ["ClusterService"]

@@ -1,0 +1,3 @@
+from mgmt.services.host.service import HostService
+
+__all__ = ["HostService"]

@@ -1,0 +1,301 @@
+"""Hosts: add (KVM, simulator), reconnect, change state, update, delete (with cascade), query.
+
+Admin only. SSH secrets go to ``host_secret`` and nowhere else: not in inventories, events or
+logs (the API models hold them as ``SecretStr``, whose repr is masked).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import SecretStr
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from bus.errors import RingstackError, Sys, not_found
+from mgmt.core.access import load_visible
+from mgmt.core.cascade import CascadeRegistry, CascadeRule, announce_deleted
+from mgmt.core.db import Database, create_guard
+from mgmt.core.events import EventPublisher
+from mgmt.core.query import QueryTarget, run_query
+from mgmt.core.service import CallContext, Service, handler
+from mgmt.services.host.connect import ConnectResult, connect
+from mgmt.services.host.errors import HostError
+from mgmt.services.host.states import api_steps, next_state
+from schema.api.base import EmptyReply, QueryReply
+from schema.api.host import (
+    AddKVMHost,
+    AddSimulatorHost,
+    ChangeHostState,
+    DeleteHost,
+    HostInventory,
+    HostReply,
+    QueryHost,
+    ReconnectHost,
+    UpdateHost,
+    UpdateKVMHost,
+)
+from schema.db.cluster import Cluster
+from schema.db.host import Host, HostSecret
+
+QUERY = QueryTarget.for_model(Host, HostInventory)
+
+
+def _inventory(host: Host) -> HostInventory:
+    return HostInventory.model_validate(host, from_attributes=True)
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return None if value is None else value.get_secret_value()
+
+
+def _hosts_of(session: Session, parent_kind: str, cluster_uuids: Sequence[str]) -> list[str]:
+    return list(session.scalars(select(Host.uuid).where(Host.cluster_uuid.in_(cluster_uuids))))
+
+
+def _delete_hosts(session: Session, uuids: Sequence[str]) -> None:
+    # host_secret rows go with them (ON DELETE CASCADE).
+    session.execute(delete(Host).where(Host.uuid.in_(uuids)))
+
+
+HOST_RULE = CascadeRule("host", ("cluster",), _hosts_of, _delete_hosts)
+
+
+def _ip_in_use(ip: str) -> RingstackError:
+    return RingstackError(
+        HostError.MANAGEMENT_IP_IN_USE,
+        f"another host already has management IP {ip}",
+        details={"managementIp": ip},
+    )
+
+
+def _check_ip_free(session: Session, ip: str, except_uuid: str | None = None) -> None:
+    stmt = select(Host.uuid).where(Host.management_ip == ip)
+    if except_uuid is not None:
+        stmt = stmt.where(Host.uuid != except_uuid)
+    if session.scalars(stmt).first() is not None:
+        raise _ip_in_use(ip)
+
+
+def _flush_unique_ip(session: Session, ip: str) -> None:
+    """Flush, turning a race on the unique management IP into the same stable error."""
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        if "management_ip" in str(exc.orig):
+            raise _ip_in_use(ip) from None
+        raise
+
+
+class HostService(Service):
+    name = "host"
+
+    db: Database
+    events: EventPublisher
+    cascade: CascadeRegistry
+
+    async def start(self) -> None:
+        self.cascade.register(HOST_RULE)
+
+    async def stop(self) -> None:
+        self.cascade.unregister(HOST_RULE.kind)
+
+    # ------------------------------------------------------------------ add
+
+    @handler(AddKVMHost)
+    async def add_kvm_host(self, msg: AddKVMHost, ctx: CallContext) -> HostReply:
+        secret = HostSecret(password=_secret(msg.password), ssh_key=_secret(msg.ssh_key))
+        host = Host(ssh_port=msg.ssh_port, username=msg.username, total_cpu=0, total_memory_size=0)
+        return await self._add(msg, ctx, "KVM", host, secret)
+
+    @handler(AddSimulatorHost)
+    async def add_simulator_host(self, msg: AddSimulatorHost, ctx: CallContext) -> HostReply:
+        host = Host(total_cpu=msg.total_cpu, total_memory_size=msg.total_memory_size)
+        return await self._add(msg, ctx, "Simulator", host, None)
+
+    async def _add(
+        self,
+        msg: AddKVMHost | AddSimulatorHost,
+        ctx: CallContext,
+        hypervisor_type: str,
+        host: Host,
+        secret: HostSecret | None,
+    ) -> HostReply:
+        uuid = ctx.new_resource_uuid(msg)
+
+        def create(session: Session) -> tuple[HostInventory, bool]:
+            existing = create_guard(session, Host, uuid, ctx)
+            if existing is not None:
+                return _inventory(existing), False
+            cluster = load_visible(session, Cluster, msg.cluster_uuid, ctx.account, "cluster")
+            if cluster.hypervisor_type != hypervisor_type:
+                raise RingstackError(
+                    HostError.HYPERVISOR_MISMATCH,
+                    f"cluster {cluster.uuid} is a {cluster.hypervisor_type} cluster;"
+                    f" a {hypervisor_type} host cannot join it",
+                    details={"clusterUuid": cluster.uuid, "hypervisorType": cluster.hypervisor_type},
+                )
+            _check_ip_free(session, msg.management_ip)
+            host.uuid = uuid
+            host.name = msg.name
+            host.description = msg.description
+            host.zone_uuid = cluster.zone_uuid
+            host.cluster_uuid = cluster.uuid
+            host.hypervisor_type = hypervisor_type
+            host.management_ip = msg.management_ip
+            host.state = "Enabled"
+            host.status = "Connecting"
+            host.available_cpu = host.total_cpu
+            host.available_memory_size = host.total_memory_size
+            host.owner_account_uuid = ctx.account.uuid
+            session.add(host)
+            _flush_unique_ip(session, msg.management_ip)
+            if secret is not None:
+                secret.host_uuid = uuid
+                session.add(secret)
+            session.flush()
+            return _inventory(host), True
+
+        inv, created = await self.db.run(create)
+        if created:
+            await self.events.resource_event("host", inv.uuid, "created", inv.to_wire())
+        if inv.status == "Connecting":  # new, or a resumed add that stopped before connecting
+            inv = await self._connect(inv)
+        return HostReply(inventory=inv)
+
+    async def _connect(self, inv: HostInventory) -> HostInventory:
+        """Run the connection and record its outcome (status and reason)."""
+        result = connect(inv.hypervisor_type)
+        return await self._record_status(inv.uuid, result)
+
+    async def _record_status(self, uuid: str, result: ConnectResult) -> HostInventory:
+        def record(session: Session) -> tuple[HostInventory, bool]:
+            host = session.get(Host, uuid)
+            if host is None:
+                raise not_found("host", uuid)
+            changed = (host.status, host.status_reason) != (result.status, result.reason)
+            host.status = result.status
+            host.status_reason = result.reason
+            session.flush()
+            return _inventory(host), changed
+
+        inv, changed = await self.db.run(record)
+        if changed:
+            await self.events.resource_event("host", uuid, "status", inv.to_wire())
+        return inv
+
+    # ------------------------------------------------------------------ connection and state
+
+    @handler(ReconnectHost)
+    async def reconnect_host(self, msg: ReconnectHost, ctx: CallContext) -> HostReply:
+        def load(session: Session) -> HostInventory:
+            return _inventory(load_visible(session, Host, msg.uuid, ctx.account, "host"))
+
+        inv = await self.db.run(load)
+        await self._record_status(inv.uuid, ConnectResult("Connecting"))
+        inv = await self._connect(inv)
+        if inv.status != "Connected":
+            # The request was to connect, and that failed: say so, with the reason recorded.
+            raise RingstackError(
+                HostError.AGENT_NOT_DEPLOYED if inv.hypervisor_type == "KVM" else Sys.UNAVAILABLE,
+                f"host {inv.uuid} could not be connected: {inv.status_reason}",
+                details={"uuid": inv.uuid, "status": inv.status},
+            )
+        return HostReply(inventory=inv)
+
+    @handler(ChangeHostState)
+    async def change_host_state(self, msg: ChangeHostState, ctx: CallContext) -> HostReply:
+        def current(session: Session) -> HostInventory:
+            return _inventory(load_visible(session, Host, msg.uuid, ctx.account, "host"))
+
+        inv = await self.db.run(current)
+        if ctx.resumed and msg.state_event == "maintain" and inv.state == "Maintenance":
+            return HostReply(inventory=inv)  # the maintain being re-run had already finished
+        # Each step commits on its own: PreMaintenance is visible while VMs would be moved away
+        # (VM migration arrives with the VM issues), and a failure leaves the host there.
+        for event in api_steps(inv.state, msg.state_event):
+            inv = await self._apply_state_event(msg.uuid, event, ctx)
+        return HostReply(inventory=inv)
+
+    async def _apply_state_event(self, uuid: str, event: str, ctx: CallContext) -> HostInventory:
+        def apply(session: Session) -> tuple[HostInventory, bool]:
+            host = load_visible(session, Host, uuid, ctx.account, "host")
+            new_state = next_state(uuid, host.state, event)
+            changed = new_state != host.state
+            host.state = new_state
+            session.flush()
+            return _inventory(host), changed
+
+        inv, changed = await self.db.run(apply)
+        if changed:
+            await self.events.resource_event("host", uuid, "state", inv.to_wire())
+        return inv
+
+    # ------------------------------------------------------------------ update, delete, query
+
+    @handler(UpdateHost)
+    async def update_host(self, msg: UpdateHost, ctx: CallContext) -> HostReply:
+        def update(session: Session) -> HostInventory:
+            host = load_visible(session, Host, msg.uuid, ctx.account, "host")
+            if msg.name is not None:
+                host.name = msg.name
+            if msg.description is not None:
+                host.description = msg.description
+            if msg.management_ip is not None and msg.management_ip != host.management_ip:
+                _check_ip_free(session, msg.management_ip, except_uuid=host.uuid)
+                host.management_ip = msg.management_ip
+            _flush_unique_ip(session, host.management_ip)
+            return _inventory(host)
+
+        inv = await self.db.run(update)
+        await self.events.resource_event("host", inv.uuid, "updated", inv.to_wire())
+        return HostReply(inventory=inv)
+
+    @handler(UpdateKVMHost)
+    async def update_kvm_host(self, msg: UpdateKVMHost, ctx: CallContext) -> HostReply:
+        def update(session: Session) -> HostInventory:
+            host = load_visible(session, Host, msg.uuid, ctx.account, "host")
+            if host.hypervisor_type != "KVM":
+                raise RingstackError(
+                    HostError.NOT_KVM_HOST,
+                    f"host {host.uuid} is a {host.hypervisor_type} host, not a KVM host",
+                    details={"uuid": host.uuid, "hypervisorType": host.hypervisor_type},
+                )
+            if msg.username is not None:
+                host.username = msg.username
+            if msg.ssh_port is not None:
+                host.ssh_port = msg.ssh_port
+            if msg.password is not None or msg.ssh_key is not None:
+                secret = session.get(HostSecret, host.uuid) or HostSecret(host_uuid=host.uuid)
+                # One way to log in at a time: a new password replaces a key and vice versa.
+                secret.password = _secret(msg.password)
+                secret.ssh_key = _secret(msg.ssh_key)
+                session.add(secret)
+            session.flush()
+            return _inventory(host)
+
+        inv = await self.db.run(update)
+        await self.events.resource_event("host", inv.uuid, "updated", inv.to_wire())
+        return HostReply(inventory=inv)
+
+    @handler(DeleteHost)
+    async def delete_host(self, msg: DeleteHost, ctx: CallContext) -> EmptyReply:
+        """Deleting a host that is already gone succeeds, so a retried delete is safe."""
+
+        def remove(session: Session) -> dict[str, list[str]] | None:
+            host = session.get(Host, msg.uuid)
+            if host is None:
+                return None
+            cascaded = self.cascade.delete(session, "host", msg.uuid, msg.delete_mode)
+            session.delete(host)
+            return cascaded
+
+        cascaded = await self.db.run(remove)
+        if cascaded is not None:
+            await announce_deleted(self.events, cascaded, "host", msg.uuid)
+        return EmptyReply()
+
+    @handler(QueryHost, serial=False)
+    async def query_host(self, msg: QueryHost, ctx: CallContext) -> QueryReply:
+        return await self.db.run(run_query, QUERY, msg, ctx.account)

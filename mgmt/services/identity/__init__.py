@@ -1,0 +1,3 @@
+from mgmt.services.identity.service import IdentityService
+
+__all__ = ["IdentityService"]

@@ -1,0 +1,3 @@
+from mgmt.services.image.service import ImageService
+
+__all__ = ["ImageService"]

@@ -1,0 +1,311 @@
+"""IP allocation in the database: the internal API other services call in their own transaction.
+
+    from mgmt.services.network.ipam import allocate_ip, release_ip
+
+    ip, gateway, netmask, range_uuid = allocate_ip(session, l3_uuid, ctx.account.uuid,
+                                                   for_uuid=nic_uuid, quota_account=ctx.account)
+    ...
+    release_ip(session, l3_uuid, ip)
+
+Why no address is ever handed out twice, across transactions and management nodes: an
+allocation is a row of ``used_ip`` and (l3_network_uuid, ip) is UNIQUE. A strategy picks a
+candidate from what this transaction can see; the INSERT runs in a savepoint; if another
+transaction took the address first, PostgreSQL reports a unique violation, the savepoint is rolled
+back (the caller's transaction survives) and the next attempt skips that address and re-reads
+what is used. Collisions are bounded (``MAX_ATTEMPTS``).
+
+So that concurrent transactions do not all queue on the same uncommitted address (first-available
+makes them all want the lowest one), a candidate is first claimed with a transaction-scoped
+advisory lock taken without waiting: a candidate claimed by another transaction is skipped. The
+lock only spreads the work; the constraint alone guarantees uniqueness.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from psycopg2 import errorcodes
+from sqlalchemy import Select, delete, func, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from bus.envelope import new_uuid
+from bus.errors import RingstackError, invalid_argument, not_found
+from mgmt.core import ipam
+from mgmt.core.quota import check_quota, register_usage
+from mgmt.core.service import Account
+from mgmt.services.network import errors
+from schema.db.network import IpRange, L3Network, UsedIp
+
+IP_QUOTA = "l3.ipNum"
+# Collisions (an address committed by another transaction after we read) before giving up.
+MAX_ATTEMPTS = 64
+
+
+class Allocation(NamedTuple):
+    ip: str
+    gateway: str
+    netmask: str
+    ip_range_uuid: str
+
+
+def range_specs(
+    session: Session, l3_uuid: str, range_uuids: Sequence[str] | None = None
+) -> list[ipam.RangeSpec]:
+    """The L3's ranges (or the listed ones among them), lowest first."""
+    stmt = select(
+        IpRange.uuid, IpRange.start_int, IpRange.end_int, IpRange.gateway, IpRange.prefix_len
+    ).where(IpRange.l3_network_uuid == l3_uuid)
+    if range_uuids is not None:
+        stmt = stmt.where(IpRange.uuid.in_(range_uuids))
+    return [
+        ipam.RangeSpec(start=start, end=end, gateway=ipam.to_int(gateway), prefix=prefix, uuid=uuid)
+        for uuid, start, end, gateway, prefix in session.execute(stmt.order_by(IpRange.start_int))
+    ]
+
+
+def used_addresses(session: Session, l3_uuid: str) -> set[int]:
+    return set(session.scalars(select(UsedIp.ip_int).where(UsedIp.l3_network_uuid == l3_uuid)))
+
+
+def _parse(ip: str) -> int:
+    try:
+        return ipam.to_int(ip)
+    except ValueError as exc:
+        raise invalid_argument(str(exc), ip=ip) from None
+
+
+def _not_in_range(l3_uuid: str, ip: str) -> RingstackError:
+    return RingstackError(
+        errors.IP_NOT_IN_RANGE,
+        f"{ip} is not an address any IP range of L3 network {l3_uuid} can hand out",
+        details={"l3NetworkUuid": l3_uuid, "ip": ip},
+    )
+
+
+def _static_candidate(ranges: Sequence[ipam.RangeSpec], l3_uuid: str, ip: str) -> tuple[ipam.RangeSpec, int]:
+    value = _parse(ip)
+    spec = ipam.locate(ranges, value)
+    if spec is None or not spec.allocatable(value):
+        raise _not_in_range(l3_uuid, ip)
+    return spec, value
+
+
+def _ip_in_use(l3_uuid: str, ip: str) -> RingstackError:
+    return RingstackError(
+        errors.IP_IN_USE,
+        f"{ip} is already allocated on L3 network {l3_uuid}",
+        details={"l3NetworkUuid": l3_uuid, "ip": ip},
+    )
+
+
+def _insert(session: Session, values: dict[str, object]) -> bool:
+    """INSERT in a savepoint; False when the address was taken meanwhile (or its range deleted)."""
+    try:
+        with session.begin_nested():
+            session.execute(insert(UsedIp).values(**values))
+    except IntegrityError as exc:
+        code = getattr(exc.orig, "pgcode", None)
+        diag = getattr(exc.orig, "diag", None)
+        constraint = getattr(diag, "constraint_name", None)
+        if code == errorcodes.UNIQUE_VIOLATION and constraint == "uq_used_ip_l3_network_uuid_ip":
+            return False
+        if code == errorcodes.FOREIGN_KEY_VIOLATION:
+            return False  # the range went away; the next attempt re-reads the ranges
+        raise
+    return True
+
+
+def allocate_ip(
+    session: Session,
+    l3_uuid: str,
+    owner_account_uuid: str | None,
+    *,
+    static_ip: str | None = None,
+    for_uuid: str | None = None,
+    strategy: str | None = None,
+    uuid: str | None = None,
+    quota_account: Account | None = None,
+) -> Allocation:
+    """Allocate one address on ``l3_uuid`` in the caller's transaction.
+
+    ``static_ip``: exactly that address (``L3.IP_IN_USE`` / ``L3.IP_NOT_IN_RANGE``). ``strategy``:
+    an allocator name (``mgmt.core.ipam.strategy_names()``; random by default). ``for_uuid``:
+    what uses it (a NIC). ``uuid``: the ``used_ip`` row's uuid. ``quota_account``: the account
+    whose ``l3.ipNum`` quota to check (admins have none; None skips the check, for system
+    allocations such as a virtual router's). Errors: ``SYS.NOT_FOUND``, ``L3.NETWORK_DISABLED``,
+    ``L3.NO_IP_RANGE``, ``L3.IP_EXHAUSTED`` (naming the L3), ``L3.IP_ALLOCATION_CONTENDED``.
+    """
+    l3 = session.get(L3Network, l3_uuid)
+    if l3 is None:
+        raise not_found("l3_network", l3_uuid)
+    if l3.state != "Enabled":
+        raise RingstackError(
+            errors.NETWORK_DISABLED,
+            f"L3 network {l3.name} ({l3_uuid}) is disabled",
+            details={"uuid": l3_uuid},
+        )
+    try:
+        chooser = ipam.get_strategy(strategy)
+    except ValueError as exc:
+        raise invalid_argument(str(exc), allocatorStrategy=strategy) from None
+    if quota_account is not None:
+        check_quota(session, quota_account, IP_QUOTA, 1)
+    row_uuid = uuid or new_uuid()
+    ranges = _ranges(session, l3)
+    used = used_addresses(session, l3_uuid)
+    skipped: set[int] = set()  # being allocated by another transaction right now, or just taken
+    collisions = 0
+    while True:
+        if static_ip is not None:
+            # No claim: waiting on a concurrent insert of this very address is the right answer.
+            spec, value = _static_candidate(ranges, l3_uuid, static_ip)
+        else:
+            picked = chooser.pick(ranges, used | skipped)
+            if picked is None:
+                raise RingstackError(
+                    errors.IP_EXHAUSTED,
+                    f"L3 network {l3.name} ({l3_uuid}) has no free IP address",
+                    details={"uuid": l3_uuid, "name": l3.name},
+                )
+            spec, value = picked
+            if not _claim(session, l3_uuid, value):
+                skipped.add(value)
+                continue
+        subnet = spec.subnet
+        ip = ipam.to_str(value)
+        values: dict[str, object] = {
+            "uuid": row_uuid,
+            "l3_network_uuid": l3_uuid,
+            "ip_range_uuid": spec.uuid,
+            "ip": ip,
+            "ip_int": value,
+            "gateway": ipam.to_str(spec.gateway),
+            "netmask": subnet.netmask,
+            "owner_account_uuid": owner_account_uuid,
+            "used_for_uuid": for_uuid,
+        }
+        if _insert(session, values):
+            return Allocation(ip, ipam.to_str(spec.gateway), subnet.netmask, spec.uuid)
+        if static_ip is not None and session.scalar(_used_row(l3_uuid, ip)) is not None:
+            raise _ip_in_use(l3_uuid, ip)
+        collisions += 1
+        if collisions >= MAX_ATTEMPTS:
+            raise RingstackError(
+                errors.IP_ALLOCATION_CONTENDED,
+                f"could not allocate an address on L3 network {l3_uuid} after {collisions} collisions; retry",
+                details={"uuid": l3_uuid},
+            )
+        # Someone committed it since we read (or its range went): read again.
+        skipped.add(value)
+        ranges = _ranges(session, l3)
+        used = used_addresses(session, l3_uuid)
+
+
+def _ranges(session: Session, l3: L3Network) -> list[ipam.RangeSpec]:
+    ranges = range_specs(session, l3.uuid)
+    if not ranges:
+        raise RingstackError(
+            errors.NO_IP_RANGE,
+            f"L3 network {l3.name} ({l3.uuid}) has no IP range",
+            details={"uuid": l3.uuid},
+        )
+    return ranges
+
+
+def _claim(session: Session, l3_uuid: str, value: int) -> bool:
+    """Try (without waiting) to become the one transaction allocating ``value`` on the L3.
+
+    Only an optimisation: without it, concurrent first-available allocations all INSERT the same
+    lowest address and queue behind each other's uncommitted rows. The lock lasts until the
+    transaction ends; a hash collision on the L3 key merely makes us skip an address.
+    """
+    signed = value - (1 << 32) if value >= 1 << 31 else value  # the key is a signed int4
+    return bool(session.scalar(select(func.pg_try_advisory_xact_lock(func.hashtext(l3_uuid), signed))))
+
+
+def _used_row(l3_uuid: str, ip: str) -> Select[str]:
+    return select(UsedIp.uuid).where(UsedIp.l3_network_uuid == l3_uuid, UsedIp.ip == ip)
+
+
+def release_ip(session: Session, l3_uuid: str, ip: str) -> bool:
+    """Give ``ip`` back. False when it was not allocated (a retried release is harmless);
+    ``L3.IP_NOT_IN_RANGE`` when no range of the L3 holds it (a caller's mistake)."""
+    value = _parse(ip)
+    ip = ipam.to_str(value)
+    deleted = session.execute(
+        delete(UsedIp).where(UsedIp.l3_network_uuid == l3_uuid, UsedIp.ip == ip).returning(UsedIp.uuid)
+    ).first()
+    if deleted is not None:
+        return True
+    if (
+        session.get(L3Network, l3_uuid) is not None
+        and ipam.locate(range_specs(session, l3_uuid), value) is None
+    ):
+        raise _not_in_range(l3_uuid, ip)
+    return False
+
+
+def release_ips_for(session: Session, for_uuid: str) -> list[tuple[str, str]]:
+    """Release every address allocated for ``for_uuid`` (a NIC being deleted): (l3 uuid, ip) pairs."""
+    rows = session.execute(
+        delete(UsedIp).where(UsedIp.used_for_uuid == for_uuid).returning(UsedIp.l3_network_uuid, UsedIp.ip)
+    )
+    return [(l3, ip) for l3, ip in rows]
+
+
+def used_ip_row(session: Session, l3_uuid: str, ip: str) -> UsedIp | None:
+    return session.scalars(select(UsedIp).where(UsedIp.l3_network_uuid == l3_uuid, UsedIp.ip == ip)).first()
+
+
+# ---------------------------------------------------------------- reads
+
+
+def availability(session: Session, l3_uuid: str, ip: str) -> tuple[bool, str | None]:
+    """(available, reason) for one address, ZStack's CheckIpAvailability."""
+    value = _parse(ip)
+    ranges = range_specs(session, l3_uuid)
+    if any(spec.gateway == value for spec in ranges):
+        return False, "Gateway"
+    spec = ipam.locate(ranges, value)
+    if spec is None:
+        return False, "NotInRange"
+    subnet = spec.subnet
+    if value == subnet.network:
+        return False, "NetworkAddress"
+    if value == subnet.broadcast:
+        return False, "BroadcastAddress"
+    if session.scalar(_used_row(l3_uuid, ipam.to_str(value))) is not None:
+        return False, "Used"
+    return True, None
+
+
+def free_ips(
+    session: Session, l3_uuid: str, *, range_uuid: str | None, start: str | None, limit: int
+) -> list[tuple[ipam.RangeSpec, int]]:
+    ranges = range_specs(session, l3_uuid, None if range_uuid is None else [range_uuid])
+    first = None if start is None else _parse(start)
+    return ipam.free_addresses(ranges, used_addresses(session, l3_uuid), first=first, limit=limit)
+
+
+def capacity(session: Session, l3_uuid: str, range_uuids: Sequence[str] | None) -> tuple[int, int, int]:
+    """(total, available, used) over the L3's ranges, or the listed ones among them."""
+    ranges = range_specs(session, l3_uuid, range_uuids)
+    used = used_addresses(session, l3_uuid)
+    total = sum(spec.capacity() for spec in ranges)
+    available = sum(ipam.free_count(spec, used) for spec in ranges)
+    used_count = session.scalar(
+        select(func.count())
+        .select_from(UsedIp)
+        .where(UsedIp.ip_range_uuid.in_([spec.uuid for spec in ranges]))
+    )
+    return total, available, int(used_count or 0)
+
+
+def _ip_usage(session: Session, account_uuid: str) -> int:
+    stmt = select(func.count()).select_from(UsedIp).where(UsedIp.owner_account_uuid == account_uuid)
+    return int(session.scalar(stmt) or 0)
+
+
+register_usage(IP_QUOTA, _ip_usage)

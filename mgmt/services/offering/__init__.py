@@ -1,0 +1,3 @@
+from mgmt.services.offering.service import OfferingService
+
+__all__ = ["OfferingService"]

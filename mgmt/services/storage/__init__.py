@@ -1,0 +1,3 @@
+from mgmt.services.storage.service import StorageService
+
+__all__ = ["StorageService"]
