@@ -23,11 +23,13 @@ from bus.errors import RingstackError, Sys
 from bus.topology import Topology
 from mgmt.cluster import Cluster
 from mgmt.config import NodeConfig
-from mgmt.core.auth import AuthStrategy, TrustingAuth
+from mgmt.core.agents import AgentClient
+from mgmt.core.auth import AuthStrategy, NoAuth
 from mgmt.core.cascade import CascadeRegistry
 from mgmt.core.db import Database
 from mgmt.core.dispatcher import Dispatcher, validate
 from mgmt.core.events import EventPublisher
+from mgmt.core.extensions import ExtensionRegistry
 from mgmt.core.serial import SerialQueues
 from mgmt.core.service import ANONYMOUS, Service
 from schema.api.base import CreateMessage
@@ -84,8 +86,10 @@ class ManagementNode:
         self.dispatcher = Dispatcher(self.serial)
         self.events = EventPublisher(self.bus)
         self.cascade = CascadeRegistry()
+        self.extensions = ExtensionRegistry()
+        self.agents = AgentClient(self.bus, default_timeout=config.agent_timeout)
         self.cluster = Cluster(self)
-        self.auth: AuthStrategy = auth or TrustingAuth()
+        self.auth: AuthStrategy = auth or NoAuth()
         self.services: list[Service] = []
         self._api_consumer: Consumer | None = None
         self._node_consumer: Consumer | None = None
@@ -102,6 +106,8 @@ class ManagementNode:
             "node": self,
             "serial": self.serial,
             "cascade": self.cascade,
+            "extensions": self.extensions,
+            "agents": self.agents,
             "cluster": self.cluster,
         }
 
@@ -146,6 +152,8 @@ class ManagementNode:
             raise RingstackError(Sys.INVALID_ARGUMENT, f"the API queue takes kind 'api', not {env.kind!r}")
         route = self.dispatcher.route(env.name)  # unknown names fail before authentication
         message = route.message
+        if message.internal:
+            raise RingstackError(Sys.UNKNOWN_MESSAGE, f"{env.name} is not an API")
         account = ANONYMOUS if message.public else await self.auth.authenticate(env.session, env.name)
         if message.admin_only and not account.is_admin:
             raise RingstackError(Sys.PERMISSION_DENIED, f"{env.name} needs an admin account")

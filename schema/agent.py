@@ -173,9 +173,17 @@ class VolumeAttachCommand(HostCommand):
     volume: VolumeSpec
 
 
+class VolumeDetachCommand(VolumeAttachCommand):
+    pass
+
+
 class NicAttachCommand(HostCommand):
     vm_uuid: Uuid
     nic: NicSpec
+
+
+class NicDetachCommand(NicAttachCommand):
+    pass
 
 
 class VmSyncCommand(HostCommand):
@@ -254,9 +262,9 @@ COMMANDS: dict[str, tuple[type[HostCommand], type[WireModel]]] = {
     "agent.vm.destroy": (DestroyVmCommand, VmStateReply),
     "agent.vm.migrate": (MigrateVmCommand, VmStateReply),
     "agent.vm.attach_volume": (VolumeAttachCommand, EmptyReply),
-    "agent.vm.detach_volume": (VolumeAttachCommand, EmptyReply),
+    "agent.vm.detach_volume": (VolumeDetachCommand, EmptyReply),
     "agent.vm.attach_nic": (NicAttachCommand, EmptyReply),
-    "agent.vm.detach_nic": (NicAttachCommand, EmptyReply),
+    "agent.vm.detach_nic": (NicDetachCommand, EmptyReply),
     "agent.vm.sync": (VmSyncCommand, VmSyncReply),
     "agent.vm.console": (ConsoleCommand, ConsoleReply),
     "agent.volume.create": (CreateVolumeCommand, VolumeReply),

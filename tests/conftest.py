@@ -100,3 +100,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
         if f"{os.sep}system{os.sep}" in path:
             item.add_marker(pytest.mark.system)
+
+
+@pytest.fixture
+async def simulator(namespace: str, broker_url: str) -> AsyncIterator:
+    """A simulator serving hosts in the test's namespace, in the test's event loop (fast); tests
+    that kill the agent use ``tests.support.simulator.SimulatorProcess`` instead."""
+    from agents.simulator.simulator import Simulator
+    from bus.aio import AsyncBus
+    from bus.topology import Topology
+
+    topology = Topology(namespace)
+    bus = AsyncBus(
+        broker_url, topology, process_name=f"test-simulator-{namespace}", reply_exchange=topology.replies_exchange.name
+    )
+    sim = Simulator(bus)
+    await sim.start()
+    try:
+        yield sim
+    finally:
+        await bus.close()

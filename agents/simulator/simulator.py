@@ -45,6 +45,7 @@ from schema.agent import (
     HostFacts,
     MigrateVmCommand,
     NicAttachCommand,
+    NicDetachCommand,
     PingCommand,
     PingReply,
     RebootVmCommand,
@@ -57,6 +58,7 @@ from schema.agent import (
     VmSyncCommand,
     VmSyncReply,
     VolumeAttachCommand,
+    VolumeDetachCommand,
     VolumeReply,
 )
 from schema.api.base import UUID_PATTERN, WireModel, parse_wire
@@ -228,7 +230,7 @@ class SimHost:
             vm.spec.data_volumes.append(cmd.volume)
         return EmptyReply()
 
-    async def vm_detach_volume(self, cmd: VolumeAttachCommand) -> EmptyReply:
+    async def vm_detach_volume(self, cmd: VolumeDetachCommand) -> EmptyReply:
         await self._enter("agent.vm.detach_volume")
         vm = self._vm(cmd.vm_uuid)
         vm.spec.data_volumes = [v for v in vm.spec.data_volumes if v.uuid != cmd.volume.uuid]
@@ -241,7 +243,7 @@ class SimHost:
             vm.spec.nics.append(cmd.nic)
         return EmptyReply()
 
-    async def vm_detach_nic(self, cmd: NicAttachCommand) -> EmptyReply:
+    async def vm_detach_nic(self, cmd: NicDetachCommand) -> EmptyReply:
         await self._enter("agent.vm.detach_nic")
         vm = self._vm(cmd.vm_uuid)
         vm.spec.nics = [n for n in vm.spec.nics if n.uuid != cmd.nic.uuid]

@@ -20,6 +20,11 @@ from schema.db.storage import PrimaryStorageClusterRef
 GiB = 1 << 30
 
 
+@pytest.fixture(autouse=True)
+def _simulator_serves_the_hosts(simulator):
+    """Simulator hosts connect to a simulator; one runs in every test of this module."""
+
+
 async def _tree(client, tmp_path):
     """A zone with two clusters, three hosts, a primary storage on both clusters, and a backup
     storage attached to it and to a second zone."""

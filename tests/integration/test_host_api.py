@@ -21,6 +21,11 @@ PASSWORD = "s3cret-Pa55w0rd-that-must-not-leak"
 SSH_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key-but-secret-material\n-----END OPENSSH PRIVATE KEY-----"
 
 
+@pytest.fixture(autouse=True)
+def _simulator_serves_the_hosts(simulator):
+    """Simulator hosts connect to a simulator; one runs in every test of this module."""
+
+
 async def _cluster(client, hypervisor="Simulator"):
     zone = (await client.api("CreateZone", {"name": "z"}))["inventory"]
     body = {"zoneUuid": zone["uuid"], "name": "c", "hypervisorType": hypervisor}

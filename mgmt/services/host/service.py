@@ -13,14 +13,16 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from bus.aio import AsyncBus
 from bus.errors import RingstackError, Sys, not_found
 from mgmt.core.access import load_visible
+from mgmt.core.agents import AgentClient
 from mgmt.core.cascade import CascadeRegistry, CascadeRule, announce_deleted
 from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
 from mgmt.core.query import QueryTarget, run_query
 from mgmt.core.service import CallContext, Service, handler
-from mgmt.services.host.connect import ConnectResult, connect
+from mgmt.services.host.connect import ConnectResult, connect_simulator, kvm_not_deployed
 from mgmt.services.host.errors import HostError
 from mgmt.services.host.states import api_steps, next_state
 from schema.api.base import EmptyReply, QueryReply
@@ -94,6 +96,8 @@ class HostService(Service):
     db: Database
     events: EventPublisher
     cascade: CascadeRegistry
+    bus: AsyncBus
+    agents: AgentClient
 
     async def start(self) -> None:
         self.cascade.register(HOST_RULE)
@@ -166,7 +170,10 @@ class HostService(Service):
 
     async def _connect(self, inv: HostInventory) -> HostInventory:
         """Run the connection and record its outcome (status and reason)."""
-        result = connect(inv.hypervisor_type)
+        if inv.hypervisor_type == "Simulator":
+            result = await connect_simulator(self.bus, self.agents, inv.uuid, inv.total_cpu, inv.total_memory_size)
+        else:
+            result = kvm_not_deployed()
         return await self._record_status(inv.uuid, result)
 
     async def _record_status(self, uuid: str, result: ConnectResult) -> HostInventory:

@@ -1,0 +1,3 @@
+from mgmt.services.hosttracker.service import HostTracker
+
+__all__ = ["HostTracker"]

@@ -1,0 +1,3 @@
+from mgmt.services.vm.service import VmService
+
+__all__ = ["VmService"]

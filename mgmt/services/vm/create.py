@@ -1,0 +1,187 @@
+"""CreateVmInstance as a flow chain of small steps, each with its rollback.
+
+    reserve (host CPU/memory, primary storage, IPs, quota, rows: one transaction)
+    -> create volumes on the host's primary storage (root: an overlay on the image)
+    -> prepare the host's network (a bridge per L2)
+    -> network services (extension point: DHCP, DNS, ... by their providers)
+    -> start on the host (InstantStart only)
+    -> done: Running, or Stopped with the host's CPU and memory given back
+
+A failure or the deadline at any step rolls back every completed step in reverse: the VM is
+destroyed on the host, its volumes deleted there, the network services released, capacity, IPs
+and quota returned and its rows deleted. No VM is left in a transitional state, and no Error
+state exists: the VM is Running/Stopped, or gone with the reason in the reply and an event.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mgmt.core import capacity
+from mgmt.core.agents import AgentClient
+from mgmt.core.db import Database
+from mgmt.core.extensions import ExtensionRegistry
+from mgmt.core.flow import Flow, FlowChain
+from mgmt.services.vm import plan as plans
+from mgmt.services.vm.plan import CreatePlan
+from mgmt.services.vm.states import VmState
+from schema.agent import (
+    BridgeReply,
+    CreateVolumeCommand,
+    DeleteVolumeCommand,
+    DestroyVmCommand,
+    EmptyReply,
+    EnsureBridgeCommand,
+    NicSpec,
+    StartVmCommand,
+    VmSpec,
+    VmStateReply,
+    VolumeReply,
+    VolumeSpec,
+)
+from schema.db.vm import VmInstance, Volume
+
+
+class VmInstantiateExtension:
+    """Hooks around a VM's instantiation on a host (ZStack's Pre/PostVmInstantiateResource).
+    Network service providers subclass it and register with ``extensions.register``."""
+
+    async def pre_instantiate(self, plan: CreatePlan) -> None:
+        """Before the VM starts: e.g. a DHCP entry for each NIC. Raise to fail the create."""
+
+    async def release(self, plan: CreatePlan) -> None:
+        """Undo ``pre_instantiate`` (the create is rolling back)."""
+
+
+def _finish(session: Session, plan: CreatePlan) -> None:
+    vm = session.get(VmInstance, plan.vm_uuid)
+    assert vm is not None
+    by_uuid = {v.uuid: v for v in plan.volumes}
+    for volume in session.scalars(select(Volume).where(Volume.vm_instance_uuid == plan.vm_uuid)):
+        volume.status = "Ready"
+        volume.install_path = by_uuid[volume.uuid].install_path
+    if plan.start:
+        vm.state = VmState.RUNNING
+    else:
+        # Created stopped: the host keeps no CPU or memory for it until it starts.
+        assert plan.host_uuid is not None
+        capacity.release_host(session, plan.host_uuid, plan.cpu, plan.memory)
+        vm.state = VmState.STOPPED
+        vm.host_uuid = None
+
+
+class CreateVm:
+    def __init__(self, db: Database, agents: AgentClient, extensions: ExtensionRegistry) -> None:
+        self.db = db
+        self.agents = agents
+        self.extensions = extensions
+
+    def chain(self, plan: CreatePlan) -> FlowChain[CreatePlan]:
+        flows: list[Flow[CreatePlan]] = [
+            Flow("reserve", self._reserve, self._release),
+            Flow("create-volumes", self._create_volumes, self._delete_volumes),
+            Flow("prepare-network", self._prepare_network),
+            Flow("network-services", self._network_services, self._release_network_services),
+        ]
+        if plan.start:
+            flows.append(Flow("start-on-host", self._start, self._destroy))
+        flows.append(Flow("done", self._done))
+        return FlowChain("create-vm", flows)
+
+    async def run(self, plan: CreatePlan, deadline: float | None) -> CreatePlan:
+        return await self.chain(plan).run(plan, deadline=deadline)
+
+    # ------------------------------------------------------------------ steps
+
+    async def _reserve(self, plan: CreatePlan) -> None:
+        await self.db.run(plans.reserve, plan)
+
+    async def _release(self, plan: CreatePlan) -> None:
+        await self.db.run(plans.release, plan.vm_uuid)
+
+    async def _create_volumes(self, plan: CreatePlan) -> None:
+        assert plan.host_uuid and plan.ps_uuid and plan.ps_url and plan.ps_type
+        for volume in plan.volumes:
+            root = volume.type == "Root"
+            command = CreateVolumeCommand(
+                host_uuid=plan.host_uuid,
+                volume_uuid=volume.uuid,
+                primary_storage_uuid=plan.ps_uuid,
+                primary_storage_url=plan.ps_url,
+                primary_storage_type=plan.ps_type,
+                size=volume.size,
+                image_uuid=plan.image_uuid if root else None,
+                image_url=plan.image_url if root else None,
+            )
+            reply = await self.agents.call(command, VolumeReply)
+            volume.install_path = reply.install_path
+            plan.created_on_agent.append(volume.uuid)
+
+    async def _delete_volumes(self, plan: CreatePlan) -> None:
+        assert plan.host_uuid
+        for volume in plan.volumes:
+            if volume.uuid in plan.created_on_agent and volume.install_path:
+                await self.agents.call(
+                    DeleteVolumeCommand(host_uuid=plan.host_uuid, install_path=volume.install_path),
+                    EmptyReply,
+                )
+
+    async def _prepare_network(self, plan: CreatePlan) -> None:
+        assert plan.host_uuid
+        seen: set[str] = set()
+        for nic in plan.nics:
+            if nic.l2.uuid not in seen:
+                seen.add(nic.l2.uuid)
+                await self.agents.call(EnsureBridgeCommand(host_uuid=plan.host_uuid, l2=nic.l2), BridgeReply)
+
+    async def _network_services(self, plan: CreatePlan) -> None:
+        for hook in self.extensions.get(VmInstantiateExtension):
+            await hook.pre_instantiate(plan)
+
+    async def _release_network_services(self, plan: CreatePlan) -> None:
+        for hook in reversed(self.extensions.get(VmInstantiateExtension)):
+            await hook.release(plan)
+
+    async def _start(self, plan: CreatePlan) -> None:
+        assert plan.host_uuid
+        await self.agents.call(StartVmCommand(host_uuid=plan.host_uuid, vm=spec_of(plan)), VmStateReply)
+        plan.started_on_agent = True
+
+    async def _destroy(self, plan: CreatePlan) -> None:
+        assert plan.host_uuid
+        await self.agents.call(DestroyVmCommand(host_uuid=plan.host_uuid, vm_uuid=plan.vm_uuid), VmStateReply)
+
+    async def _done(self, plan: CreatePlan) -> None:
+        await self.db.run(_finish, plan)
+
+
+def spec_of(plan: CreatePlan) -> VmSpec:
+    volumes = [
+        VolumeSpec(
+            uuid=v.uuid, install_path=v.install_path or "", size=v.size, device_id=v.device_id, type=v.type
+        )
+        for v in plan.volumes
+    ]
+    return VmSpec(
+        uuid=plan.vm_uuid,
+        name=plan.name,
+        cpu_num=plan.cpu,
+        memory_size=plan.memory,
+        root_volume=volumes[0],
+        data_volumes=volumes[1:],
+        nics=[
+            NicSpec(
+                uuid=n.uuid,
+                mac=n.mac,
+                ip=n.ip,
+                netmask=n.netmask,
+                gateway=n.gateway,
+                l3_network_uuid=n.l3_uuid,
+                l2=n.l2,
+                device_id=n.device_id,
+                default=n.default,
+            )
+            for n in plan.nics
+        ],
+    )

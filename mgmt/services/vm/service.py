@@ -1,0 +1,759 @@
+"""The VM service: create, the lifecycle, migration, volumes, NICs, queries."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bus.errors import RingstackError, Sys
+from mgmt.core import capacity
+from mgmt.core.access import load_owned, load_visible
+from mgmt.core.agents import AgentClient
+from mgmt.core.db import Database, create_guard
+from mgmt.core.events import EventPublisher
+from mgmt.core.extensions import ExtensionRegistry
+from mgmt.core.query import QueryTarget, Relation, run_query
+from mgmt.core.quota import check_quota, register_usage
+from mgmt.core.service import CallContext, Service, handler
+from mgmt.services.network.ipam import allocate_ip, release_ips_for
+from mgmt.services.vm import allocator
+from mgmt.services.vm import plan as plans
+from mgmt.services.vm.create import CreateVm
+from mgmt.services.vm.lifecycle import Snapshot, Transitions, free_host, hold_host
+from mgmt.services.vm.reconcile import Drift, reconcile_vm
+from mgmt.services.vm.states import VmState
+from schema.agent import (
+    BridgeReply,
+    ConsoleCommand,
+    ConsoleReply,
+    CreateVolumeCommand,
+    DeleteVolumeCommand,
+    DestroyVmCommand,
+    EmptyReply,
+    EnsureBridgeCommand,
+    MigrateVmCommand,
+    NicAttachCommand,
+    NicDetachCommand,
+    RebootVmCommand,
+    StartVmCommand,
+    StopVmCommand,
+    VmStateReply,
+    VolumeAttachCommand,
+    VolumeDetachCommand,
+    VolumeSpec,
+)
+from schema.agent import (
+    VolumeReply as AgentVolumeReply,
+)
+from schema.api.base import EmptyReply as ApiEmptyReply
+from schema.api.base import QueryReply
+from schema.api.vm import (
+    AttachDataVolumeToVm,
+    AttachL3NetworkToVm,
+    ChangeInstanceOffering,
+    CreateDataVolume,
+    CreateVmInstance,
+    DeleteDataVolume,
+    DestroyVmInstance,
+    DetachDataVolumeFromVm,
+    DetachL3NetworkFromVm,
+    ExpungeVmInstance,
+    GetVmConsoleAddress,
+    GetVmConsoleAddressReply,
+    GetVmMigrationCandidateHosts,
+    MigrateVm,
+    QueryVmInstance,
+    QueryVmNic,
+    QueryVolume,
+    RebootVmInstance,
+    RecoverVmInstance,
+    StartVmInstance,
+    StopVmInstance,
+    UpdateVmInstance,
+    VmInstanceInventory,
+    VmNicInventory,
+    VmReply,
+    VmStateReported,
+    VolumeInventory,
+    VolumeReply,
+)
+from schema.db.host import Host
+from schema.db.network import L3Network
+from schema.db.offering import DiskOffering, InstanceOffering
+from schema.db.storage import PrimaryStorage
+from schema.db.vm import VmInstance, VmNic, Volume
+
+log = logging.getLogger(__name__)
+
+NICS = QueryTarget.for_model(VmNic, VmNicInventory)
+VOLUMES = QueryTarget.for_model(Volume, VolumeInventory)
+VMS = QueryTarget.for_model(
+    VmInstance,
+    VmInstanceInventory,
+    relations={
+        "vmNics": Relation(NICS, VmInstance.uuid, VmNic.vm_instance_uuid),
+        "allVolumes": Relation(VOLUMES, VmInstance.uuid, Volume.vm_instance_uuid),
+    },
+)
+VOLUME_IN_USE = "VOLUME.IN_USE"
+
+
+def inventory(session: Session, uuid: str) -> VmInstanceInventory:
+    vm = session.get(VmInstance, uuid, populate_existing=True)
+    if vm is None:
+        raise RingstackError(Sys.NOT_FOUND, f"VM {uuid} not found")
+    return VmInstanceInventory.model_validate(vm)
+
+
+class VmService(Service):
+    name = "vm"
+
+    db: Database
+    events: EventPublisher
+    agents: AgentClient
+    extensions: ExtensionRegistry
+
+    async def start(self) -> None:
+        register_usage("vm.num", plans.usage_vms)
+        register_usage("vm.cpuNum", plans.usage_cpu)
+        register_usage("vm.memorySize", plans.usage_memory)
+        register_usage("volume.num", plans.usage_volumes)
+        self.creator = CreateVm(self.db, self.agents, self.extensions)
+        self.transitions = Transitions(self.db, self.agents)
+
+    async def _reply(self, uuid: str, action: str) -> VmReply:
+        inv = await self.db.run(inventory, uuid)
+        await self.events.resource_event("vm", uuid, action, inv.to_wire())
+        return VmReply(inventory=inv)
+
+    # ------------------------------------------------------------------ create
+
+    @handler(CreateVmInstance, cancellable=True)
+    async def create_vm(self, msg: CreateVmInstance, ctx: CallContext) -> VmReply:
+        vm_uuid = ctx.new_resource_uuid(msg)
+        if ctx.resumed:
+            done = await self._clean_interrupted_create(vm_uuid)
+            if done is not None:
+                return VmReply(inventory=done)
+        else:
+            await self.db.run(lambda s: create_guard(s, VmInstance, vm_uuid, ctx))
+        plan = await self.db.run(plans.resolve, msg, vm_uuid, ctx.account)
+        try:
+            await self.creator.run(plan, ctx.deadline)
+        except RingstackError as exc:
+            await self.events.resource_event(
+                "vm", vm_uuid, "createFailed", {"name": msg.name, "error": exc.to_wire()}
+            )
+            raise
+        return await self._reply(vm_uuid, "created")
+
+    async def _clean_interrupted_create(self, vm_uuid: str) -> VmInstanceInventory | None:
+        """A create whose node died: finished already (return it), or undo what it left."""
+
+        def read(session: Session) -> tuple[str, str | None, list[str]] | None:
+            vm = session.get(VmInstance, vm_uuid)
+            if vm is None:
+                return None
+            paths = [
+                v.install_path
+                for v in session.scalars(select(Volume).where(Volume.vm_instance_uuid == vm_uuid))
+                if v.install_path and v.type == "Root"
+            ]
+            return vm.state, vm.host_uuid or vm.last_host_uuid, paths
+
+        found = await self.db.run(read)
+        if found is None:
+            return None
+        state, host, _ = found
+        if state in (VmState.RUNNING, VmState.STOPPED):
+            return await self.db.run(inventory, vm_uuid)
+        if host is not None:
+            try:
+                await self.agents.call(DestroyVmCommand(host_uuid=host, vm_uuid=vm_uuid), VmStateReply)
+            except RingstackError as exc:
+                log.warning("cleaning interrupted create of %s: destroy on %s failed: %s", vm_uuid, host, exc)
+        await self.db.run(plans.release, vm_uuid)
+        return None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @handler(StartVmInstance)
+    async def start_vm(self, msg: StartVmInstance, ctx: CallContext) -> VmReply:
+        if ctx.resumed:
+            await self.transitions.settle(msg.uuid)
+        state = await self.db.run(lambda s: load_owned(s, VmInstance, msg.uuid, ctx.account, "VM").state)
+        if state == VmState.RUNNING:
+            return await self._reply(msg.uuid, "unchanged")
+
+        def take(session: Session, vm: VmInstance, extra: dict[str, Any]) -> None:
+            host_uuid = msg.host_uuid or vm.last_host_uuid
+            if host_uuid is None:
+                raise RingstackError(Sys.INVALID_ARGUMENT, f"VM {vm.uuid} has no host to start on")
+            host = session.get(Host, host_uuid)
+            if host is None or host.status != "Connected" or host.state != "Enabled":
+                raise RingstackError(
+                    allocator_error(),
+                    f"host {host_uuid} is not connected and enabled; the VM cannot start there",
+                )
+            hold_host(session, vm, host_uuid)
+
+        async def act(snap: Snapshot) -> None:
+            assert snap.spec is not None and snap.host_uuid is not None
+            await self.agents.call(StartVmCommand(host_uuid=snap.host_uuid, vm=snap.spec), VmStateReply)
+
+        def end(session: Session, vm: VmInstance, _: Any) -> None:
+            vm.state = VmState.RUNNING
+
+        def untake(session: Session, vm: VmInstance, extra: dict[str, Any]) -> None:
+            free_host(session, vm)
+
+        await self.transitions.run(msg.uuid, "start", ctx.account, act, end, take, untake, needs_spec=True)
+        return await self._reply(msg.uuid, "state")
+
+    @handler(StopVmInstance)
+    async def stop_vm(self, msg: StopVmInstance, ctx: CallContext) -> VmReply:
+        if ctx.resumed:
+            await self.transitions.settle(msg.uuid)
+        state = await self.db.run(lambda s: load_owned(s, VmInstance, msg.uuid, ctx.account, "VM").state)
+        if state == VmState.STOPPED:
+            return await self._reply(msg.uuid, "unchanged")
+
+        async def act(snap: Snapshot) -> None:
+            if snap.host_uuid is None:
+                return
+            command = StopVmCommand(
+                host_uuid=snap.host_uuid, vm_uuid=snap.uuid, type=msg.type, timeout=msg.timeout
+            )
+            await self.agents.call(command, VmStateReply, timeout=msg.timeout + 30)
+
+        def end(session: Session, vm: VmInstance, _: Any) -> None:
+            free_host(session, vm)
+            vm.state = VmState.STOPPED
+
+        await self.transitions.run(msg.uuid, "stop", ctx.account, act, end)
+        return await self._reply(msg.uuid, "state")
+
+    @handler(RebootVmInstance)
+    async def reboot_vm(self, msg: RebootVmInstance, ctx: CallContext) -> VmReply:
+        if ctx.resumed:
+            await self.transitions.settle(msg.uuid)
+
+        async def act(snap: Snapshot) -> None:
+            assert snap.host_uuid is not None
+            await self.agents.call(RebootVmCommand(host_uuid=snap.host_uuid, vm_uuid=snap.uuid), VmStateReply)
+
+        def end(session: Session, vm: VmInstance, _: Any) -> None:
+            vm.state = VmState.RUNNING
+
+        await self.transitions.run(msg.uuid, "reboot", ctx.account, act, end)
+        return await self._reply(msg.uuid, "state")
+
+    @handler(DestroyVmInstance)
+    async def destroy_vm(self, msg: DestroyVmInstance, ctx: CallContext) -> VmReply:
+        if ctx.resumed:
+            await self.transitions.settle(msg.uuid)
+        state = await self.db.run(lambda s: load_owned(s, VmInstance, msg.uuid, ctx.account, "VM").state)
+        if state == VmState.DESTROYED:
+            return await self._reply(msg.uuid, "unchanged")
+
+        async def act(snap: Snapshot) -> None:
+            host = snap.host_uuid or snap.last_host_uuid
+            if host is not None:
+                await self.agents.call(DestroyVmCommand(host_uuid=host, vm_uuid=snap.uuid), VmStateReply)
+
+        def end(session: Session, vm: VmInstance, _: Any) -> None:
+            free_host(session, vm)
+            vm.state = VmState.DESTROYED
+
+        await self.transitions.run(msg.uuid, "destroy", ctx.account, act, end)
+        return await self._reply(msg.uuid, "destroyed")
+
+    @handler(RecoverVmInstance)
+    async def recover_vm(self, msg: RecoverVmInstance, ctx: CallContext) -> VmReply:
+        async def act(snap: Snapshot) -> None:
+            return None
+
+        def end(session: Session, vm: VmInstance, _: Any) -> None:
+            vm.state = VmState.STOPPED
+
+        await self.transitions.run(msg.uuid, "recover", ctx.account, act, end)
+        return await self._reply(msg.uuid, "recovered")
+
+    @handler(ExpungeVmInstance)
+    async def expunge_vm(self, msg: ExpungeVmInstance, ctx: CallContext) -> ApiEmptyReply:
+        def read(session: Session) -> tuple[str, str | None, list[str]] | None:
+            vm = session.get(VmInstance, msg.uuid)
+            if vm is None:
+                return None
+            load_owned(session, VmInstance, msg.uuid, ctx.account, "VM")
+            roots = session.scalars(
+                select(Volume.install_path).where(Volume.vm_instance_uuid == msg.uuid, Volume.type == "Root")
+            )
+            return vm.state, vm.last_host_uuid, [p for p in roots if p]
+
+        found = await self.db.run(read)
+        if found is None:
+            return ApiEmptyReply()  # already gone: a retried expunge succeeds
+
+        async def act(snap: Snapshot) -> None:
+            host = snap.last_host_uuid
+            if host is not None:
+                for path in found[2]:
+                    await self.agents.call(DeleteVolumeCommand(host_uuid=host, install_path=path), EmptyReply)
+
+        def end(session: Session, vm: VmInstance, _: Any) -> None:
+            plans.release(session, vm.uuid)
+
+        await self.transitions.run(msg.uuid, "expunge", ctx.account, act, end)
+        await self.events.resource_event("vm", msg.uuid, "deleted")
+        return ApiEmptyReply()
+
+    @handler(UpdateVmInstance)
+    async def update_vm(self, msg: UpdateVmInstance, ctx: CallContext) -> VmReply:
+        def update(session: Session) -> None:
+            vm = load_owned(session, VmInstance, msg.uuid, ctx.account, "VM")
+            if msg.name is not None:
+                vm.name = msg.name
+            if msg.description is not None:
+                vm.description = msg.description
+
+        await self.db.run(update)
+        return await self._reply(msg.uuid, "updated")
+
+    @handler(ChangeInstanceOffering)
+    async def change_offering(self, msg: ChangeInstanceOffering, ctx: CallContext) -> VmReply:
+        def change(session: Session) -> None:
+            vm = load_owned(session, VmInstance, msg.vm_instance_uuid, ctx.account, "VM")
+            offering = load_visible(
+                session, InstanceOffering, msg.instance_offering_uuid, ctx.account, "instance offering"
+            )
+            if vm.state == VmState.RUNNING:
+                raise RingstackError(
+                    "VM.INVALID_STATE",
+                    f"VM {vm.uuid} is Running; stop it to change its offering (online resize is not supported)",
+                    details={"state": vm.state},
+                )
+            check_quota(session, ctx.account, "vm.cpuNum", max(0, offering.cpu_num - vm.cpu_num))
+            check_quota(session, ctx.account, "vm.memorySize", max(0, offering.memory_size - vm.memory_size))
+            vm.instance_offering_uuid = offering.uuid
+            vm.cpu_num, vm.memory_size = offering.cpu_num, offering.memory_size
+
+        await self.db.run(change)
+        return await self._reply(msg.vm_instance_uuid, "updated")
+
+    @handler(GetVmConsoleAddress, serial=False)
+    async def console(self, msg: GetVmConsoleAddress, ctx: CallContext) -> GetVmConsoleAddressReply:
+        def read(session: Session) -> str:
+            vm = load_visible(session, VmInstance, msg.uuid, ctx.account, "VM")
+            if vm.state != VmState.RUNNING or vm.host_uuid is None:
+                raise RingstackError(
+                    "VM.INVALID_STATE", f"VM {vm.uuid} is {vm.state}; its console needs Running"
+                )
+            return vm.host_uuid
+
+        host = await self.db.run(read)
+        reply = await self.agents.call(ConsoleCommand(host_uuid=host, vm_uuid=msg.uuid), ConsoleReply)
+        return GetVmConsoleAddressReply(protocol=reply.protocol, hostname=reply.hostname, port=reply.port)
+
+    # ------------------------------------------------------------------ migration
+
+    def _migration_candidates(self, session: Session, vm: VmInstance) -> list[allocator.HostCandidate]:
+        storages = session.scalars(
+            select(PrimaryStorage)
+            .join(Volume, Volume.primary_storage_uuid == PrimaryStorage.uuid)
+            .where(Volume.vm_instance_uuid == vm.uuid)
+        ).all()
+        if any(ps.type == "LocalStorage" for ps in storages):
+            return []  # its disks live on its host
+        demand = allocator.Demand(
+            zone_uuid=vm.zone_uuid,
+            cpu=vm.cpu_num,
+            memory=vm.memory_size,
+            disk=0,
+            l2_uuids=frozenset(),
+            cluster_uuid=vm.cluster_uuid,
+            exclude_hosts=frozenset({vm.host_uuid} if vm.host_uuid else set()),
+        )
+        return allocator.candidates(session, demand)
+
+    @handler(GetVmMigrationCandidateHosts, serial=False)
+    async def migration_candidates(self, msg: GetVmMigrationCandidateHosts, ctx: CallContext) -> QueryReply:
+        def find(session: Session) -> list[dict[str, Any]]:
+            vm = load_visible(session, VmInstance, msg.vm_instance_uuid, ctx.account, "VM")
+            return [
+                {
+                    "uuid": h.uuid,
+                    "clusterUuid": h.cluster_uuid,
+                    "availableCpu": h.available_cpu,
+                    "availableMemorySize": h.available_memory,
+                }
+                for h in self._migration_candidates(session, vm)
+            ]
+
+        found = await self.db.run(find)
+        return QueryReply(inventories=found, total=len(found))
+
+    @handler(MigrateVm)
+    async def migrate_vm(self, msg: MigrateVm, ctx: CallContext) -> VmReply:
+        if ctx.resumed:
+            await self.transitions.settle(msg.vm_instance_uuid)
+
+        def take(session: Session, vm: VmInstance, extra: dict[str, Any]) -> None:
+            options = [h.uuid for h in self._migration_candidates(session, vm)]
+            if msg.host_uuid is not None:
+                options = [h for h in options if h == msg.host_uuid]
+            for host_uuid in options:
+                try:
+                    with session.begin_nested():
+                        capacity.reserve_host(session, host_uuid, vm.cpu_num, vm.memory_size)
+                except RingstackError:
+                    continue
+                extra["destination"] = host_uuid
+                return
+            raise RingstackError(
+                allocator_error(),
+                f"no host can take VM {vm.uuid} by migration (same cluster, shared storage, capacity)",
+            )
+
+        def untake(session: Session, vm: VmInstance, extra: dict[str, Any]) -> None:
+            capacity.release_host(session, extra["destination"], vm.cpu_num, vm.memory_size)
+
+        async def act(snap: Snapshot) -> None:
+            assert snap.host_uuid is not None
+            command = MigrateVmCommand(
+                host_uuid=snap.host_uuid,
+                vm_uuid=snap.uuid,
+                destination_host_uuid=snap.extra["destination"],
+                destination_uri=f"qemu+tcp://{snap.extra['destination']}/system",
+            )
+            await self.agents.call(command, VmStateReply)
+
+        def end(session: Session, vm: VmInstance, _: Any) -> None:
+            destination = _destination.pop(vm.uuid)
+            free_host(session, vm)  # the source gives its CPU and memory back
+            vm.host_uuid = vm.last_host_uuid = destination
+            vm.state = VmState.RUNNING
+
+        _destination: dict[str, str] = {}
+
+        async def act_and_remember(snap: Snapshot) -> None:
+            await act(snap)
+            _destination[snap.uuid] = snap.extra["destination"]
+
+        await self.transitions.run(
+            msg.vm_instance_uuid, "migrate", ctx.account, act_and_remember, end, take, untake
+        )
+        return await self._reply(msg.vm_instance_uuid, "migrated")
+
+    # ------------------------------------------------------------------ data volumes
+
+    @handler(CreateDataVolume)
+    async def create_data_volume(self, msg: CreateDataVolume, ctx: CallContext) -> VolumeReply:
+        uuid = ctx.new_resource_uuid(msg)
+
+        def create(session: Session) -> VolumeInventory:
+            existing = create_guard(session, Volume, uuid, ctx)
+            if existing is not None:
+                return VolumeInventory.model_validate(existing)
+            size = msg.disk_size
+            if msg.disk_offering_uuid is not None:
+                size = load_visible(
+                    session, DiskOffering, msg.disk_offering_uuid, ctx.account, "disk offering"
+                ).disk_size
+            if msg.primary_storage_uuid is not None:
+                load_visible(
+                    session, PrimaryStorage, msg.primary_storage_uuid, ctx.account, "primary storage"
+                )
+            check_quota(session, ctx.account, "volume.num", 1)
+            volume = Volume(
+                uuid=uuid,
+                name=msg.name,
+                description=msg.description,
+                owner_account_uuid=ctx.account.uuid,
+                primary_storage_uuid=msg.primary_storage_uuid,
+                disk_offering_uuid=msg.disk_offering_uuid,
+                type="Data",
+                size=size,
+                status="NotInstantiated",
+            )
+            session.add(volume)
+            session.flush()
+            return VolumeInventory.model_validate(volume)
+
+        inv = await self.db.run(create)
+        await self.events.resource_event("volume", uuid, "created", inv.to_wire())
+        return VolumeReply(inventory=inv)
+
+    @handler(AttachDataVolumeToVm)
+    async def attach_volume(self, msg: AttachDataVolumeToVm, ctx: CallContext) -> VolumeReply:
+        def take(session: Session, vm: VmInstance, extra: dict[str, Any]) -> None:
+            volume = load_owned(session, Volume, msg.volume_uuid, ctx.account, "volume")
+            if volume.type != "Data":
+                raise RingstackError(Sys.INVALID_ARGUMENT, f"volume {volume.uuid} is a {volume.type} volume")
+            if volume.vm_instance_uuid not in (None, vm.uuid):
+                raise RingstackError(
+                    VOLUME_IN_USE, f"volume {volume.uuid} is attached to VM {volume.vm_instance_uuid}"
+                )
+            host = vm.host_uuid or vm.last_host_uuid
+            if volume.status == "NotInstantiated":
+                root = session.get(Volume, vm.root_volume_uuid) if vm.root_volume_uuid else None
+                ps_uuid = volume.primary_storage_uuid or (root.primary_storage_uuid if root else None)
+                ps = session.get(PrimaryStorage, ps_uuid) if ps_uuid else None
+                if ps is None or host is None:
+                    raise RingstackError(
+                        Sys.INVALID_ARGUMENT, f"VM {vm.uuid} has no primary storage or host for the volume"
+                    )
+                capacity.reserve_primary_storage(session, ps.uuid, volume.size)
+                volume.primary_storage_uuid = ps.uuid
+                extra["create"] = (ps.uuid, ps.url, ps.type)
+            used = {
+                v.device_id for v in session.scalars(select(Volume).where(Volume.vm_instance_uuid == vm.uuid))
+            }
+            extra["device_id"] = (
+                next(i for i in range(1, 64) if i not in used)
+                if volume.vm_instance_uuid is None
+                else volume.device_id
+            )
+            extra["host"] = host
+            extra["running"] = vm.state == VmState.RUNNING
+            extra["volume"] = (volume.uuid, volume.size, volume.install_path, volume.status)
+
+        def untake(session: Session, vm: VmInstance, extra: dict[str, Any]) -> None:
+            if "create" in extra:
+                volume = session.get(Volume, msg.volume_uuid)
+                if volume is not None:
+                    capacity.release_primary_storage(session, extra["create"][0], volume.size)
+
+        async def act(snap: Snapshot) -> str | None:
+            uuid, size, path, _ = snap.extra["volume"]
+            host = snap.extra["host"]
+            if "create" in snap.extra:
+                ps_uuid, ps_url, ps_type = snap.extra["create"]
+                made = await self.agents.call(
+                    CreateVolumeCommand(
+                        host_uuid=host,
+                        volume_uuid=uuid,
+                        primary_storage_uuid=ps_uuid,
+                        primary_storage_url=ps_url,
+                        primary_storage_type=ps_type,
+                        size=size,
+                    ),
+                    AgentVolumeReply,
+                )
+                path = made.install_path
+            if snap.extra["running"]:
+                spec = VolumeSpec(
+                    uuid=uuid,
+                    install_path=path or "",
+                    size=size,
+                    device_id=snap.extra["device_id"],
+                    type="Data",
+                )
+                await self.agents.call(
+                    VolumeAttachCommand(host_uuid=host, vm_uuid=snap.uuid, volume=spec), EmptyReply
+                )
+            return path
+
+        def end(session: Session, vm: VmInstance, path: str | None) -> None:
+            volume = session.get(Volume, msg.volume_uuid)
+            assert volume is not None
+            volume.vm_instance_uuid = vm.uuid
+            volume.device_id = volume.device_id or _first_free(session, vm.uuid)
+            volume.install_path = path
+            volume.status = "Ready"
+            volume.host_uuid = vm.host_uuid or vm.last_host_uuid
+
+        await self.transitions.run(msg.vm_instance_uuid, "attachVolume", ctx.account, act, end, take, untake)
+        inv = await self.db.run(lambda s: VolumeInventory.model_validate(s.get(Volume, msg.volume_uuid)))
+        await self.events.resource_event("volume", msg.volume_uuid, "attached", inv.to_wire())
+        return VolumeReply(inventory=inv)
+
+    @handler(DetachDataVolumeFromVm)
+    async def detach_volume(self, msg: DetachDataVolumeFromVm, ctx: CallContext) -> VolumeReply:
+        def take(session: Session, vm: VmInstance, extra: dict[str, Any]) -> None:
+            volume = load_owned(session, Volume, msg.volume_uuid, ctx.account, "volume")
+            if volume.vm_instance_uuid != vm.uuid or volume.type != "Data":
+                raise RingstackError(
+                    Sys.INVALID_ARGUMENT, f"volume {volume.uuid} is not a data volume of VM {vm.uuid}"
+                )
+            extra["spec"] = (volume.uuid, volume.install_path, volume.size, volume.device_id or 1)
+            extra["running"] = vm.state == VmState.RUNNING and vm.host_uuid is not None
+
+        async def act(snap: Snapshot) -> None:
+            if snap.extra["running"]:
+                uuid, path, size, device = snap.extra["spec"]
+                spec = VolumeSpec(
+                    uuid=uuid, install_path=path or "", size=size, device_id=device, type="Data"
+                )
+                assert snap.host_uuid is not None
+                command = VolumeDetachCommand(host_uuid=snap.host_uuid, vm_uuid=snap.uuid, volume=spec)
+                await self.agents.call(command, EmptyReply)
+
+        def end(session: Session, vm: VmInstance, _: Any) -> None:
+            volume = session.get(Volume, msg.volume_uuid)
+            assert volume is not None
+            volume.vm_instance_uuid = None
+            volume.device_id = None
+
+        await self.transitions.run(msg.vm_instance_uuid, "detachVolume", ctx.account, act, end, take)
+        inv = await self.db.run(lambda s: VolumeInventory.model_validate(s.get(Volume, msg.volume_uuid)))
+        await self.events.resource_event("volume", msg.volume_uuid, "detached", inv.to_wire())
+        return VolumeReply(inventory=inv)
+
+    @handler(DeleteDataVolume)
+    async def delete_volume(self, msg: DeleteDataVolume, ctx: CallContext) -> ApiEmptyReply:
+        def delete(session: Session) -> tuple[str | None, str | None] | None:
+            volume = session.get(Volume, msg.uuid)
+            if volume is None:
+                return None
+            load_owned(session, Volume, msg.uuid, ctx.account, "volume")
+            if volume.type != "Data":
+                raise RingstackError(Sys.INVALID_ARGUMENT, f"volume {volume.uuid} is a {volume.type} volume")
+            if volume.vm_instance_uuid is not None:
+                raise RingstackError(
+                    VOLUME_IN_USE, f"volume {volume.uuid} is attached to VM {volume.vm_instance_uuid}"
+                )
+            if volume.status == "Ready" and volume.primary_storage_uuid:
+                capacity.release_primary_storage(session, volume.primary_storage_uuid, volume.size)
+            found = (volume.host_uuid, volume.install_path)
+            session.delete(volume)
+            return found
+
+        found = await self.db.run(delete)
+        if found is not None:
+            host, path = found
+            if host and path:
+                try:
+                    await self.agents.call(DeleteVolumeCommand(host_uuid=host, install_path=path), EmptyReply)
+                except RingstackError as exc:
+                    log.warning("volume %s deleted, but its file on host %s stays: %s", msg.uuid, host, exc)
+            await self.events.resource_event("volume", msg.uuid, "deleted")
+        return ApiEmptyReply()
+
+    # ------------------------------------------------------------------ NICs
+
+    @handler(AttachL3NetworkToVm)
+    async def attach_l3(self, msg: AttachL3NetworkToVm, ctx: CallContext) -> VmReply:
+        nic_uuid = plans._uuid()
+
+        def take(session: Session, vm: VmInstance, extra: dict[str, Any]) -> None:
+            l3 = load_visible(session, L3Network, msg.l3_network_uuid, ctx.account, "L3 network")
+            if any(n.l3_network_uuid == l3.uuid for n in vm.vm_nics):
+                raise RingstackError(Sys.CONFLICT, f"VM {vm.uuid} already has a NIC on L3 network {l3.uuid}")
+            got = allocate_ip(
+                session,
+                l3.uuid,
+                ctx.account.uuid,
+                static_ip=msg.static_ip,
+                for_uuid=nic_uuid,
+                quota_account=ctx.account,
+            )
+            nic = VmNic(
+                uuid=nic_uuid,
+                vm_instance_uuid=vm.uuid,
+                l3_network_uuid=l3.uuid,
+                ip=got.ip,
+                netmask=got.netmask,
+                gateway=got.gateway,
+                mac=plans.new_mac(),
+                device_id=max((n.device_id for n in vm.vm_nics), default=-1) + 1,
+                owner_account_uuid=ctx.account.uuid,
+            )
+            session.add(nic)
+            session.flush()
+            extra["spec"] = plans.nic_spec(session, nic, vm.default_l3_network_uuid)
+            extra["running"] = vm.state == VmState.RUNNING and vm.host_uuid is not None
+
+        def untake(session: Session, vm: VmInstance, extra: dict[str, Any]) -> None:
+            release_ips_for(session, nic_uuid)
+            nic = session.get(VmNic, nic_uuid)
+            if nic is not None:
+                session.delete(nic)
+
+        async def act(snap: Snapshot) -> None:
+            if snap.extra["running"]:
+                assert snap.host_uuid is not None
+                spec = snap.extra["spec"]
+                await self.agents.call(EnsureBridgeCommand(host_uuid=snap.host_uuid, l2=spec.l2), BridgeReply)
+                await self.agents.call(
+                    NicAttachCommand(host_uuid=snap.host_uuid, vm_uuid=snap.uuid, nic=spec), EmptyReply
+                )
+
+        def end(session: Session, vm: VmInstance, _: Any) -> None:
+            return None
+
+        await self.transitions.run(msg.vm_instance_uuid, "attachL3", ctx.account, act, end, take, untake)
+        return await self._reply(msg.vm_instance_uuid, "updated")
+
+    @handler(DetachL3NetworkFromVm)
+    async def detach_l3(self, msg: DetachL3NetworkFromVm, ctx: CallContext) -> VmReply:
+        def take(session: Session, vm: VmInstance, extra: dict[str, Any]) -> None:
+            nic = session.get(VmNic, msg.vm_nic_uuid)
+            if nic is None or nic.vm_instance_uuid != vm.uuid:
+                raise RingstackError(Sys.NOT_FOUND, f"VM {vm.uuid} has no NIC {msg.vm_nic_uuid}")
+            extra["spec"] = plans.nic_spec(session, nic, vm.default_l3_network_uuid)
+            extra["running"] = vm.state == VmState.RUNNING and vm.host_uuid is not None
+
+        async def act(snap: Snapshot) -> None:
+            if snap.extra["running"]:
+                assert snap.host_uuid is not None
+                command = NicDetachCommand(
+                    host_uuid=snap.host_uuid, vm_uuid=snap.uuid, nic=snap.extra["spec"]
+                )
+                await self.agents.call(command, EmptyReply)
+
+        def end(session: Session, vm: VmInstance, _: Any) -> None:
+            release_ips_for(session, msg.vm_nic_uuid)
+            nic = session.get(VmNic, msg.vm_nic_uuid)
+            if nic is not None:
+                session.delete(nic)
+            if vm.default_l3_network_uuid == (nic.l3_network_uuid if nic else None):
+                others = [n for n in vm.vm_nics if n.uuid != msg.vm_nic_uuid]
+                vm.default_l3_network_uuid = others[0].l3_network_uuid if others else None
+
+        await self.transitions.run(msg.vm_instance_uuid, "detachL3", ctx.account, act, end, take)
+        return await self._reply(msg.vm_instance_uuid, "updated")
+
+    # ------------------------------------------------------------------ reports
+
+    @handler(VmStateReported)
+    async def state_reported(self, msg: VmStateReported, ctx: CallContext) -> ApiEmptyReply:
+        actual = None if msg.state == "Absent" else ("Running" if msg.state == "Running" else "Stopped")
+
+        def apply(session: Session) -> Drift | None:
+            vm = session.get(VmInstance, msg.uuid, with_for_update=True)
+            return None if vm is None else reconcile_vm(session, vm, msg.host_uuid, actual)
+
+        drift = await self.db.run(apply)
+        if drift is not None:
+            inv = await self.db.run(inventory, msg.uuid)
+            await self.events.resource_event(
+                "vm", msg.uuid, drift.action, {**inv.to_wire(), "reason": msg.reason}
+            )
+        return ApiEmptyReply()
+
+    # ------------------------------------------------------------------ queries
+
+    @handler(QueryVmInstance, serial=False)
+    async def query_vms(self, msg: QueryVmInstance, ctx: CallContext) -> QueryReply:
+        return await self.db.run(run_query, VMS, msg, ctx.account)
+
+    @handler(QueryVolume, serial=False)
+    async def query_volumes(self, msg: QueryVolume, ctx: CallContext) -> QueryReply:
+        return await self.db.run(run_query, VOLUMES, msg, ctx.account)
+
+    @handler(QueryVmNic, serial=False)
+    async def query_nics(self, msg: QueryVmNic, ctx: CallContext) -> QueryReply:
+        return await self.db.run(run_query, NICS, msg, ctx.account)
+
+
+def _first_free(session: Session, vm_uuid: str) -> int:
+    used = {v.device_id for v in session.scalars(select(Volume).where(Volume.vm_instance_uuid == vm_uuid))}
+    return next(i for i in range(1, 64) if i not in used)
+
+
+def allocator_error() -> str:
+    return plans.NO_HOST_AVAILABLE
