@@ -101,6 +101,15 @@ class CreateVm:
         await self.db.run(plans.release, plan.vm_uuid)
 
     async def _create_volumes(self, plan: CreatePlan) -> None:
+        # A failing step is not rolled back by the chain (it did not complete), so this one undoes
+        # its own partial work: the volumes made before the one that failed.
+        try:
+            await self._create_each_volume(plan)
+        except BaseException:
+            await self._delete_volumes(plan)
+            raise
+
+    async def _create_each_volume(self, plan: CreatePlan) -> None:
         assert plan.host_uuid and plan.ps_uuid and plan.ps_url and plan.ps_type
         for volume in plan.volumes:
             root = volume.type == "Root"

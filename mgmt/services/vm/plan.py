@@ -306,8 +306,12 @@ def reserve(session: Session, plan: CreatePlan) -> CreatePlan:
     return plan
 
 
-def release(session: Session, vm_uuid: str) -> dict[str, Any] | None:
-    """Give back everything a VM holds and delete its rows; idempotent. Returns what it freed."""
+def release(session: Session, vm_uuid: str, keep_data_volumes: bool = False) -> dict[str, Any] | None:
+    """Give back everything a VM holds and delete its rows; idempotent. Returns what it freed.
+
+    ``keep_data_volumes``: an expunged VM's data volumes survive it, detached (ZStack's rule), and
+    keep their storage; a create that rolls back deletes them with the rest.
+    """
     vm = session.get(VmInstance, vm_uuid, with_for_update=True)
     if vm is None:
         return None
@@ -315,25 +319,21 @@ def release(session: Session, vm_uuid: str) -> dict[str, Any] | None:
     if vm.host_uuid is not None and vm.state not in (VmState.STOPPED, VmState.DESTROYED, VmState.CREATED):
         capacity.release_host(session, vm.host_uuid, vm.cpu_num, vm.memory_size)
         freed["host"] = vm.host_uuid
-    volumes = session.scalars(
-        select(Volume).where(Volume.vm_instance_uuid == vm_uuid, Volume.type == "Root")
-    ).all()
-    data = session.scalars(
-        select(Volume).where(Volume.vm_instance_uuid == vm_uuid, Volume.type == "Data")
-    ).all()
-    for volume in [*volumes, *data]:
+    volumes = session.scalars(select(Volume).where(Volume.vm_instance_uuid == vm_uuid)).all()
+    for volume in volumes:
+        if volume.type == "Data" and keep_data_volumes:
+            volume.vm_instance_uuid = None
+            volume.device_id = None
+            continue
         if volume.primary_storage_uuid is not None:
             capacity.release_primary_storage(session, volume.primary_storage_uuid, volume.size)
             freed["storage"] += volume.size
+        session.delete(volume)
     nic_uuids = list(session.scalars(select(VmNic.uuid).where(VmNic.vm_instance_uuid == vm_uuid)))
     for nic_uuid in nic_uuids:
         freed["ips"].extend(release_ips_for(session, nic_uuid))
     session.execute(delete(VmNic).where(VmNic.vm_instance_uuid == vm_uuid))
-    session.execute(delete(Volume).where(Volume.vm_instance_uuid == vm_uuid, Volume.type == "Root"))
-    # Data volumes outlive their VM (detached), as in ZStack.
-    for volume in data:
-        volume.vm_instance_uuid = None
-        volume.device_id = None
+    session.flush()
     session.delete(vm)
     return freed
 

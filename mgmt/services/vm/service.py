@@ -305,7 +305,7 @@ class VmService(Service):
                     await self.agents.call(DeleteVolumeCommand(host_uuid=host, install_path=path), EmptyReply)
 
         def end(session: Session, vm: VmInstance, _: Any) -> None:
-            plans.release(session, vm.uuid)
+            plans.release(session, vm.uuid, keep_data_volumes=True)
 
         await self.transitions.run(msg.uuid, "expunge", ctx.account, act, end)
         await self.events.resource_event("vm", msg.uuid, "deleted")
