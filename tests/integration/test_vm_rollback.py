@@ -45,7 +45,9 @@ FAULTS = [
 @pytest.mark.parametrize(("command", "nth", "step"), FAULTS)
 async def test_failure_at_each_step_rolls_back_completely(zone, client, simulator, command, nth, step):
     before = await _snapshot(client, simulator, zone)
-    await simulator._on_control_body("configure", {"hostUuid": zone.hosts[0], "command": command, "fault": {"failNth": [nth]}})
+    await simulator._on_control_body(
+        "configure", {"hostUuid": zone.hosts[0], "command": command, "fault": {"failNth": [nth]}}
+    )
     request = vm_request(zone, "doomed", dataDiskOfferingUuids=[zone.extra["disk"]["inventory"]["uuid"]])
     with pytest.raises(RingstackError) as err:
         await client.api("CreateVmInstance", request)
@@ -60,7 +62,9 @@ async def test_failure_at_each_step_rolls_back_completely(zone, client, simulato
 
 async def test_no_capacity_fails_cleanly_and_names_the_need(zone, client, simulator):
     before = await _snapshot(client, simulator, zone)
-    big = (await client.api("CreateInstanceOffering", {"name": "huge", "cpuNum": 64, "memorySize": GiB}))["inventory"]
+    big = (await client.api("CreateInstanceOffering", {"name": "huge", "cpuNum": 64, "memorySize": GiB}))[
+        "inventory"
+    ]
     with pytest.raises(RingstackError) as err:
         await client.api("CreateVmInstance", {**vm_request(zone), "instanceOfferingUuid": big["uuid"]})
     assert err.value.code == "VM.NO_HOST_AVAILABLE" and "64 CPUs" in err.value.message
@@ -69,7 +73,9 @@ async def test_no_capacity_fails_cleanly_and_names_the_need(zone, client, simula
 
 async def test_deadline_mid_flow_rolls_back(zone, client, simulator):
     before = await _snapshot(client, simulator, zone)
-    await simulator._on_control_body("configure", {"hostUuid": zone.hosts[0], "command": "agent.vm.start", "fault": {"latency": 30}})
+    await simulator._on_control_body(
+        "configure", {"hostUuid": zone.hosts[0], "command": "agent.vm.start", "fault": {"latency": 30}}
+    )
     with pytest.raises(RingstackError) as err:
         await client.api("CreateVmInstance", vm_request(zone, "slow"), timeout=3)
     assert err.value.code == "SYS.TIMEOUT"
