@@ -284,15 +284,28 @@ class AsyncBus:
         message: tuple[bytes, Basic.Properties],
         *,
         mandatory: bool = True,
+        deadline: float | None = None,
     ) -> None:
         channel = self._confirm
         if channel is None:
             raise RingstackError(Sys.CONNECTION_LOST, "the broker connection was lost")
         body, properties = message
+        # Bounded: a broker that stops confirming (flow control, a stuck socket) must turn into an
+        # error for the caller, never an await that lasts forever.
+        timeout = max(0.1, (deadline or time.time() + self.default_timeout) - time.time())
         try:
             await channel.basic_publish(
-                body, exchange=exchange, routing_key=routing_key, properties=properties, mandatory=mandatory
+                body,
+                exchange=exchange,
+                routing_key=routing_key,
+                properties=properties,
+                mandatory=mandatory,
+                timeout=timeout,
             )
+        except TimeoutError:
+            raise RingstackError(
+                Sys.TIMEOUT, f"the broker did not confirm the message for {routing_key!r} in time"
+            ) from None
         except PublishError:
             raise RingstackError(
                 Sys.UNAVAILABLE,
@@ -360,7 +373,7 @@ class AsyncBus:
         self._pending[env.id] = fut
         timer = loop.call_later(max(0.0, env.deadline - time.time()), _expire, fut, env)
         try:
-            await self._publish_confirmed("", queue, message)
+            await self._publish_confirmed("", queue, message, deadline=env.deadline)
             return await fut
         finally:
             timer.cancel()
@@ -404,8 +417,14 @@ class AsyncBus:
             content_type="application/json", correlation_id=reply.correlation_id, message_type=reply.name
         )
         try:
-            await channel.basic_publish(body, exchange=self.reply_exchange, routing_key=reply_to, properties=properties)
-        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            await channel.basic_publish(
+                body,
+                exchange=self.reply_exchange,
+                routing_key=reply_to,
+                properties=properties,
+                timeout=self.default_timeout,
+            )
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, TimeoutError) as exc:
             log.info("%s: reply %s dropped: %s", self.process_name, reply.correlation_id, exc)
 
     async def _on_reply(self, message: DeliveredMessage) -> None:

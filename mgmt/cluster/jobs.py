@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 RUN_JOB = "ringstack.RunJob"
 CANCEL_RUNNING_JOB = "ringstack.CancelRunningJob"
 TERMINAL = ("succeeded", "failed", "cancelled")
+ROLLBACK_GRACE = 120.0  # seconds a job may run past its deadline, to roll back what it did
 
 
 def account_to_wire(account: Account) -> dict[str, Any]:
@@ -159,11 +160,14 @@ def scrub_secrets(message: type[ApiMessage], body: dict[str, Any]) -> dict[str, 
 def _resumable(
     session: Session, partitions: list[int], node_uuid: str, stale_only: bool
 ) -> list[tuple[str, str, int]]:
-    if stale_only:  # the sweeper: pending jobs whose RunJob message may have been lost
+    if stale_only:
+        # The sweeper: pending jobs whose RunJob message may have been lost, and running ones that
+        # no task of ours runs (the caller skips those it does run): in a partition we hold, no
+        # other node can be running anything, so such a job was orphaned (e.g. by self-fencing).
         sql = (
             "SELECT uuid, resource_uuid, partition FROM job WHERE partition = ANY(:p) AND "
-            "((state = 'pending' AND created_at < now() - interval '2 seconds') "
-            " OR (state = 'running' AND node_uuid IS DISTINCT FROM :n)) ORDER BY created_at LIMIT 500"
+            "((state = 'pending' AND created_at < now() - interval '2 seconds') OR state = 'running') "
+            "ORDER BY created_at LIMIT 500"
         )
     else:  # a takeover: everything unfinished, and finished jobs whose reply may be lost
         sql = (
@@ -337,7 +341,9 @@ class JobRunner:
         except asyncio.CancelledError:
             pass  # stopping or fenced: the job stays in the database for the next owner
         except Exception:
-            log.exception("job %s: unexpected failure in the runner; it stays in the database for a retry", job_uuid)
+            log.exception(
+                "job %s: unexpected failure in the runner; it stays in the database for a retry", job_uuid
+            )
 
     async def _execute(self, job_uuid: str, resource_uuid: str, partition: int) -> None:
         if self._stopping:
@@ -412,12 +418,22 @@ class JobRunner:
             self._running_routes[job_uuid] = route
             msg = validate(route.message, job["body"])
             ctx = CallContext(env, account_from_wire(job["account"]), resumed=job["attempts"] > 0)
-            reply = await route.fn(msg, ctx)
+            # Never unbounded: past its deadline (plus time to roll back) a job fails rather than
+            # staying 'running' for ever.
+            budget = (env.remaining() or 0.0) + ROLLBACK_GRACE
+            async with asyncio.timeout(budget):
+                reply = await route.fn(msg, ctx)
             return "succeeded", reply.to_wire(), None
         except RingstackError as exc:
             if exc.code == Sys.NOT_OWNER:
                 return None, None, None
             return "failed", None, exc.to_wire()
+        except TimeoutError:
+            log.error("job %s (%s) overran its deadline and was stopped", job_uuid, job["name"])
+            error = RingstackError(
+                Sys.TIMEOUT, f"{job['name']} did not finish in time; request id {job_uuid}"
+            )
+            return "failed", None, error.to_wire()
         except asyncio.CancelledError:
             if job_uuid in self._cancelling:
                 return "cancelled", None, _cancelled().to_wire()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -89,11 +90,17 @@ def _heartbeat(session: Session, node_uuid: str, lease_ttl: float) -> int | None
     return int(session.scalar(text("SELECT epoch FROM cluster_meta WHERE id = 1")) or 0)
 
 
-def _evict(session: Session, node_uuid: str) -> bool:
+def _evict(session: Session, node_uuid: str, silent_for: float | None) -> bool:
+    """Mark a node dead. ``silent_for``: only if its database heartbeat is at least that old too
+    (its broadcasts may just be late because our own event loop, or its, was starved)."""
     session.execute(text("SELECT 1 FROM cluster_meta WHERE id = 1 FOR UPDATE"))
     gone = session.execute(
-        text("UPDATE management_node SET state = 'dead' WHERE uuid = :u AND state = 'alive' RETURNING 1"),
-        {"u": node_uuid},
+        text(
+            "UPDATE management_node SET state = 'dead' WHERE uuid = :u AND state = 'alive' "
+            "AND (CAST(:s AS float8) IS NULL OR last_heartbeat < now() - make_interval(secs => CAST(:s AS float8))) "
+            "RETURNING 1"
+        ),
+        {"u": node_uuid, "s": silent_for},
     ).first()
     if gone is not None:
         _bump_epoch(session)
@@ -114,6 +121,61 @@ def _leave(session: Session, node_uuid: str) -> None:
 
 
 RingListener = Callable[[Ring], Awaitable[None]]
+
+
+class LeaseKeeper(threading.Thread):
+    """Renews this node's lease (and database heartbeat) from a thread of its own.
+
+    On a saturated machine an event loop can lag for seconds; the lease must not lapse for that,
+    or a busy but healthy node would fence itself and drop all its work. But a loop that is truly
+    stuck must not keep its partitions for ever either: the keeper stops renewing when the loop
+    has not checked in for ``loop_stall`` seconds, and the lease then lapses as it should.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        node_uuid: str,
+        interval: float,
+        lease_ttl: float,
+        on_renewed: Callable[[float], None],
+        loop_stall: float,
+    ) -> None:
+        super().__init__(name="lease-keeper", daemon=True)
+        self.db = db
+        self.node_uuid = node_uuid
+        self.interval = interval
+        self.lease_ttl = lease_ttl
+        self.on_renewed = on_renewed
+        self.loop_stall = loop_stall
+        self.loop_seen = time.monotonic()
+        self.epoch: int | None = None  # the cluster epoch the database had at the last renewal
+        self.evicted = threading.Event()
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval):
+            if self.evicted.is_set():
+                continue  # the loop fences and rejoins; renewing now would be a lie
+            if time.monotonic() - self.loop_seen > self.loop_stall:
+                log.error(
+                    "event loop silent for %.1f s: letting the lease lapse", time.monotonic() - self.loop_seen
+                )
+                continue
+            sent = time.monotonic()
+            try:
+                epoch = self.db.run_system_blocking(_heartbeat, self.node_uuid, self.lease_ttl)
+            except Exception as exc:
+                log.warning("lease renewal failed: %s", exc)
+                continue
+            if epoch is None:
+                self.evicted.set()
+            else:
+                self.epoch = epoch
+                self.on_renewed(sent)
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 class Membership:
@@ -148,6 +210,9 @@ class Membership:
         self.ring = Ring.build(0, ())
         self._last_seen: dict[str, float] = {}
         self._refresh_lock = asyncio.Lock()
+        self._keeper = LeaseKeeper(
+            db, node_uuid, interval, lease_ttl, on_renewed, loop_stall=max(10.0, 5 * lease_ttl)
+        )
         self._wake = asyncio.Event()
         self.broker_events = False  # whether the broker reports deleted queues to us
         topo = bus.topology
@@ -179,28 +244,30 @@ class Membership:
         self._on_renewed(sent)
         await self._apply(view)
         await self._broadcast("join")
+        self._keeper.start()
 
     async def leave(self) -> None:
+        self._keeper.stop()
         await self.db.run_system(_leave, self.node_uuid)
         await self._broadcast("leave")
 
     # ------------------------------------------------------------------ the periodic tick
 
     async def tick(self) -> None:
-        """Heartbeat (broadcast + lease renewal), then evict the silent."""
+        """Heartbeat broadcast, react to what the lease keeper saw, then evict the silent."""
+        self._keeper.loop_seen = time.monotonic()
         await self._broadcast("heartbeat")
-        sent = time.monotonic()
-        epoch = await self.db.run_system(_heartbeat, self.node_uuid, self.lease_ttl)
-        if epoch is None:
+        if self._keeper.evicted.is_set():
             log.error("node %s was evicted by the others: fencing itself and joining again", self.node_uuid)
             await self._on_evicted()
+            sent = time.monotonic()
             view = await self.db.run_system(_join, self.node_uuid, self.address, self.lease_ttl)
-            self._on_renewed(time.monotonic())
+            self._on_renewed(sent)
+            self._keeper.evicted.clear()
             await self._apply(view)
             await self._broadcast("join")
             return
-        self._on_renewed(sent)
-        if epoch != self.ring.epoch:
+        if self._keeper.epoch is not None and self._keeper.epoch != self.ring.epoch:
             await self.refresh()
         await self._evict_silent()
 
@@ -212,12 +279,14 @@ class Membership:
                 continue
             seen = self._last_seen.setdefault(member, now)  # a member never heard gets a full grace period
             if now - seen > limit:
-                await self.evict(member, f"no heartbeat for {now - seen:.1f} s")
+                await self.evict(member, f"no heartbeat for {now - seen:.1f} s", silent_for=limit)
 
-    async def evict(self, node_uuid: str, reason: str) -> None:
+    async def evict(self, node_uuid: str, reason: str, silent_for: float | None = None) -> None:
+        """Evict a member: at once when its connection is known dead (``silent_for`` None), or when
+        its database heartbeat is as old as its broadcasts say."""
         if node_uuid == self.node_uuid or node_uuid not in self.ring.members:
             return
-        if await self.db.run_system(_evict, node_uuid):
+        if await self.db.run_system(_evict, node_uuid, silent_for):
             log.warning("evicted node %s: %s", node_uuid, reason)
             await self.refresh()
             await self._broadcast("changed")

@@ -103,6 +103,10 @@ class Database:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._system_pool, self._transaction, fn, args, None, self._system_sessions)
 
+    def run_system_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """``run_system`` for a thread of its own (the lease keeper), off the event loop."""
+        return self._transaction(fn, args, None, self._system_sessions)
+
     def _transaction(
         self,
         fn: Callable[..., T],

@@ -31,6 +31,7 @@ from mgmt.core.agents import AgentClient
 from mgmt.core.db import CURRENT_FENCE, Database, Fence
 from mgmt.core.events import EventPublisher
 from mgmt.core.service import Service
+from mgmt.services.host.connect import connect_simulator
 from mgmt.services.vm.reconcile import Drift, mark_unknown, reconcile_host
 from schema.agent import (
     REPORT_VM_STATE,
@@ -46,10 +47,13 @@ from schema.db.host import Host
 log = logging.getLogger(__name__)
 
 
-def _hosts(session: Session) -> list[tuple[str, str]]:
-    return [
-        (u, s) for u, s in session.execute(select(Host.uuid, Host.status).where(Host.state != "Maintenance"))
-    ]
+def _hosts(session: Session) -> list[tuple[str, str, str, int, int]]:
+    rows = session.execute(
+        select(Host.uuid, Host.status, Host.hypervisor_type, Host.total_cpu, Host.total_memory_size).where(
+            Host.state != "Maintenance"
+        )
+    )
+    return [(u, s, h, c, m) for u, s, h, c, m in rows]
 
 
 def _set_status(session: Session, host_uuid: str, status: str, reason: str | None) -> bool:
@@ -111,10 +115,10 @@ class HostTracker(Service):
     async def check_all(self) -> None:
         hosts = await self.db.run_unfenced(_hosts)
         ring = self.cluster.ring
-        owned = [(u, s) for u, s in hosts if self.cluster.ownership.token(ring.partition(u)) is not None]
-        await asyncio.gather(*(self._check(u, s) for u, s in owned))
+        owned = [h for h in hosts if self.cluster.ownership.token(ring.partition(h[0])) is not None]
+        await asyncio.gather(*(self._check(u, s, h, c, m) for u, s, h, c, m in owned))
 
-    async def _check(self, host_uuid: str, status: str) -> None:
+    async def _check(self, host_uuid: str, status: str, hypervisor: str, cpu: int, memory: int) -> None:
         async with self._limit:
             reason = None
             try:
@@ -127,6 +131,9 @@ class HostTracker(Service):
                     reason = f"the agent answering for host {host_uuid} says it is host {reply.host_uuid}"
             except RingstackError as exc:
                 reason = f"{exc.code}: {exc.message}"
+                if hypervisor == "Simulator":
+                    # A restarted simulator forgot the host (its queue survives, unserved): ask it again.
+                    await connect_simulator(self.bus, self.agents, host_uuid, cpu, memory, timeout=2)
             if reason is None:
                 self._misses.pop(host_uuid, None)
                 if status != "Connected":
