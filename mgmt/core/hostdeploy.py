@@ -1,0 +1,342 @@
+"""The management side of AddKVMHost / ReconnectHost: deploy the KVM agent over SSH and wait for it.
+
+ZStack's connect chain, in ringstack's steps (each failure is a ``RingstackError`` with code
+``HOST.DEPLOY_FAILED`` and ``details = {"step": ..., "reason": ...}``; the message names both):
+
+1. ``ssh``: paramiko logs in (password or private key), checks the CPU architecture and that the
+   host has Python 3.11+ for the agent's virtualenv.
+2. ``credentials``: the host's own broker user (``mgmt.core.brokeradmin``), least privilege, with
+   a fresh password written into the agent's config.
+3. ``bundle``: the agent install bundle of the code this node runs (``agents.kvm.bundle``), built
+   once per code version and cached.
+4. ``playbook``: ``ansible/kvm-host.yml`` over SSH (``ANSIBLE_SSH_ARGS='-o ControlMaster=no'`` so no
+   SSH master outlives the run; a password goes through sshpass from a 0600 vars file, never argv).
+5. ``connect``: ``agent.connect`` until the agent answers (its queue may not exist yet), and its
+   facts come back.
+
+The host service calls::
+
+    result = await deploy_kvm_host(
+        host_uuid, management_ip, port=ssh_port, username=username, password=password, ssh_key=ssh_key,
+        bus=<the node's AsyncBus>, agent_broker_url="amqp://<broker address as the host sees it>:5672/",
+        agent_settings={"domain_type": "kvm"},   # optional agent config keys (agents/kvm/config.py)
+    )
+    result.facts            # ConnectReply: host facts (CPUs, memory, versions) and the VMs it runs
+    result.playbook_changed # False when nothing had to change on the host (a reconnect of a healthy host)
+
+Blocking work (paramiko, rabbitmqctl, pip, ansible-playbook) runs in threads; the coroutine never
+blocks the node's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from agents.kvm.bundle import Bundle, build_bundle
+from bus.aio import AsyncBus
+from bus.errors import RingstackError, Sys
+from mgmt.core.agents import AgentClient
+from mgmt.core.brokeradmin import AgentCredentials, BrokerAdmin, vhost_of
+from schema.agent import ConnectCommand, ConnectReply
+
+DEPLOY_FAILED = "HOST.DEPLOY_FAILED"
+PLAYBOOK = Path(__file__).resolve().parents[2] / "ansible" / "kvm-host.yml"
+DEFAULT_CACHE_DIR = Path(os.environ.get("RINGSTACK_AGENT_BUNDLE_DIR", "/var/lib/ringstack/agent-bundles"))
+SUPPORTED_ARCHES = ("x86_64",)
+
+
+def failure(step: str, reason: str, **details: Any) -> RingstackError:
+    return RingstackError(
+        DEPLOY_FAILED,
+        f"deploying the KVM agent failed at step {step}: {reason}",
+        details={"step": step, "reason": reason, **details},
+    )
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    host: str
+    port: int = 22
+    username: str = "root"
+    password: str | None = None
+    ssh_key: str | None = None  # a private key in OpenSSH/PEM text
+    timeout: float = 10.0
+
+
+@dataclass
+class DeployResult:
+    facts: ConnectReply
+    broker_user: str
+    build_id: str
+    playbook_changed: bool
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------- step 1: ssh
+
+
+def _load_key(text: str) -> paramiko.PKey:
+    for kind in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+        try:
+            return kind.from_private_key(io.StringIO(text))
+        except (paramiko.SSHException, ValueError):
+            continue
+    raise failure("ssh", "the SSH key is not a readable unencrypted private key (ed25519, ecdsa or rsa)")
+
+
+def check_ssh(target: SshTarget) -> dict[str, str]:
+    """Log in and check the host can run the agent; blocking."""
+    client = paramiko.SSHClient()
+    # Like ZStack, the operator vouches for the address; the host key is not pinned.
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    where = f"{target.username}@{target.host}:{target.port}"
+    try:
+        client.connect(
+            target.host,
+            port=target.port,
+            username=target.username,
+            password=target.password,
+            pkey=_load_key(target.ssh_key) if target.ssh_key else None,
+            timeout=target.timeout,
+            banner_timeout=target.timeout,
+            auth_timeout=target.timeout,
+            allow_agent=False,
+            look_for_keys=False,
+        )
+        _in, out, err = client.exec_command(
+            "uname -m; python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'",
+            timeout=target.timeout,
+        )
+        lines = out.read().decode(errors="replace").split()
+        if out.channel.recv_exit_status() != 0 or len(lines) < 2:
+            raise failure("ssh", f"{where} has no python3 ({err.read().decode(errors='replace').strip()})")
+    except paramiko.AuthenticationException:
+        raise failure("ssh", f"authentication failed for {where}") from None
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise failure("ssh", f"cannot reach {where}: {exc or type(exc).__name__}") from None
+    finally:
+        client.close()
+    arch, python = lines[0], lines[1]
+    if arch not in SUPPORTED_ARCHES:
+        raise failure("ssh", f"{where} is {arch}; the agent supports {', '.join(SUPPORTED_ARCHES)}")
+    if tuple(int(p) for p in python.split(".")) < (3, 11):
+        raise failure("ssh", f"{where} has Python {python}; the agent needs 3.11 or newer")
+    return {"arch": arch, "python": python}
+
+
+# ---------------------------------------------------------------------- step 4: playbook
+
+
+def _failed_task(output: str) -> str:
+    """The failing task and Ansible's first message about it, from the default callback's output
+    (``fatal: [h]: FAILED! => {...}``, or ``failed: [h] (item=...) => {...}`` in a loop)."""
+    task, reason, failed_task = "", "", ""
+    for line in output.splitlines():
+        header = re.match(r"^TASK \[(.*)\]", line)
+        if header:
+            task = header.group(1)
+            continue
+        found = re.match(
+            r"^(?:fatal|failed): \[[^\]]*\](?: \(item=.*?\))?(?::\s*(?:FAILED|UNREACHABLE)!)?\s*=>\s*(\{.*\})\s*$",
+            line,
+        )
+        if not found or failed_task == task:
+            continue  # the first message of a failing task says the most
+        failed_task = task
+        try:
+            data = json.loads(found.group(1))
+        except ValueError:
+            reason = found.group(1)[:500]
+            continue
+        parts = [str(data.get("msg", "")).strip(), str(data.get("stderr", "")).strip()]
+        reason = "; ".join(p for p in parts if p)[:1500] or "failed"
+    return f"task '{failed_task}' failed: {reason}" if reason else ""
+
+
+def run_playbook(
+    target: SshTarget, variables: Mapping[str, Any], *, timeout: float = 900, playbook: Path = PLAYBOOK
+) -> bool:
+    """Run the host playbook; True when it changed something. Blocking."""
+    if (
+        shutil.which("ansible-playbook") is None
+        and not (Path(sys.executable).parent / "ansible-playbook").exists()
+    ):
+        raise failure(
+            "playbook", "ansible-playbook is not installed on the management node (pip ringstack[deploy])"
+        )
+    if target.password is not None and shutil.which("sshpass") is None:
+        raise failure(
+            "playbook", "password SSH needs sshpass on the management node (apt-get install sshpass)"
+        )
+    executable = shutil.which("ansible-playbook") or str(Path(sys.executable).parent / "ansible-playbook")
+    with tempfile.TemporaryDirectory(prefix="rs-ansible-") as tmp:
+        work = Path(tmp)
+        extra: dict[str, Any] = {
+            **variables,
+            "ansible_port": target.port,
+            "ansible_user": target.username,
+            "ansible_python_interpreter": variables.get("agent_python", "/usr/bin/python3"),
+        }
+        argv = [executable, "-i", f"{target.host},", str(playbook), "-e", f"@{work / 'vars.json'}"]
+        if target.password is not None:
+            extra["ansible_password"] = target.password
+        if target.ssh_key is not None:
+            key = work / "key"
+            key.write_text(target.ssh_key if target.ssh_key.endswith("\n") else target.ssh_key + "\n")
+            key.chmod(0o600)
+            argv += ["--private-key", str(key)]
+        (work / "ansible.cfg").write_text("[defaults]\n")
+        vars_file = work / "vars.json"
+        vars_file.touch(mode=0o600)
+        vars_file.write_text(json.dumps(extra))
+        env = {
+            **os.environ,
+            "ANSIBLE_CONFIG": str(work / "ansible.cfg"),  # empty: no ansible.cfg of the cwd applies
+            "ANSIBLE_SSH_ARGS": "-o ControlMaster=no -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+            "ANSIBLE_HOST_KEY_CHECKING": "False",
+            "ANSIBLE_RETRY_FILES_ENABLED": "False",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_PIPELINING": "True",
+            "ANSIBLE_LOCAL_TEMP": str(work / "local"),
+            "ANSIBLE_TIMEOUT": str(int(target.timeout)),
+            "ANSIBLE_STDOUT_CALLBACK": "default",
+        }
+        try:
+            done = subprocess.run(
+                argv,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired:
+            raise failure("playbook", f"ansible-playbook did not finish within {timeout} s") from None
+    if done.returncode != 0:
+        reason = _failed_task(done.stdout) or (done.stderr.strip() or done.stdout.strip())[-1500:]
+        raise failure("playbook", reason, exitCode=done.returncode)
+    recap = re.search(r"changed=(\d+)", done.stdout)
+    return bool(recap and int(recap.group(1)) > 0)
+
+
+# ---------------------------------------------------------------------- step 5: connect
+
+
+async def wait_connected(
+    bus: AsyncBus, host_uuid: str, timeout: float, management_node_uuid: str | None
+) -> ConnectReply:
+    """Call agent.connect until the agent answers or ``timeout`` passes."""
+    client = AgentClient(bus)
+    command = ConnectCommand(host_uuid=host_uuid, management_node_uuid=management_node_uuid)
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise failure("connect", f"the agent did not answer agent.connect within {timeout} s ({last})")
+        try:
+            return await client.call(command, ConnectReply, timeout=min(5.0, remaining))
+        except RingstackError as exc:
+            # UNAVAILABLE: its queue does not exist yet; TIMEOUT: not consuming yet. Both pass.
+            if exc.code not in (Sys.UNAVAILABLE, Sys.TIMEOUT, Sys.CONNECTION_LOST):
+                raise failure(
+                    "connect", f"the agent answered agent.connect with {exc.code}: {exc.message}"
+                ) from None
+            last = exc.message
+        await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+
+# ---------------------------------------------------------------------- the whole chain
+
+
+async def deploy_kvm_host(
+    host_uuid: str,
+    ip: str,
+    *,
+    port: int = 22,
+    username: str = "root",
+    password: str | None = None,
+    ssh_key: str | None = None,
+    bus: AsyncBus,
+    agent_broker_url: str,
+    agent_settings: Mapping[str, Any] | None = None,
+    playbook_vars: Mapping[str, Any] | None = None,
+    broker_admin: BrokerAdmin | None = None,
+    bundle_cache_dir: Path = DEFAULT_CACHE_DIR,
+    agent_wheel: Path | None = None,
+    bundle: Bundle | None = None,
+    management_node_uuid: str | None = None,
+    ssh_timeout: float = 10.0,
+    playbook_timeout: float = 900.0,
+    connect_timeout: float = 60.0,
+) -> DeployResult:
+    """Deploy (or re-deploy) the KVM agent on a host and return its facts; see the module doc.
+
+    ``agent_broker_url``: the broker as the host reaches it (its credentials are replaced by the
+    host's own). ``agent_settings``: extra agent config keys (``domain_type``, ``libvirt_uri``, ...).
+    ``playbook_vars``: role variables (``agent_root``, ``agent_python``, ...). ``bundle``: one
+    built beforehand (``agents.kvm.bundle.build_bundle``), else it is built (or found) here.
+    """
+    if (password is None) == (ssh_key is None):
+        raise RingstackError(Sys.INVALID_ARGUMENT, "give exactly one of password and ssh_key")
+    target = SshTarget(ip, port, username, password, ssh_key, ssh_timeout)
+    seconds: dict[str, float] = {}
+    started = time.monotonic()
+
+    def lap(step: str) -> None:
+        nonlocal started
+        now = time.monotonic()
+        seconds[step] = round(now - started, 3)
+        started = now
+
+    await asyncio.to_thread(check_ssh, target)
+    lap("ssh")
+    admin = broker_admin or BrokerAdmin()
+    namespace = bus.topology.namespace
+    try:
+        credentials: AgentCredentials = await admin.ensure_agent_user_async(
+            namespace, host_uuid, vhost_of(agent_broker_url)
+        )
+    except RingstackError as exc:
+        raise failure("credentials", exc.message) from None
+    lap("credentials")
+    if bundle is None:
+        try:
+            bundle = await asyncio.to_thread(build_bundle, bundle_cache_dir, wheel=agent_wheel)
+        except (RingstackError, OSError) as exc:
+            raise failure("bundle", exc.message if isinstance(exc, RingstackError) else str(exc)) from None
+    lap("bundle")
+    settings = {
+        "host_uuid": host_uuid,
+        "namespace": namespace,
+        **{k: v for k, v in (agent_settings or {}).items() if v is not None},
+        "broker_url": credentials.url(agent_broker_url),
+    }
+    variables = {
+        **(playbook_vars or {}),
+        "ringstack_bundle": str(bundle.path),
+        "ringstack_build_id": bundle.build_id,
+        "ringstack_wheel": bundle.wheel,
+        "agent_settings": settings,
+    }
+    changed = await asyncio.to_thread(run_playbook, target, variables, timeout=playbook_timeout)
+    lap("playbook")
+    facts = await wait_connected(bus, host_uuid, connect_timeout, management_node_uuid)
+    lap("connect")
+    return DeployResult(facts, credentials.username, bundle.build_id, changed, seconds)

@@ -1,0 +1,441 @@
+"""Helpers for the KVM agent's tests: network namespaces as hosts, libvirt's test driver with a
+private state per agent, an in-process agent on the broker, and waiting without fixed sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import time
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kombu
+
+from agents.common.server import AgentServer
+from agents.kvm.agent import KvmAgent
+from agents.kvm.bus import AgentBus
+from agents.kvm.config import AgentConfig
+from bus.topology import Topology
+from mgmt.core.agents import AgentClient
+from schema.agent import REPORT_VM_STATE, L2Spec, NicSpec, VmSpec, VmStateReport, VolumeSpec
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+# libvirt's test driver: a file URI gives each connection its own in-memory hypervisor, so agents
+# in one process (and tests) never see each other's domains, as test:///default would share them.
+TEST_NODE_XML = """<node>
+  <cpu><mhz>2000</mhz><model>ringstack-test</model><active>4</active><nodes>1</nodes>
+       <sockets>1</sockets><cores>4</cores><threads>1</threads></cpu>
+  <memory>8388608</memory>
+</node>
+"""
+
+
+def sh(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
+    return done
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy, or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+async def await_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+class Netns:
+    """A network namespace this test created; deleted (with any process left in it) on close."""
+
+    def __init__(self, prefix: str = "rskt") -> None:
+        self.name = f"{prefix}{uuidlib.uuid4().hex[:8]}"
+        sh("ip", "netns", "add", self.name)
+        self.ip("link", "set", "lo", "up")
+
+    def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "-n", self.name, *args, check=check)
+
+    def run(self, *argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "netns", "exec", self.name, *argv, check=check, timeout=timeout)
+
+    def has_link(self, name: str) -> bool:
+        return self.ip("link", "show", name, check=False).returncode == 0
+
+    def addresses(self, dev: str) -> list[str]:
+        out = self.ip("-4", "-o", "addr", "show", "dev", dev).stdout
+        return [line.split()[3] for line in out.splitlines()]
+
+    def master(self, dev: str) -> str | None:
+        words = self.ip("link", "show", dev).stdout.split()
+        return words[words.index("master") + 1] if "master" in words else None
+
+    def pids(self) -> list[int]:
+        out = sh("ip", "netns", "pids", self.name, check=False).stdout
+        return [int(p) for p in out.split()]
+
+    def close(self) -> None:
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        sh("ip", "netns", "del", self.name, check=False)
+
+
+_VLAN: list[bool] = []
+
+
+def kernel_has_vlan() -> bool:
+    """Whether this kernel can make 802.1Q interfaces (some CI kernels have no VLAN support and
+    cannot load modules); asked once, in a scratch namespace."""
+    if not _VLAN:
+        ns = Netns("rskv")
+        try:
+            ns.ip("link", "add", "probe", "type", "veth", "peer", "name", "probe1")
+            _VLAN.append(
+                ns.ip(
+                    "link", "add", "link", "probe", "name", "probe.5", "type", "vlan", "id", "5", check=False
+                ).returncode
+                == 0
+            )
+        finally:
+            ns.close()
+    return _VLAN[0]
+
+
+@dataclass
+class HostNetwork:
+    """A KVM host's network as namespaces: ``host`` has ``eth0`` (with an address) whose other end
+    is in ``outside`` (a switch with an untagged address and a VLAN 100 address)."""
+
+    host: Netns
+    outside: Netns
+    extra: list[Netns] = field(default_factory=list)
+
+    HOST_IP = "169.254.10.1/24"
+    OUTSIDE_IP = "169.254.10.2"
+    VLAN = 100
+    VLAN_OUTSIDE_IP = "169.254.100.2"
+
+    @classmethod
+    def create(cls) -> HostNetwork:
+        host, outside = Netns("rskh"), Netns("rsko")
+        net = cls(host, outside)
+        try:
+            net._cable()
+        except BaseException:
+            net.close()  # no namespace left behind by a failed set-up
+            raise
+        return net
+
+    def _cable(self) -> None:
+        cls, host, outside = type(self), self.host, self.outside
+        host.ip("link", "add", "eth0", "type", "veth", "peer", "name", "up0", "netns", outside.name)
+        host.ip("addr", "add", cls.HOST_IP, "dev", "eth0")
+        host.ip("link", "set", "eth0", "up")
+        outside.ip("addr", "add", f"{cls.OUTSIDE_IP}/24", "dev", "up0")
+        outside.ip("link", "set", "up0", "up")
+        if kernel_has_vlan():
+            outside.ip("link", "add", "link", "up0", "name", "up0.100", "type", "vlan", "id", str(cls.VLAN))
+            outside.ip("addr", "add", f"{cls.VLAN_OUTSIDE_IP}/24", "dev", "up0.100")
+            outside.ip("link", "set", "up0.100", "up")
+
+    def vm_port(self, bridge: str, address: str) -> Netns:
+        """A veth whose host end is a port of ``bridge`` (what a VM's tap is) and whose other end
+        sits in a namespace of its own with ``address``: a stand-in guest to ping from."""
+        guest = Netns("rskg")
+        self.extra.append(guest)
+        port = f"vm{guest.name[-6:]}"
+        self.host.ip("link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", guest.name)
+        self.host.ip("link", "set", port, "master", bridge)
+        self.host.ip("link", "set", port, "up")
+        guest.ip("addr", "add", address, "dev", "eth0")
+        guest.ip("link", "set", "eth0", "up")
+        return guest
+
+    def pings(self, ns: Netns, address: str) -> bool:
+        return ns.run("busybox", "ping", "-c", "1", "-W", "2", address, check=False).returncode == 0
+
+    def close(self) -> None:
+        for ns in [*self.extra, self.host, self.outside]:
+            ns.close()
+
+
+def l2(bridge: str = "br_eth0", vlan: int | None = None, physical: str = "eth0") -> L2Spec:
+    return L2Spec(
+        uuid=uuidlib.uuid4().hex,
+        type="L2VlanNetwork" if vlan else "L2NoVlanNetwork",
+        physical_interface=physical,
+        vlan=vlan,
+        bridge_name=bridge,
+    )
+
+
+def nic(mac: str = "fa:16:3e:00:00:01", device_id: int = 0, network: L2Spec | None = None) -> NicSpec:
+    return NicSpec(
+        uuid=uuidlib.uuid4().hex,
+        mac=mac,
+        ip="169.254.10.50",
+        l3_network_uuid=uuidlib.uuid4().hex,
+        l2=network or l2(),
+        device_id=device_id,
+        default=device_id == 0,
+    )
+
+
+def volume(path: str, device_id: int = 0, kind: str = "Root") -> VolumeSpec:
+    return VolumeSpec(
+        uuid=uuidlib.uuid4().hex,
+        install_path=path,
+        size=GiB,
+        device_id=device_id,
+        type=kind,  # type: ignore[arg-type]
+    )
+
+
+def vm_spec(root: str = "/ps/volumes/root.qcow2", nics: list[NicSpec] | None = None, **kw: Any) -> VmSpec:
+    uuid = uuidlib.uuid4().hex
+    fields: dict[str, Any] = {"cpu_num": 1, "memory_size": 128 * MiB, **kw}
+    return VmSpec(uuid=uuid, name=f"vm-{uuid[:6]}", root_volume=volume(root), nics=nics or [], **fields)
+
+
+@dataclass
+class InProcessAgent:
+    """A KvmAgent served on the broker from the test's own event loop."""
+
+    agent: KvmAgent
+    server: AgentServer
+    bus: AgentBus
+    client: AgentClient
+    host_uuid: str
+    reports: list[VmStateReport] = field(default_factory=list)
+
+    @classmethod
+    async def start(cls, config: AgentConfig, client_bus: Any) -> InProcessAgent:
+        bus = AgentBus(config.broker_url, Topology(config.namespace), config.host_uuid)
+        server = AgentServer(bus)
+        reports: list[VmStateReport] = []
+
+        async def report(body: VmStateReport) -> None:
+            reports.append(body)
+            await server.report(config.host_uuid, REPORT_VM_STATE, body)
+
+        agent = KvmAgent(config, reporter=report)
+        await agent.start()
+        await bus.start()
+        await server.serve(agent)
+        return cls(agent, server, bus, AgentClient(client_bus, default_timeout=30), config.host_uuid, reports)
+
+    async def close(self) -> None:
+        await self.bus.close()
+        await self.agent.close()
+
+    async def domain_xml(self, vm_uuid: str, inactive: bool = False) -> str:
+        import libvirt
+
+        flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
+        return await self.agent.hypervisor.call(lambda c: c.lookupByUUIDString(vm_uuid).XMLDesc(flags), "xml")
+
+
+def delete_agent_queues(namespace: str, *hosts: str) -> None:
+    """Delete the durable agent queues of these hosts (infra.delete_topology takes only the shared
+    queues, and a test must leave nothing on the shared broker)."""
+    from tests.support import infra
+
+    topology = Topology(namespace)
+    with kombu.Connection(infra.BROKER_URL) as conn:
+        channel = conn.channel()
+        for host in hosts:
+            channel.queue_delete(topology.agent_queue(host).name)
+        channel.close()
+
+
+def libvirt_test_uri(directory: Path) -> str:
+    node = directory / "libvirt-test-node.xml"
+    node.write_text(TEST_NODE_XML)
+    return f"test://{node}"
+
+
+def make_image(path: Path, size: str = "64M") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sh("qemu-img", "create", "-q", "-f", "qcow2", str(path), size)
+    return path
+
+
+class TcpRelay:
+    """Forwards TCP connections from ``listen`` to ``target``, each in two threads: how an agent in
+    a namespace reaches the broker, which listens on 127.0.0.1 of the root namespace only (the
+    shared broker's configuration is not ours to change). For the agent it is the broker's address
+    on its network, as a real host's would be."""
+
+    def __init__(self, listen: tuple[str, int], target: tuple[str, int]) -> None:
+        import socket
+        import threading
+
+        self.target = target
+        self.server = socket.create_server(listen, reuse_port=False)
+        self.closed = False
+        self._sockets: list[Any] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self.closed:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: Any, dest: Any) -> None:
+        try:
+            while data := source.recv(65536):
+                dest.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dest.shutdown(2)
+
+    def close(self) -> None:
+        self.closed = True
+        self.server.close()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+class FakeKvmHost:
+    """A "KVM host" for deployment tests: a network namespace joined to the root namespace by a
+    veth pair (link-local /30 chosen here), with its own sshd on its address (own host key, an
+    authorized key made here, password login enabled), and a relay to the broker on the root side
+    of the veth. Namespaces share the filesystem, so the host gets its own install directory."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.ns = Netns("rsdh")
+        self.veth = f"rsd{self.ns.name[-8:]}"
+        third = 200 + int(self.ns.name[-2:], 16) % 50
+        fourth = 4 * (int(self.ns.name[-4:-2], 16) % 60)
+        self.root_ip = f"169.254.{third}.{fourth + 1}"
+        self.ip = f"169.254.{third}.{fourth + 2}"
+        self.agent_root = base / "agent"
+        self.sshd: subprocess.Popen[bytes] | None = None
+        self.relay: TcpRelay | None = None
+        try:
+            sh("ip", "link", "add", self.veth, "type", "veth", "peer", "name", "eth0", "netns", self.ns.name)
+            sh("ip", "addr", "add", f"{self.root_ip}/30", "dev", self.veth)
+            sh("ip", "link", "set", self.veth, "up")
+            self.ns.ip("addr", "add", f"{self.ip}/30", "dev", "eth0")
+            self.ns.ip("link", "set", "eth0", "up")
+        except BaseException:
+            self.close()  # nothing left behind by a failed set-up
+            raise
+
+    def start_sshd(self) -> None:
+        ssh = self.base / "ssh"
+        ssh.mkdir(parents=True, exist_ok=True)
+        for name in ("host_key", "client_key"):
+            if not (ssh / name).exists():
+                sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh / name))
+        (ssh / "authorized_keys").write_text((ssh / "client_key.pub").read_text())
+        config = ssh / "sshd_config"
+        config.write_text(
+            "\n".join(
+                [
+                    f"ListenAddress {self.ip}",
+                    "Port 22",
+                    f"HostKey {ssh / 'host_key'}",
+                    f"PidFile {ssh / 'sshd.pid'}",
+                    f"AuthorizedKeysFile {ssh / 'authorized_keys'}",
+                    "PermitRootLogin yes",
+                    "PasswordAuthentication yes",
+                    "KbdInteractiveAuthentication no",
+                    "UsePAM no",
+                    "StrictModes no",
+                    "PrintMotd no",
+                    "Subsystem sftp internal-sftp",
+                    "",
+                ]
+            )
+        )
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
+        self.sshd = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns.name, "/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        wait_until(lambda: self._port_open(22) or self.sshd.poll() is not None, 20, "sshd to listen")
+        if self.sshd.poll() is not None:
+            raise AssertionError(
+                f"sshd exited: {self.sshd.stderr.read().decode() if self.sshd.stderr else ''}"
+            )
+
+    def _port_open(self, port: int) -> bool:
+        import socket
+
+        try:
+            socket.create_connection((self.ip, port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+
+    @property
+    def client_key(self) -> str:
+        return (self.base / "ssh" / "client_key").read_text()
+
+    def start_broker_relay(self, broker: tuple[str, int]) -> str:
+        self.relay = TcpRelay((self.root_ip, broker[1]), broker)
+        return f"amqp://{self.root_ip}:{broker[1]}/"
+
+    def agent_pid(self) -> int | None:
+        try:
+            return int((self.agent_root / "run" / "agent.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def close(self) -> None:
+        pid = self.agent_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        if self.sshd is not None and self.sshd.poll() is None:
+            self.sshd.kill()
+            self.sshd.wait(10)
+        if self.relay is not None:
+            self.relay.close()
+        self.ns.close()
+        sh("ip", "link", "del", self.veth, check=False)
