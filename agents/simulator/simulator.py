@@ -17,8 +17,9 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field
 
@@ -66,6 +67,7 @@ from schema.api.base import UUID_PATTERN, WireModel, parse_wire
 log = logging.getLogger(__name__)
 
 AGENT_VERSION = "ringstack-simulator/1"
+R = TypeVar("R")
 
 
 class Fault(WireModel):
@@ -84,6 +86,19 @@ class SimVm:
     state: Literal["Running", "Stopped", "Paused", "Crashed"]
 
 
+def _per_vm(method: Callable[[SimHost, Any], Awaitable[R]]) -> Callable[[SimHost, Any], Awaitable[R]]:
+    """Commands about one VM run one at a time, in arrival order, as on a real agent: a destroy
+    sent while a slow start is still running must not overtake it."""
+
+    async def serialised(self: SimHost, cmd: Any) -> R:
+        vm_uuid = cmd.vm.uuid if hasattr(cmd, "vm") else cmd.vm_uuid
+        lock = self.vm_locks.setdefault(vm_uuid, asyncio.Lock())
+        async with lock:
+            return await method(self, cmd)
+
+    return serialised
+
+
 @dataclass
 class SimHost:
     host_uuid: str
@@ -97,6 +112,7 @@ class SimHost:
     calls: dict[str, int] = field(default_factory=dict)
     pretend_uuid: str | None = None
     started: float = field(default_factory=time.monotonic)
+    vm_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ faults
 
@@ -165,6 +181,7 @@ class SimHost:
             raise RingstackError(AgentErrors.VM_NOT_FOUND, f"VM {vm_uuid} is not on host {self.host_uuid}")
         return vm
 
+    @_per_vm
     async def vm_start(self, cmd: StartVmCommand) -> VmStateReply:
         await self._enter("agent.vm.start")
         vm = self.vms.get(cmd.vm.uuid)
@@ -179,6 +196,7 @@ class SimHost:
         self.vms[cmd.vm.uuid] = SimVm(cmd.vm, "Running")
         return VmStateReply(vm_uuid=cmd.vm.uuid, state="Running")
 
+    @_per_vm
     async def vm_stop(self, cmd: StopVmCommand) -> VmStateReply:
         await self._enter("agent.vm.stop")
         vm = self.vms.get(cmd.vm_uuid)
@@ -187,17 +205,20 @@ class SimHost:
         vm.state = "Stopped"
         return VmStateReply(vm_uuid=cmd.vm_uuid, state="Stopped")
 
+    @_per_vm
     async def vm_reboot(self, cmd: RebootVmCommand) -> VmStateReply:
         await self._enter("agent.vm.reboot")
         vm = self._vm(cmd.vm_uuid)
         vm.state = "Running"
         return VmStateReply(vm_uuid=cmd.vm_uuid, state="Running")
 
+    @_per_vm
     async def vm_destroy(self, cmd: DestroyVmCommand) -> VmStateReply:
         await self._enter("agent.vm.destroy")
         self.vms.pop(cmd.vm_uuid, None)
         return VmStateReply(vm_uuid=cmd.vm_uuid, state="Absent")
 
+    @_per_vm
     async def vm_migrate(self, cmd: MigrateVmCommand) -> VmStateReply:
         await self._enter("agent.vm.migrate")
         destination = self.simulator.hosts.get(cmd.destination_host_uuid)

@@ -26,9 +26,14 @@ StepFn = Callable[[C], Awaitable[None]]
 
 @dataclass(frozen=True)
 class Flow(Generic[C]):
+    """A step. ``undo_failed``: the rollback also runs when this very step fails (or is cancelled,
+    or times out) half-way, e.g. a command sent to an agent whose effect may have happened even
+    though no answer came; such a rollback must be safe when the step did nothing."""
+
     name: str
     run: StepFn[C]
     rollback: StepFn[C] | None = None
+    undo_failed: bool = False
 
 
 @dataclass
@@ -57,7 +62,7 @@ class FlowChain(Generic[C]):
                 await _before(flow.run(ctx), deadline, f"{self.name}/{flow.name}")
             except (Exception, asyncio.CancelledError) as exc:
                 self.outcome.failed_step = flow.name
-                await self._rollback(ctx, done)
+                await self._rollback(ctx, [*done, flow] if flow.undo_failed else done)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 raise self._failure(flow, exc) from exc

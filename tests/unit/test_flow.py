@@ -322,3 +322,26 @@ def test_rollback_property(spec: tuple[int, int, list[bool], list[bool]]) -> Non
         assert err.details["rollbackFailures"] == failures
     else:
         assert "rollbackFailures" not in err.details
+
+
+async def test_a_step_marked_undo_failed_is_rolled_back_when_it_fails_itself():
+    log: list[str] = []
+
+    async def ok(ctx):
+        log.append("run a")
+
+    async def half_done(ctx):
+        log.append("run b")
+        raise RingstackError("TEST.HALF", "sent, no answer")
+
+    def undo(name):
+        async def fn(ctx):
+            log.append(f"undo {name}")
+
+        return fn
+
+    chain = FlowChain("t", [Flow("a", ok, undo("a")), Flow("b", half_done, undo("b"), undo_failed=True)])
+    with pytest.raises(RingstackError) as err:
+        await chain.run(object())
+    assert log == ["run a", "run b", "undo b", "undo a"]
+    assert err.value.details["rolledBack"] == ["b", "a"]

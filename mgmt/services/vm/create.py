@@ -80,12 +80,16 @@ class CreateVm:
     def chain(self, plan: CreatePlan) -> FlowChain[CreatePlan]:
         flows: list[Flow[CreatePlan]] = [
             Flow("reserve", self._reserve, self._release),
-            Flow("create-volumes", self._create_volumes, self._delete_volumes),
+            # The agent steps undo themselves when they fail half-way: a volume or a VM may exist
+            # on the host although its command's answer never came.
+            Flow("create-volumes", self._create_volumes, self._delete_volumes, undo_failed=True),
             Flow("prepare-network", self._prepare_network),
-            Flow("network-services", self._network_services, self._release_network_services),
+            Flow(
+                "network-services", self._network_services, self._release_network_services, undo_failed=True
+            ),
         ]
         if plan.start:
-            flows.append(Flow("start-on-host", self._start, self._destroy))
+            flows.append(Flow("start-on-host", self._start, self._destroy, undo_failed=True))
         flows.append(Flow("done", self._done))
         return FlowChain("create-vm", flows)
 
@@ -101,15 +105,6 @@ class CreateVm:
         await self.db.run(plans.release, plan.vm_uuid)
 
     async def _create_volumes(self, plan: CreatePlan) -> None:
-        # A failing step is not rolled back by the chain (it did not complete), so this one undoes
-        # its own partial work: the volumes made before the one that failed.
-        try:
-            await self._create_each_volume(plan)
-        except BaseException:
-            await self._delete_volumes(plan)
-            raise
-
-    async def _create_each_volume(self, plan: CreatePlan) -> None:
         assert plan.host_uuid and plan.ps_uuid and plan.ps_url and plan.ps_type
         for volume in plan.volumes:
             root = volume.type == "Root"
@@ -129,6 +124,8 @@ class CreateVm:
 
     async def _delete_volumes(self, plan: CreatePlan) -> None:
         assert plan.host_uuid
+        # The volumes the agent said it made. (One whose create went unanswered is unknown here:
+        # the protocol deletes by path; deleting by volume uuid would close that gap.)
         for volume in plan.volumes:
             if volume.uuid in plan.created_on_agent and volume.install_path:
                 await self.agents.call(
