@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Select, delete, or_, select
+from sqlalchemy import ColumnElement, Select, delete, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from bus.errors import RingstackError, Sys, not_found
@@ -26,7 +26,11 @@ def visible_clause(model: Any, account: Account) -> ColumnElement[bool] | None:
     """The WHERE clause limiting ``model`` rows to what ``account`` may see; None for admins."""
     if account.is_admin:
         return None
-    return or_(model.owner_account_uuid == account.uuid, model.uuid.in_(_shared_with(account)))
+    # One IN over a UNION ALL, not owner = me OR uuid IN (shared): the OR defeats the planner's use
+    # of the other indexes (a normal account's filtered query walked all 100k rows: p95 190-340 ms),
+    # the union keeps each branch on its own index (4-11 ms).
+    owned = select(model.uuid).where(model.owner_account_uuid == account.uuid)
+    return model.uuid.in_(union_all(owned, _shared_with(account)))
 
 
 def _shared_with(account: Account) -> Select[Any]:

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic.alias_generators import to_camel
-from sqlalchemy import Boolean, DateTime, Float, Integer, Numeric, Select, func, select
+from sqlalchemy import Boolean, DateTime, Float, Integer, Numeric, Select, String, Text, func, select
 from sqlalchemy.orm import ColumnProperty, InstrumentedAttribute, Session
 
 from bus.errors import RingstackError, invalid_argument
@@ -76,9 +76,9 @@ def _coerce(col: InstrumentedAttribute[Any], name: str, value: Any) -> Any:
                 return str(value).lower() == "true"
             raise ValueError("expected true or false")
         if isinstance(col_type, Integer):
-            if isinstance(value, bool):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError("expected an integer")
-            return int(value)
+            return int(value) if not isinstance(value, str) else int(value.strip())
         if isinstance(col_type, Float | Numeric):
             return float(value)
         if isinstance(col_type, DateTime):
@@ -113,7 +113,14 @@ def _condition(target: QueryTarget, cond: Condition, depth: int = 0) -> Any:
     if isinstance(cond.value, list):
         raise invalid_argument(f"operator {op!r} on {cond.name!r} takes a single value", field=cond.name)
     if op in ("~=", "!~="):
+        if not isinstance(col.property.columns[0].type, String | Text):
+            raise invalid_argument(f"operator {op!r} needs a text field; {cond.name!r} is not one", field=cond.name)
         pattern = str(cond.value)
+        trailing_escapes = len(pattern) - len(pattern.rstrip("\\"))
+        if trailing_escapes % 2 == 1:
+            raise invalid_argument(
+                f"pattern {pattern!r} for {cond.name!r} ends in a lone backslash (the escape character)", field=cond.name
+            )
         return col.like(pattern) if op == "~=" else col.not_like(pattern)
     value = _coerce(col, cond.name, cond.value)
     return {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, String, UniqueConstraint, func
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint, func
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from schema.db.base import UUID_LENGTH, Base, ResourceMixin
@@ -12,6 +12,11 @@ from schema.db.base import UUID_LENGTH, Base, ResourceMixin
 
 class VmInstance(ResourceMixin, Base):
     __tablename__ = "vm_instance"
+    __table_args__ = (
+        Index("ix_vm_instance_created_at", "created_at"),
+        # LIKE 'prefix%' can use it whatever the database's collation (migration 0008)
+        Index("ix_vm_instance_name_pattern", "name", postgresql_ops={"name": "varchar_pattern_ops"}),
+    )
     resource_type = "vm"
 
     zone_uuid: Mapped[str] = mapped_column(String(UUID_LENGTH), index=True)
