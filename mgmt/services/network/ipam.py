@@ -154,7 +154,11 @@ def allocate_ip(
         check_quota(session, quota_account, IP_QUOTA, 1)
     row_uuid = uuid or new_uuid()
     ranges = _ranges(session, l3)
-    used = used_addresses(session, l3_uuid)
+    # The random strategy first probes a few random candidates against the table (one indexed
+    # query) instead of loading every used address: that load made each allocation O(addresses in
+    # use), and a batch of VM creates quadratic. A nearly full network falls back to the full scan.
+    probing = static_ip is None and isinstance(chooser, ipam.RandomPick)
+    used: set[int] = set() if probing else used_addresses(session, l3_uuid)
     skipped: set[int] = set()  # being allocated by another transaction right now, or just taken
     collisions = 0
     while True:
@@ -162,7 +166,12 @@ def allocate_ip(
             # No claim: waiting on a concurrent insert of this very address is the right answer.
             spec, value = _static_candidate(ranges, l3_uuid, static_ip)
         else:
-            picked = chooser.pick(ranges, used | skipped)
+            picked = _probe(session, l3_uuid, ranges, skipped, chooser) if probing else None  # type: ignore[arg-type]
+            if picked is None and probing:
+                probing = False
+                used = used_addresses(session, l3_uuid)
+            if picked is None:
+                picked = chooser.pick(ranges, used | skipped)
             if picked is None:
                 raise RingstackError(
                     errors.IP_EXHAUSTED,
@@ -200,7 +209,43 @@ def allocate_ip(
         # Someone committed it since we read (or its range went): read again.
         skipped.add(value)
         ranges = _ranges(session, l3)
-        used = used_addresses(session, l3_uuid)
+        if not probing:
+            used = used_addresses(session, l3_uuid)
+
+
+PROBES = 16
+
+
+def _probe(
+    session: Session,
+    l3_uuid: str,
+    ranges: Sequence[ipam.RangeSpec],
+    skipped: set[int],
+    chooser: ipam.RandomPick,
+) -> tuple[ipam.RangeSpec, int] | None:
+    """A random free address found by checking a few random candidates in one query, or None."""
+    sizes = [max(0, spec.hi - spec.lo + 1) for spec in ranges]
+    if not ranges or sum(sizes) == 0:
+        return None
+    candidates: dict[int, ipam.RangeSpec] = {}
+    for _ in range(PROBES):
+        spec = chooser.rng.choices(list(ranges), weights=sizes)[0]
+        ip = chooser.rng.randint(spec.lo, spec.hi)
+        if spec.allocatable(ip) and ip not in skipped:
+            candidates[ip] = spec
+    if not candidates:
+        return None
+    taken = set(
+        session.scalars(
+            select(UsedIp.ip_int).where(
+                UsedIp.l3_network_uuid == l3_uuid, UsedIp.ip_int.in_(list(candidates))
+            )
+        )
+    )
+    for ip, spec in candidates.items():
+        if ip not in taken:
+            return spec, ip
+    return None
 
 
 def _ranges(session: Session, l3: L3Network) -> list[ipam.RangeSpec]:
