@@ -7,7 +7,8 @@ members, and therefore build the same ring.
 
 The broker is how changes travel fast. Nodes broadcast join / heartbeat / leave on the membership
 fanout exchange; a message carrying a newer epoch makes the receiver re-read the view at once.
-A node is evicted when its heartbeats stop for ``misses`` intervals, or at once when the broker
+A node is evicted when its heartbeats stop for ``misses`` intervals and its database heartbeat
+(renewed with its lease by a thread of its own) is as old, or at once when the broker
 deletes its exclusive node queue (its connection died), which the broker's event exchange reports
 when the ``rabbitmq_event_exchange`` plugin is on. A node that finds itself evicted stops working
 on resources (see ``ownership``) and joins again.

@@ -9,7 +9,9 @@ The argument:
    only through one conditional UPDATE: to a node that wants it, and only if the row names nobody,
    names that node already, or names a node whose lease (``management_node.lease_expires_at``,
    database clock) has passed. Every change of holder bumps the row's fencing ``token``.
-2. A node renews its lease with every heartbeat (``now() + ttl`` by the database clock). It counts
+2. A node renews its lease every heartbeat interval from a thread of its own (``LeaseKeeper`` in
+   ``membership``; ``now() + ttl`` by the database clock), which stops renewing if the event loop
+   stalls for long. It counts
    its own lease as valid only until ``t_sent + ttl - margin`` by its local monotonic clock, where
    ``t_sent`` is taken *before* the renewal is sent. The database's expiry is therefore always
    later than the moment the node stops believing in its lease (clock rates differ by far less
