@@ -439,3 +439,81 @@ def machine(broker_url: str) -> dict[str, Any]:
         "commit": git_commit(),
         "uncommitted_changes": tree_dirty(),
     }
+
+
+# ---------------------------------------------------------------------------------------- CPU use
+
+CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
+RABBITMQ_COMMANDS: Final = frozenset({"beam.smp", "erl_child_setup", "epmd", "inet_gethost"})
+
+
+def cpu_snapshot() -> dict[int, tuple[str, float]]:
+    """Every process's command name and user + system CPU seconds so far."""
+    found: dict[int, tuple[str, float]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        found[int(entry.name)] = (comm, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)  # utime, stime
+    return found
+
+
+def machine_busy_idle() -> tuple[float, float]:
+    """Busy and idle CPU seconds of the whole machine so far (all cores)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values[:8]) - idle) / CLOCK_TICKS, idle / CLOCK_TICKS
+
+
+class CpuMeter:
+    """CPU seconds spent between ``start`` and ``stop``, by group: the node processes, the
+    simulator (when there is one), this client, PostgreSQL and RabbitMQ (every process of theirs,
+    whoever it serves), and the rest of the machine (other work on it, processes that exited
+    meanwhile, the kernel)."""
+
+    def __init__(self, node_pids: list[int], simulator_pid: int | None = None) -> None:
+        self.node_pids = set(node_pids)
+        self.simulator_pid = simulator_pid
+        self.groups: tuple[str, ...] = (
+            ("nodes", "simulator", "client", "postgres", "rabbitmq", "other")
+            if simulator_pid is not None
+            else ("nodes", "client", "postgres", "rabbitmq", "other")
+        )
+        self.before: dict[int, tuple[str, float]] = {}
+        self.machine_before = (0.0, 0.0)
+
+    def group(self, pid: int, comm: str) -> str:
+        if pid in self.node_pids:
+            return "nodes"
+        if pid == self.simulator_pid:
+            return "simulator"
+        if pid == os.getpid():
+            return "client"
+        if comm == "postgres":
+            return "postgres"
+        if comm in RABBITMQ_COMMANDS:
+            return "rabbitmq"
+        return "other"
+
+    def start(self) -> None:
+        self.machine_before = machine_busy_idle()
+        self.before = cpu_snapshot()
+
+    def stop(self) -> tuple[dict[str, float], float]:
+        """CPU seconds by group, and the fraction of the machine's CPU time that was busy."""
+        after = cpu_snapshot()
+        busy, idle = machine_busy_idle()
+        busy -= self.machine_before[0]
+        idle -= self.machine_before[1]
+        used = dict.fromkeys(self.groups, 0.0)
+        for pid, (comm, seconds) in after.items():
+            group = self.group(pid, comm)
+            if group != "other":
+                used[group] += seconds - self.before.get(pid, (comm, 0.0))[1]
+        used["other"] = max(0.0, busy - sum(used.values()))
+        return used, busy / max(1e-9, busy + idle)

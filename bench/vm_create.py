@@ -43,7 +43,6 @@ import asyncio
 import contextlib
 import json
 import math
-import os
 import statistics
 import sys
 import tempfile
@@ -59,6 +58,7 @@ from bench.nodes import (
     DEFAULT_BROKER_URL,
     BrokerScope,
     Client,
+    CpuMeter,
     Nodes,
     Scratch,
     converge,
@@ -67,7 +67,6 @@ from bench.nodes import (
     percentile,
     progress,
 )
-from bench.routing import RABBITMQ_COMMANDS, cpu_snapshot, machine_busy_idle
 from bus.errors import RingstackError
 from tests.support.simulator import SimulatorProcess
 from tests.support.zone import GiB, SimZone, build_zone, vm_request
@@ -91,50 +90,6 @@ ANCHOR: Final[dict[str, Any]] = {
 }
 GOAL_VMS_PER_S: Final = 50.0
 CPU_GROUPS: Final = ("nodes", "simulator", "client", "postgres", "rabbitmq", "other")
-
-
-# ---------------------------------------------------------------------------------------- CPU use
-
-
-class CpuMeter:
-    """CPU seconds between ``start`` and ``stop`` by group (see ``bench.routing.CpuMeter``), with
-    the simulator as a group of its own."""
-
-    def __init__(self, node_pids: list[int], simulator_pid: int) -> None:
-        self.node_pids = set(node_pids)
-        self.simulator_pid = simulator_pid
-        self.before: dict[int, tuple[str, float]] = {}
-        self.machine_before = (0.0, 0.0)
-
-    def group(self, pid: int, comm: str) -> str:
-        if pid in self.node_pids:
-            return "nodes"
-        if pid == self.simulator_pid:
-            return "simulator"
-        if pid == os.getpid():
-            return "client"
-        if comm == "postgres":
-            return "postgres"
-        if comm in RABBITMQ_COMMANDS:
-            return "rabbitmq"
-        return "other"
-
-    def start(self) -> None:
-        self.machine_before = machine_busy_idle()
-        self.before = cpu_snapshot()
-
-    def stop(self) -> tuple[dict[str, float], float]:
-        after = cpu_snapshot()
-        busy, idle = machine_busy_idle()
-        busy -= self.machine_before[0]
-        idle -= self.machine_before[1]
-        used = dict.fromkeys(CPU_GROUPS, 0.0)
-        for pid, (comm, seconds) in after.items():
-            group = self.group(pid, comm)
-            if group != "other":
-                used[group] += seconds - self.before.get(pid, (comm, 0.0))[1]
-        used["other"] = max(0.0, busy - sum(used.values()))
-        return used, busy / max(1e-9, busy + idle)
 
 
 # ---------------------------------------------------------------------------------------- settings
