@@ -12,6 +12,7 @@ from mgmt.core.cascade import CascadeRegistry, CascadeRule, announce_deleted
 from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
 from mgmt.core.query import QueryTarget, run_query
+from mgmt.core.resources import change_enabled_state, update_name_description
 from mgmt.core.service import CallContext, Service, handler
 from schema.api.base import EmptyReply, QueryReply
 from schema.api.cluster import (
@@ -85,33 +86,24 @@ class ClusterService(Service):
 
     @handler(UpdateCluster)
     async def update_cluster(self, msg: UpdateCluster, ctx: CallContext) -> ClusterReply:
-        def update(session: Session) -> ClusterInventory:
-            cluster = load_visible(session, Cluster, msg.uuid, ctx.account, "cluster")
-            if msg.name is not None:
-                cluster.name = msg.name
-            if msg.description is not None:
-                cluster.description = msg.description
-            session.flush()
-            return _inventory(cluster)
-
-        inv = await self.db.run(update)
-        await self.events.resource_event("cluster", inv.uuid, "updated", inv.to_wire())
+        inv = await update_name_description(
+            self.db,
+            self.events,
+            Cluster,
+            "cluster",
+            msg.uuid,
+            ctx.account,
+            _inventory,
+            msg.name,
+            msg.description,
+        )
         return ClusterReply(inventory=inv)
 
     @handler(ChangeClusterState)
     async def change_cluster_state(self, msg: ChangeClusterState, ctx: CallContext) -> ClusterReply:
-        new_state = "Enabled" if msg.state_event == "enable" else "Disabled"
-
-        def change(session: Session) -> tuple[ClusterInventory, bool]:
-            cluster = load_visible(session, Cluster, msg.uuid, ctx.account, "cluster")
-            changed = cluster.state != new_state
-            cluster.state = new_state
-            session.flush()
-            return _inventory(cluster), changed
-
-        inv, changed = await self.db.run(change)
-        if changed:
-            await self.events.resource_event("cluster", inv.uuid, "state", inv.to_wire())
+        inv = await change_enabled_state(
+            self.db, self.events, Cluster, "cluster", msg.uuid, ctx.account, _inventory, msg.state_event
+        )
         return ClusterReply(inventory=inv)
 
     @handler(DeleteCluster)

@@ -20,6 +20,7 @@ from mgmt.core.cascade import CascadeRegistry, CascadeRule, announce_deleted
 from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
 from mgmt.core.query import QueryTarget, run_query
+from mgmt.core.resources import change_enabled_state, update_name_description
 from mgmt.core.service import CallContext, handler
 from mgmt.services.storage.backends import BackendSpec, Probe, backend_spec, probe
 from mgmt.services.storage.errors import StorageError
@@ -209,35 +210,26 @@ class BackupStorageHandlers:
 
     @handler(UpdateBackupStorage)
     async def update_backup_storage(self, msg: UpdateBackupStorage, ctx: CallContext) -> BackupStorageReply:
-        def update(session: Session) -> BackupStorageInventory:
-            bs = load_visible(session, BackupStorage, msg.uuid, ctx.account, KIND)
-            if msg.name is not None:
-                bs.name = msg.name
-            if msg.description is not None:
-                bs.description = msg.description
-            session.flush()
-            return _inventory(bs)
-
-        inv = await self.db.run(update)
-        await self.events.resource_event(KIND, inv.uuid, "updated", inv.to_wire())
+        inv = await update_name_description(
+            self.db,
+            self.events,
+            BackupStorage,
+            KIND,
+            msg.uuid,
+            ctx.account,
+            _inventory,
+            msg.name,
+            msg.description,
+        )
         return BackupStorageReply(inventory=inv)
 
     @handler(ChangeBackupStorageState)
     async def change_backup_storage_state(
         self, msg: ChangeBackupStorageState, ctx: CallContext
     ) -> BackupStorageReply:
-        new_state = "Enabled" if msg.state_event == "enable" else "Disabled"
-
-        def change(session: Session) -> tuple[BackupStorageInventory, bool]:
-            bs = load_visible(session, BackupStorage, msg.uuid, ctx.account, KIND)
-            changed = bs.state != new_state
-            bs.state = new_state
-            session.flush()
-            return _inventory(bs), changed
-
-        inv, changed = await self.db.run(change)
-        if changed:
-            await self.events.resource_event(KIND, inv.uuid, "state", inv.to_wire())
+        inv = await change_enabled_state(
+            self.db, self.events, BackupStorage, KIND, msg.uuid, ctx.account, _inventory, msg.state_event
+        )
         return BackupStorageReply(inventory=inv)
 
     @handler(ReconnectBackupStorage)

@@ -13,6 +13,7 @@ from mgmt.core.cascade import CascadeRegistry, CascadeRule, announce_deleted
 from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
 from mgmt.core.query import QueryTarget, run_query
+from mgmt.core.resources import change_enabled_state, update_name_description
 from mgmt.core.service import CallContext, handler
 from mgmt.services.storage.errors import StorageError
 from mgmt.services.storage.links import pair_ids, split_pairs
@@ -201,35 +202,26 @@ class PrimaryStorageHandlers:
     async def update_primary_storage(
         self, msg: UpdatePrimaryStorage, ctx: CallContext
     ) -> PrimaryStorageReply:
-        def update(session: Session) -> PrimaryStorageInventory:
-            ps = load_visible(session, PrimaryStorage, msg.uuid, ctx.account, KIND)
-            if msg.name is not None:
-                ps.name = msg.name
-            if msg.description is not None:
-                ps.description = msg.description
-            session.flush()
-            return _inventory(ps)
-
-        inv = await self.db.run(update)
-        await self.events.resource_event(KIND, inv.uuid, "updated", inv.to_wire())
+        inv = await update_name_description(
+            self.db,
+            self.events,
+            PrimaryStorage,
+            KIND,
+            msg.uuid,
+            ctx.account,
+            _inventory,
+            msg.name,
+            msg.description,
+        )
         return PrimaryStorageReply(inventory=inv)
 
     @handler(ChangePrimaryStorageState)
     async def change_primary_storage_state(
         self, msg: ChangePrimaryStorageState, ctx: CallContext
     ) -> PrimaryStorageReply:
-        new_state = "Enabled" if msg.state_event == "enable" else "Disabled"
-
-        def change(session: Session) -> tuple[PrimaryStorageInventory, bool]:
-            ps = load_visible(session, PrimaryStorage, msg.uuid, ctx.account, KIND)
-            changed = ps.state != new_state
-            ps.state = new_state
-            session.flush()
-            return _inventory(ps), changed
-
-        inv, changed = await self.db.run(change)
-        if changed:
-            await self.events.resource_event(KIND, inv.uuid, "state", inv.to_wire())
+        inv = await change_enabled_state(
+            self.db, self.events, PrimaryStorage, KIND, msg.uuid, ctx.account, _inventory, msg.state_event
+        )
         return PrimaryStorageReply(inventory=inv)
 
     @handler(DeletePrimaryStorage)

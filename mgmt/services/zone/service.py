@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from bus.errors import not_found
 from mgmt.core.cascade import CascadeRegistry
 from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
 from mgmt.core.query import QueryTarget, run_query
+from mgmt.core.resources import change_enabled_state, update_name_description
 from mgmt.core.service import CallContext, Service, handler
 from schema.api.base import EmptyReply, QueryReply
 from schema.api.zone import (
@@ -27,13 +27,6 @@ QUERY = QueryTarget.for_model(Zone, ZoneInventory)
 
 def _inventory(zone: Zone) -> ZoneInventory:
     return ZoneInventory.model_validate(zone, from_attributes=True)
-
-
-def _load(session: Session, uuid: str) -> Zone:
-    zone = session.get(Zone, uuid)
-    if zone is None:
-        raise not_found("zone", uuid)
-    return zone
 
 
 class ZoneService(Service):
@@ -68,33 +61,16 @@ class ZoneService(Service):
 
     @handler(UpdateZone)
     async def update_zone(self, msg: UpdateZone, ctx: CallContext) -> ZoneReply:
-        def update(session: Session) -> ZoneInventory:
-            zone = _load(session, msg.uuid)
-            if msg.name is not None:
-                zone.name = msg.name
-            if msg.description is not None:
-                zone.description = msg.description
-            session.flush()
-            return _inventory(zone)
-
-        inv = await self.db.run(update)
-        await self.events.resource_event("zone", inv.uuid, "updated", inv.to_wire())
+        inv = await update_name_description(
+            self.db, self.events, Zone, "zone", msg.uuid, ctx.account, _inventory, msg.name, msg.description
+        )
         return ZoneReply(inventory=inv)
 
     @handler(ChangeZoneState)
     async def change_zone_state(self, msg: ChangeZoneState, ctx: CallContext) -> ZoneReply:
-        new_state = "Enabled" if msg.state_event == "enable" else "Disabled"
-
-        def change(session: Session) -> tuple[ZoneInventory, bool]:
-            zone = _load(session, msg.uuid)
-            changed = zone.state != new_state
-            zone.state = new_state
-            session.flush()
-            return _inventory(zone), changed
-
-        inv, changed = await self.db.run(change)
-        if changed:
-            await self.events.resource_event("zone", inv.uuid, "state", inv.to_wire())
+        inv = await change_enabled_state(
+            self.db, self.events, Zone, "zone", msg.uuid, ctx.account, _inventory, msg.state_event
+        )
         return ZoneReply(inventory=inv)
 
     @handler(DeleteZone)
