@@ -7,20 +7,15 @@ on a config it does not understand.
 
 from __future__ import annotations
 
-import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-ENV_PREFIX = "RINGSTACK_"
+from schema.settings import ENV_PREFIX, ConfigError, load_settings
+
 DEFAULT_CONFIG_PATH = Path("/etc/ringstack/ringstack.toml")
-
-
-class ConfigError(Exception):
-    pass
 
 
 class NodeConfig(BaseModel):
@@ -59,46 +54,20 @@ class NodeConfig(BaseModel):
     quota_defaults: dict[str, int] = Field(default_factory=dict)
 
 
-def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for field_name, info in NodeConfig.model_fields.items():
-        raw = environ.get(ENV_PREFIX + field_name.upper())
-        if raw is None:
-            continue
-        if info.annotation is not None and "list" in str(info.annotation):
-            values[field_name] = [item.strip() for item in raw.split(",") if item.strip()]
-        else:
-            values[field_name] = raw
-    return values
-
-
 def load_config(
     path: str | Path | None = None,
     *,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> NodeConfig:
-    environ = os.environ if environ is None else environ
-    file_values: dict[str, Any] = {}
-    chosen = path or environ.get(ENV_PREFIX + "CONFIG")
-    if chosen is None and DEFAULT_CONFIG_PATH.exists():
-        chosen = DEFAULT_CONFIG_PATH
-    source = "defaults"
-    if chosen is not None:
-        source = str(chosen)
-        try:
-            file_values = tomllib.loads(Path(chosen).read_bytes().decode("utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {chosen} does not exist") from None
-        except OSError as exc:
-            raise ConfigError(f"config file {chosen} cannot be read: {exc.strerror or exc}") from None
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"config file {chosen} is not valid TOML (UTF-8): {exc}") from None
-    values = {**file_values, **_from_env(environ), **(overrides or {})}
-    try:
-        return NodeConfig.model_validate(values)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
-        raise ConfigError(
-            f"invalid configuration (from {source} and {ENV_PREFIX}* variables): {problems}"
-        ) from None
+    return load_settings(
+        NodeConfig,
+        path=path,
+        environ=environ,
+        overrides=overrides,
+        config_env=ENV_PREFIX + "CONFIG",
+        default_path=DEFAULT_CONFIG_PATH,
+        what="configuration",
+    )
+
+__all__ = ["ConfigError", "NodeConfig", "load_config"]

@@ -8,21 +8,16 @@ not start on a configuration it does not understand.
 
 from __future__ import annotations
 
-import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-ENV_PREFIX = "RINGSTACK_"
+from schema.settings import ConfigError, load_settings
+
 CONFIG_ENV = "RINGSTACK_KVM_AGENT_CONFIG"  # not RINGSTACK_CONFIG: that one is the management node's
 DEFAULT_CONFIG_PATH = Path("/etc/ringstack/kvm-agent.toml")
-
-
-class ConfigError(Exception):
-    pass
 
 
 class AgentConfig(BaseModel):
@@ -51,42 +46,20 @@ class AgentConfig(BaseModel):
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
 
-def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for name in AgentConfig.model_fields:
-        raw = environ.get(ENV_PREFIX + name.upper())
-        if raw is not None:
-            values[name] = raw
-    return values
-
-
 def load_config(
     path: str | Path | None = None,
     *,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> AgentConfig:
-    environ = os.environ if environ is None else environ
-    chosen = path or environ.get(CONFIG_ENV)
-    if chosen is None and DEFAULT_CONFIG_PATH.exists():
-        chosen = DEFAULT_CONFIG_PATH
-    file_values: dict[str, Any] = {}
-    source = "defaults"
-    if chosen is not None:
-        source = str(chosen)
-        try:
-            file_values = tomllib.loads(Path(chosen).read_bytes().decode("utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {chosen} does not exist") from None
-        except OSError as exc:
-            raise ConfigError(f"config file {chosen} cannot be read: {exc.strerror or exc}") from None
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"config file {chosen} is not valid TOML (UTF-8): {exc}") from None
-    values = {**file_values, **_from_env(environ), **(overrides or {})}
-    try:
-        return AgentConfig.model_validate(values)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
-        raise ConfigError(
-            f"invalid KVM agent configuration (from {source} and {ENV_PREFIX}* variables): {problems}"
-        ) from None
+    return load_settings(
+        AgentConfig,
+        path=path,
+        environ=environ,
+        overrides=overrides,
+        config_env=CONFIG_ENV,
+        default_path=DEFAULT_CONFIG_PATH,
+        what="KVM agent configuration",
+    )
+
+__all__ = ["AgentConfig", "ConfigError", "load_config"]
