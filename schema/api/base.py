@@ -11,7 +11,7 @@ Conventions every message follows:
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar, Literal, Self, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
@@ -50,7 +50,11 @@ def parse_wire(model: type[W], body: Any) -> W:
         return model.from_wire(body)
     except ValidationError as exc:
         errors = [
-            {"field": ".".join(str(p) for p in err["loc"]) or "(body)", "message": err["msg"], "type": err["type"]}
+            {
+                "field": ".".join(str(p) for p in err["loc"]) or "(body)",
+                "message": err["msg"],
+                "type": err["type"],
+            }
             for err in exc.errors(include_url=False, include_input=False)
         ]
         summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
@@ -110,6 +114,11 @@ class Inventory(WireModel):
 
 
 UUID_PATTERN = r"^[0-9a-f]{32}$"
+
+# The field types every API shares.
+Uuid = Annotated[str, Field(pattern=UUID_PATTERN)]
+Name = Annotated[str, Field(min_length=1, max_length=255)]
+Description = Annotated[str | None, Field(max_length=2048)]
 
 
 class CreateMessage(ApiMessage, abstract=True):

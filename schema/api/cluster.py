@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
-
-from pydantic import Field
+from typing import ClassVar, Literal
 
 from schema.api.base import (
-    UUID_PATTERN,
     CreateMessage,
     DeleteMessage,
+    Description,
     EmptyReply,
     Inventory,
+    Name,
     QueryMessage,
     QueryReply,
     Reply,
     ResourceMessage,
+    Uuid,
 )
-from schema.api.zone import Description, Name
 
-Uuid = Annotated[str, Field(pattern=UUID_PATTERN)]
 HypervisorType = Literal["KVM", "Simulator"]
 ClusterState = Literal["Enabled", "Disabled"]
 StateEvent = Literal["enable", "disable"]

@@ -16,15 +16,17 @@ from pydantic import AfterValidator, Field, SecretStr, model_validator
 from schema.api.base import (
     CreateMessage,
     DeleteMessage,
+    Description,
     EmptyReply,
     Inventory,
+    Name,
     QueryMessage,
     QueryReply,
     Reply,
     ResourceMessage,
+    Uuid,
 )
-from schema.api.cluster import HypervisorType, Uuid
-from schema.api.zone import Description, Name
+from schema.api.cluster import HypervisorType
 
 HostState = Literal["Enabled", "Disabled", "PreMaintenance", "Maintenance"]
 HostStatus = Literal["Connecting", "Connected", "Disconnected"]

@@ -8,16 +8,17 @@ from typing import Annotated, ClassVar, Literal, Self
 from pydantic import ConfigDict, Field, model_validator
 
 from schema.api.base import (
-    UUID_PATTERN,
     ApiMessage,
     CreateMessage,
     DeleteMessage,
+    Description,
     EmptyReply,
     Inventory,
     QueryMessage,
     QueryReply,
     Reply,
     ResourceMessage,
+    Uuid,
     WireModel,
 )
 
@@ -26,8 +27,6 @@ AccountType = Literal["Admin", "Normal"]
 AccountName = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^\S(?:.*\S)?$")]
 # A new password; logins accept any length so a short guess fails like any wrong one.
 NewPassword = Annotated[str, Field(min_length=8, max_length=255)]
-Description = Annotated[str | None, Field(max_length=2048)]
-Uuid = Annotated[str, Field(pattern=UUID_PATTERN)]
 UuidList = Annotated[list[Uuid], Field(min_length=1, max_length=1000)]
 QuotaName = Annotated[
     str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z][A-Za-z0-9]*(\.[A-Za-z0-9]+)*$")

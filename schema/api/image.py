@@ -16,16 +16,18 @@ from pydantic import ConfigDict, Field, model_validator
 from schema.api.base import (
     CreateMessage,
     DeleteMessage,
+    Description,
     EmptyReply,
     Inventory,
+    Name,
     QueryMessage,
     QueryReply,
     Reply,
     ResourceMessage,
+    Uuid,
     WireModel,
 )
-from schema.api.cluster import StateEvent, Uuid
-from schema.api.zone import Description, Name
+from schema.api.cluster import StateEvent
 
 ImageFormat = Literal["qcow2", "raw", "iso"]
 MediaType = Literal["RootVolumeTemplate", "DataVolumeTemplate", "ISO"]

@@ -17,21 +17,20 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
 from schema.api.base import (
-    UUID_PATTERN,
     ApiMessage,
     CreateMessage,
     DeleteMessage,
+    Description,
     EmptyReply,
     Inventory,
+    Name,
     QueryMessage,
     QueryReply,
     Reply,
     ResourceMessage,
+    Uuid,
     WireModel,
 )
-from schema.api.zone import Description, Name
-
-Uuid = Annotated[str, Field(pattern=UUID_PATTERN)]
 
 
 def _ipv4(value: str) -> str:

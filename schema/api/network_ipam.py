@@ -21,14 +21,16 @@ from mgmt.core import ipam
 from schema.api.base import (
     CreateMessage,
     DeleteMessage,
+    Description,
     EmptyReply,
+    Name,
     QueryMessage,
     QueryReply,
     Reply,
+    Uuid,
     WireModel,
 )
-from schema.api.network import IpRangeInventory, IPv4, L3NetworkMessage, Uuid
-from schema.api.zone import Description, Name
+from schema.api.network import IpRangeInventory, IPv4, L3NetworkMessage
 
 
 class IpRangeReply(Reply):

@@ -7,8 +7,8 @@ from typing import Annotated, ClassVar
 
 from pydantic import Field
 
-from schema.api.base import Inventory, QueryMessage, QueryReply
-from schema.api.network import L3NetworkMessage, L3NetworkReply, Uuid
+from schema.api.base import Inventory, QueryMessage, QueryReply, Uuid
+from schema.api.network import L3NetworkMessage, L3NetworkReply
 
 ServiceType = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9]{0,63}$")]
 # providerUuid -> the service types to enable (or disable) from it.

@@ -13,15 +13,16 @@ from pydantic import Field
 from schema.api.base import (
     CreateMessage,
     DeleteMessage,
+    Description,
     EmptyReply,
     Inventory,
+    Name,
     QueryMessage,
     QueryReply,
     Reply,
     ResourceMessage,
 )
 from schema.api.cluster import StateEvent
-from schema.api.zone import Description, Name
 
 MiB = 1 << 20
 TiB = 1 << 40

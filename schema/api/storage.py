@@ -12,16 +12,18 @@ from schema.api.base import (
     ApiMessage,
     CreateMessage,
     DeleteMessage,
+    Description,
     EmptyReply,
     Inventory,
+    Name,
     QueryMessage,
     QueryReply,
     Reply,
     ResourceMessage,
+    Uuid,
 )
-from schema.api.cluster import StateEvent, Uuid
+from schema.api.cluster import StateEvent
 from schema.api.host import Address, Password, SshCredentials, SshKey, SshPort, Username, check_address
-from schema.api.zone import Description, Name
 
 PrimaryStorageType = Literal["LocalStorage", "NFS"]
 BackupStorageType = Literal["Sftp", "LocalDir"]

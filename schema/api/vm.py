@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
 from schema.api.base import (
-    UUID_PATTERN,
     ApiMessage,
     CreateMessage,
+    Description,
     EmptyReply,
     Inventory,
+    Name,
     QueryMessage,
     QueryReply,
     Reply,
     ResourceMessage,
+    Uuid,
     WireModel,
 )
 
-Uuid = Annotated[str, Field(pattern=UUID_PATTERN)]
-Name = Annotated[str, Field(min_length=1, max_length=255)]
-Description = Annotated[str | None, Field(max_length=2048)]
 MAX_DISK = 64 << 40  # 64 TiB
 
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
-
-from pydantic import Field
+from typing import ClassVar, Literal
 
 from schema.api.base import (
     CreateMessage,
     DeleteMessage,
+    Description,
     EmptyReply,
     Inventory,
+    Name,
     QueryMessage,
     QueryReply,
     Reply,
@@ -18,8 +18,6 @@ from schema.api.base import (
 )
 
 ZoneState = Literal["Enabled", "Disabled"]
-Name = Annotated[str, Field(min_length=1, max_length=255)]
-Description = Annotated[str | None, Field(max_length=2048)]
 
 
 class ZoneInventory(Inventory):
