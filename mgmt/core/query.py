@@ -1,7 +1,11 @@
 """ZStack's query API compiled to SQLAlchemy expressions (never string-built SQL).
 
 A ``QueryTarget`` says which wire fields of a resource can be filtered, sorted and selected, and
-which column each one is. Conditions are ANDed; operators: ``= != > < >= <=``, ``?=`` (in),
+which column each one is. A target made with a ``name`` is registered under it, and other
+resources' relations name it (``Relation("zone", ...)``) rather than import it: services stay
+independent, a nested field such as ``cluster.zone.name`` resolves when the query runs, and a
+plugin adds relations to a core resource with ``add_relation`` without editing it. Conditions are
+ANDed; operators: ``= != > < >= <=``, ``?=`` (in),
 ``!?=`` (not in), ``~=`` (LIKE, ``%`` wildcards), ``!~=``, ``=null``, ``!=null``. An unknown field
 or a value of the wrong type is ``SYS.INVALID_ARGUMENT`` naming it.
 """
@@ -17,21 +21,48 @@ from pydantic.alias_generators import to_camel
 from sqlalchemy import Boolean, DateTime, Float, Integer, Numeric, Select, String, Text, func, select
 from sqlalchemy.orm import ColumnProperty, InstrumentedAttribute, Session
 
-from bus.errors import RingstackError, invalid_argument
+from bus.errors import RingstackError, Sys, invalid_argument
 from mgmt.core.access import visible
 from mgmt.core.service import Account
 from schema.api.base import Condition, QueryMessage, QueryReply, WireModel
 from schema.db.base import Base
 
+_TARGETS: dict[str, QueryTarget] = {}
+_EXTRA_RELATIONS: dict[str, dict[str, Relation]] = {}
+
 
 @dataclass(frozen=True)
 class Relation:
     """A nested field: ``<name>.<field of target>`` matches rows whose ``local`` column is among
-    the ``remote`` column's values of the target rows matching the condition."""
+    the ``remote`` column's values of the target rows matching the condition. ``through`` names
+    a link table's two columns, (the one matching ``local``, the one matching ``remote``), for
+    many-to-many relations such as a primary storage's attached clusters."""
 
-    target: QueryTarget
+    target: QueryTarget | str
     local: InstrumentedAttribute[Any]
     remote: InstrumentedAttribute[Any]
+    through: tuple[InstrumentedAttribute[Any], InstrumentedAttribute[Any]] | None = None
+
+    def resolve(self, path: str) -> QueryTarget:
+        if isinstance(self.target, QueryTarget):
+            return self.target
+        found = _TARGETS.get(self.target)
+        if found is None:  # the service that owns it is not part of this node's code
+            raise invalid_argument(f"{path!r} is not queryable here: no resource {self.target!r}", field=path)
+        return found
+
+    def matching(self, inner: Any) -> Any:
+        """The condition on the local column, given ``inner`` on the target's rows."""
+        remote_values = select(self.remote).where(inner)
+        if self.through is not None:
+            to_local, to_remote = self.through
+            remote_values = select(to_local).where(to_remote.in_(remote_values))
+        return self.local.in_(remote_values)
+
+
+def add_relation(target: str, name: str, relation: Relation) -> None:
+    """Extension point: give the resource registered as ``target`` a nested field ``name``."""
+    _EXTRA_RELATIONS.setdefault(target, {})[name] = relation
 
 
 @dataclass(frozen=True)
@@ -40,12 +71,18 @@ class QueryTarget:
     fields: dict[str, InstrumentedAttribute[Any]]
     to_inventory: Callable[[Any], dict[str, Any]]
     relations: dict[str, Relation] = field(default_factory=dict)
+    name: str | None = None
 
     @classmethod
     def for_model(
-        cls, model: type[Base], inventory: type[WireModel], relations: dict[str, Relation] | None = None
+        cls,
+        model: type[Base],
+        inventory: type[WireModel],
+        relations: dict[str, Relation] | None = None,
+        name: str | None = None,
     ) -> QueryTarget:
-        """Every inventory field that is a column of the same (snake_case) name is queryable."""
+        """Every inventory field that is a column of the same (snake_case) name is queryable;
+        with ``name``, the target is registered for other resources' relations to name."""
         fields = {
             to_camel(name): getattr(model, name)
             for name in inventory.model_fields
@@ -56,12 +93,25 @@ class QueryTarget:
         def to_inventory(row: Any) -> dict[str, Any]:
             return inventory.model_validate(row, from_attributes=True).to_wire()
 
-        return cls(model, fields, to_inventory, relations or {})
+        target = cls(model, fields, to_inventory, relations or {}, name)
+        if name is not None:
+            _TARGETS[name] = target
+        return target
+
+    def relation(self, name: str) -> Relation | None:
+        found = self.relations.get(name)
+        if found is None and self.name is not None:
+            found = _EXTRA_RELATIONS.get(self.name, {}).get(name)
+        return found
+
+    def relation_names(self) -> list[str]:
+        extra = _EXTRA_RELATIONS.get(self.name, {}) if self.name is not None else {}
+        return [*self.relations, *extra]
 
     def column(self, name: str) -> InstrumentedAttribute[Any]:
         col = self.fields.get(name)
         if col is None:
-            known = sorted([*self.fields, *(f"{r}.*" for r in self.relations)])
+            known = sorted([*self.fields, *(f"{r}.*" for r in self.relation_names())])
             raise invalid_argument(f"unknown field {name!r}; queryable fields: {', '.join(known)}", field=name)
         return col
 
@@ -92,12 +142,12 @@ def _coerce(col: InstrumentedAttribute[Any], name: str, value: Any) -> Any:
 
 def _condition(target: QueryTarget, cond: Condition, depth: int = 0) -> Any:
     head, dot, rest = cond.name.partition(".")
-    if dot and head in target.relations:
+    rel = target.relation(head) if dot else None
+    if rel is not None:
         if depth >= 4:
             raise invalid_argument(f"{cond.name!r} nests too deep", field=cond.name)
-        rel = target.relations[head]
-        inner = _condition(rel.target, cond.model_copy(update={"name": rest}), depth + 1)
-        return rel.local.in_(select(rel.remote).where(inner))
+        inner = _condition(rel.resolve(cond.name), cond.model_copy(update={"name": rest}), depth + 1)
+        return rel.matching(inner)
     col = target.column(cond.name)
     op = cond.op
     if op == "=null":
@@ -136,7 +186,13 @@ def _condition(target: QueryTarget, cond: Condition, depth: int = 0) -> Any:
 def compile_filter(target: QueryTarget, msg: QueryMessage, base: Select[Any] | None = None) -> Select[Any]:
     stmt = base if base is not None else select(target.model)
     for cond in msg.conditions:
-        stmt = stmt.where(_condition(target, cond))
+        try:
+            stmt = stmt.where(_condition(target, cond))
+        except RingstackError as exc:
+            if exc.code != Sys.INVALID_ARGUMENT or "." not in cond.name:
+                raise
+            # An inner error names the inner field ("name"); say which condition it was in.
+            raise invalid_argument(f"{exc.message} (in condition {cond.name!r})", field=cond.name) from None
     return stmt
 
 
@@ -170,4 +226,4 @@ def run_query(
     return QueryReply(inventories=inventories, total=total)
 
 
-__all__ = ["QueryTarget", "RingstackError", "compile_filter", "run_query"]
+__all__ = ["QueryTarget", "Relation", "RingstackError", "add_relation", "compile_filter", "run_query"]

@@ -194,10 +194,12 @@ class Leaf:
         return sorted({r[key] for r in ROWS[self.target.model] if r[key] is not None}, key=repr)
 
 
+# The model holds VMs with their NICs and volumes: the relations through vm_instance_uuid.
+MODELED: Final = {name: VMS.relations[name].resolve(name) for name in ("vmNics", "allVolumes")}
 LEAVES: Final = [Leaf(name, VMS, name) for name in sorted(VMS.fields)] + [
-    Leaf(f"{rel_name}.{name}", rel.target, name)
-    for rel_name, rel in sorted(VMS.relations.items())
-    for name in sorted(rel.target.fields)
+    Leaf(f"{rel_name}.{name}", target, name)
+    for rel_name, target in sorted(MODELED.items())
+    for name in sorted(target.fields)
 ]
 SCALAR_FIELDS: Final = sorted(n for n, c in VMS.fields.items() if kind_of(c) != "dt")
 
@@ -505,8 +507,8 @@ def bad_queries(draw: st.DrawFn) -> tuple[dict[str, Any], set[str]]:
         name = draw(ident.filter(lambda n: n not in VMS.fields))
         return {"conditions": [{"name": name, "op": "=", "value": "1"}]}, {name}
     if how == "nested":
-        rel = draw(st.sampled_from(sorted(VMS.relations)))
-        bad = draw(ident.filter(lambda n: n not in VMS.relations[rel].target.fields))
+        rel = draw(st.sampled_from(sorted(MODELED)))
+        bad = draw(ident.filter(lambda n: n not in MODELED[rel].fields and n not in MODELED[rel].relation_names()))
         return {"conditions": [{"name": f"{rel}.{bad}", "op": "!=null"}]}, {f"{rel}.{bad}", bad}
     if how == "relation":
         name = f"{draw(ident.filter(lambda n: n not in VMS.relations))}.ip"

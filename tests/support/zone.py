@@ -35,6 +35,7 @@ async def build_zone(
     cidr: str = "10.20.0.0/22",
     offering_cpu: int = 1,
     offering_memory: int = GiB,
+    host_ip_prefix: str = "127.2",
 ) -> SimZone:
     """Zone, Simulator cluster, simulated hosts, local primary storage, a local-dir backup storage
     with a small raw image, an instance offering, an L2 attached to the cluster and an L3 with a
@@ -51,7 +52,7 @@ async def build_zone(
             {
                 "clusterUuid": cluster,
                 "name": f"host-{i}",
-                "managementIp": f"127.2.{i // 250}.{i % 250 + 1}",
+                "managementIp": f"{host_ip_prefix}.{i // 250}.{i % 250 + 1}",
                 "totalCpu": host_cpu,
                 "totalMemorySize": host_memory,
             },

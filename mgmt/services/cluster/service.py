@@ -11,7 +11,7 @@ from mgmt.core.access import load_visible
 from mgmt.core.cascade import CascadeRegistry, CascadeRule, announce_deleted
 from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
-from mgmt.core.query import QueryTarget, run_query
+from mgmt.core.query import QueryTarget, Relation, run_query
 from mgmt.core.resources import change_enabled_state, update_name_description
 from mgmt.core.service import CallContext, Service, handler
 from schema.api.base import EmptyReply, QueryReply
@@ -25,9 +25,34 @@ from schema.api.cluster import (
     UpdateCluster,
 )
 from schema.db.cluster import Cluster
+from schema.db.host import Host
+from schema.db.network import L2Network, L2NetworkClusterRef
+from schema.db.storage import PrimaryStorage, PrimaryStorageClusterRef
+from schema.db.vm import VmInstance
 from schema.db.zone import Zone
 
-QUERY = QueryTarget.for_model(Cluster, ClusterInventory)
+QUERY = QueryTarget.for_model(
+    Cluster,
+    ClusterInventory,
+    name="cluster",
+    relations={
+        "zone": Relation("zone", Cluster.zone_uuid, Zone.uuid),
+        "host": Relation("host", Cluster.uuid, Host.cluster_uuid),
+        "vmInstance": Relation("vmInstance", Cluster.uuid, VmInstance.cluster_uuid),
+        "l2Network": Relation(
+            "l2Network",
+            Cluster.uuid,
+            L2Network.uuid,
+            through=(L2NetworkClusterRef.cluster_uuid, L2NetworkClusterRef.l2_network_uuid),
+        ),
+        "primaryStorage": Relation(
+            "primaryStorage",
+            Cluster.uuid,
+            PrimaryStorage.uuid,
+            through=(PrimaryStorageClusterRef.cluster_uuid, PrimaryStorageClusterRef.primary_storage_uuid),
+        ),
+    },
+)
 
 
 def _inventory(cluster: Cluster) -> ClusterInventory:

@@ -20,7 +20,7 @@ from mgmt.core.agents import AgentClient
 from mgmt.core.cascade import CascadeRegistry, CascadeRule, announce_deleted
 from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
-from mgmt.core.query import QueryTarget, run_query
+from mgmt.core.query import QueryTarget, Relation, run_query
 from mgmt.core.service import CallContext, Service, handler
 from mgmt.services.host.connect import ConnectResult, connect_simulator, kvm_not_deployed
 from mgmt.services.host.errors import HostError
@@ -40,8 +40,19 @@ from schema.api.host import (
 )
 from schema.db.cluster import Cluster
 from schema.db.host import Host, HostSecret
+from schema.db.vm import VmInstance
+from schema.db.zone import Zone
 
-QUERY = QueryTarget.for_model(Host, HostInventory)
+QUERY = QueryTarget.for_model(
+    Host,
+    HostInventory,
+    name="host",
+    relations={
+        "zone": Relation("zone", Host.zone_uuid, Zone.uuid),
+        "cluster": Relation("cluster", Host.cluster_uuid, Cluster.uuid),
+        "vmInstance": Relation("vmInstance", Host.uuid, VmInstance.host_uuid),
+    },
+)
 
 
 def _inventory(host: Host) -> HostInventory:

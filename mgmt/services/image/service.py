@@ -32,7 +32,7 @@ from mgmt.core.capacity import release_backup_storage, reserve_backup_storage
 from mgmt.core.cascade import CascadeRegistry
 from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
-from mgmt.core.query import QueryTarget, run_query
+from mgmt.core.query import QueryTarget, Relation, run_query
 from mgmt.core.service import Account, CallContext, Service, handler
 from mgmt.services.image.errors import ImageError
 from mgmt.services.image.rules import IMAGE_RULES
@@ -53,12 +53,26 @@ from schema.api.image import (
 )
 from schema.db.image import Image, ImageBackupStorageRef
 from schema.db.storage import BackupStorage
+from schema.db.vm import VmInstance
 
 log = logging.getLogger(__name__)
 
 KIND = "image"
 REF = ImageBackupStorageRef
-QUERY = QueryTarget.for_model(Image, ImageInventory)
+QUERY = QueryTarget.for_model(
+    Image,
+    ImageInventory,
+    name="image",
+    relations={
+        "backupStorage": Relation(
+            "backupStorage",
+            Image.uuid,
+            BackupStorage.uuid,
+            through=(ImageBackupStorageRef.image_uuid, ImageBackupStorageRef.backup_storage_uuid),
+        ),
+        "vmInstance": Relation("vmInstance", Image.uuid, VmInstance.image_uuid),
+    },
+)
 INTERRUPTED = f"{ImageError.DOWNLOAD_INTERRUPTED}: the import was cancelled or its node stopped"
 
 

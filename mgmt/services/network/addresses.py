@@ -19,7 +19,7 @@ from mgmt.core.access import load_owned, load_visible, visible
 from mgmt.core.cascade import CascadeRegistry, announce_deleted
 from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
-from mgmt.core.query import QueryTarget, run_query
+from mgmt.core.query import QueryTarget, Relation, run_query
 from mgmt.core.service import Account, CallContext, Service, handler
 from mgmt.services.network import errors, ipam
 from mgmt.services.network.common import (
@@ -56,7 +56,12 @@ from schema.api.network_ipam import (
 )
 from schema.db.network import IpRange, L2Network, L3Network, UsedIp
 
-RANGE_QUERY = QueryTarget.for_model(IpRange, IpRangeInventory)
+RANGE_QUERY = QueryTarget.for_model(
+    IpRange,
+    IpRangeInventory,
+    name="ipRange",
+    relations={"l3Network": Relation("l3Network", IpRange.l3_network_uuid, L3Network.uuid)},
+)
 
 
 def load_range(session: Session, uuid: str, account: Account, *, write: bool) -> IpRange:

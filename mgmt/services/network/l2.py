@@ -15,7 +15,7 @@ from mgmt.core.access import load_owned, load_visible
 from mgmt.core.cascade import CascadeRegistry, announce_deleted
 from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
-from mgmt.core.query import QueryTarget, run_query
+from mgmt.core.query import QueryTarget, Relation, run_query
 from mgmt.core.service import CallContext, Service, handler
 from mgmt.services.network import errors
 from mgmt.services.network.common import (
@@ -40,10 +40,24 @@ from schema.api.network import (
     UpdateL2Network,
 )
 from schema.db.cluster import Cluster
-from schema.db.network import L2Network, L2NetworkClusterRef
+from schema.db.network import L2Network, L2NetworkClusterRef, L3Network
 from schema.db.zone import Zone
 
-QUERY = QueryTarget.for_model(L2Network, L2NetworkInventory)
+QUERY = QueryTarget.for_model(
+    L2Network,
+    L2NetworkInventory,
+    name="l2Network",
+    relations={
+        "zone": Relation("zone", L2Network.zone_uuid, Zone.uuid),
+        "cluster": Relation(
+            "cluster",
+            L2Network.uuid,
+            Cluster.uuid,
+            through=(L2NetworkClusterRef.l2_network_uuid, L2NetworkClusterRef.cluster_uuid),
+        ),
+        "l3Network": Relation("l3Network", L2Network.uuid, L3Network.l2_network_uuid),
+    },
+)
 VLAN_CONSTRAINT = "uq_l2_network_zone_uuid_physical_interface_vlan"
 
 

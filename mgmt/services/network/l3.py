@@ -16,7 +16,7 @@ from mgmt.core.access import load_owned, load_visible
 from mgmt.core.cascade import CascadeRegistry, announce_deleted
 from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
-from mgmt.core.query import QueryTarget, run_query
+from mgmt.core.query import QueryTarget, Relation, run_query
 from mgmt.core.service import Account, CallContext, Service, handler
 from mgmt.services.network import errors
 from mgmt.services.network.common import (
@@ -48,9 +48,28 @@ from schema.api.network_service import (
     NetworkServiceProviderInventory,
     QueryNetworkServiceProvider,
 )
-from schema.db.network import L2Network, L3Network, L3NetworkDns, L3NetworkServiceRef, NetworkServiceProvider
+from schema.db.network import (
+    IpRange,
+    L2Network,
+    L3Network,
+    L3NetworkDns,
+    L3NetworkServiceRef,
+    NetworkServiceProvider,
+)
+from schema.db.vm import VmNic
+from schema.db.zone import Zone
 
-QUERY = QueryTarget.for_model(L3Network, L3NetworkInventory)
+QUERY = QueryTarget.for_model(
+    L3Network,
+    L3NetworkInventory,
+    name="l3Network",
+    relations={
+        "zone": Relation("zone", L3Network.zone_uuid, Zone.uuid),
+        "l2Network": Relation("l2Network", L3Network.l2_network_uuid, L2Network.uuid),
+        "ipRanges": Relation("ipRange", L3Network.uuid, IpRange.l3_network_uuid),
+        "vmNic": Relation("vmNic", L3Network.uuid, VmNic.l3_network_uuid),
+    },
+)
 PROVIDER_QUERY = QueryTarget.for_model(NetworkServiceProvider, NetworkServiceProviderInventory)
 
 

@@ -15,7 +15,7 @@ from mgmt.core.access import forget_sharing, load_owned
 from mgmt.core.cascade import CascadeRegistry, announce_deleted
 from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
-from mgmt.core.query import QueryTarget, run_query
+from mgmt.core.query import QueryTarget, Relation, run_query
 from mgmt.core.service import CallContext, Service, handler
 from schema.api.base import CreateMessage, DeleteMessage, EmptyReply, Inventory, QueryReply, ResourceMessage
 from schema.api.offering import (
@@ -35,6 +35,7 @@ from schema.api.offering import (
     UpdateInstanceOffering,
 )
 from schema.db.offering import DiskOffering, InstanceOffering
+from schema.db.vm import VmInstance, Volume
 
 
 @dataclass(frozen=True)
@@ -49,13 +50,23 @@ INSTANCE = Kind(
     "instanceOffering",
     InstanceOffering,
     InstanceOfferingInventory,
-    QueryTarget.for_model(InstanceOffering, InstanceOfferingInventory),
+    QueryTarget.for_model(
+        InstanceOffering,
+        InstanceOfferingInventory,
+        name="instanceOffering",
+        relations={"vmInstance": Relation("vmInstance", InstanceOffering.uuid, VmInstance.instance_offering_uuid)},
+    ),
 )
 DISK = Kind(
     "diskOffering",
     DiskOffering,
     DiskOfferingInventory,
-    QueryTarget.for_model(DiskOffering, DiskOfferingInventory),
+    QueryTarget.for_model(
+        DiskOffering,
+        DiskOfferingInventory,
+        name="diskOffering",
+        relations={"volume": Relation("volume", DiskOffering.uuid, Volume.disk_offering_uuid)},
+    ),
 )
 
 

@@ -19,7 +19,7 @@ from mgmt.core.access import load_visible
 from mgmt.core.cascade import CascadeRegistry, CascadeRule, announce_deleted
 from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
-from mgmt.core.query import QueryTarget, run_query
+from mgmt.core.query import QueryTarget, Relation, run_query
 from mgmt.core.resources import change_enabled_state, update_name_description
 from mgmt.core.service import CallContext, handler
 from mgmt.services.storage.backends import BackendSpec, Probe, backend_spec, probe
@@ -40,11 +40,30 @@ from schema.api.storage import (
     ReconnectBackupStorage,
     UpdateBackupStorage,
 )
+from schema.db.image import Image, ImageBackupStorageRef
 from schema.db.storage import BackupStorage, BackupStorageSecret, BackupStorageZoneRef
 from schema.db.zone import Zone
 
 KIND = "backupStorage"
-QUERY = QueryTarget.for_model(BackupStorage, BackupStorageInventory)
+QUERY = QueryTarget.for_model(
+    BackupStorage,
+    BackupStorageInventory,
+    name="backupStorage",
+    relations={
+        "zone": Relation(
+            "zone",
+            BackupStorage.uuid,
+            Zone.uuid,
+            through=(BackupStorageZoneRef.backup_storage_uuid, BackupStorageZoneRef.zone_uuid),
+        ),
+        "image": Relation(
+            "image",
+            BackupStorage.uuid,
+            Image.uuid,
+            through=(ImageBackupStorageRef.backup_storage_uuid, ImageBackupStorageRef.image_uuid),
+        ),
+    },
+)
 
 
 def _inventory(bs: BackupStorage) -> BackupStorageInventory:

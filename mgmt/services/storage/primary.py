@@ -12,7 +12,7 @@ from mgmt.core.access import load_visible
 from mgmt.core.cascade import CascadeRegistry, CascadeRule, announce_deleted
 from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
-from mgmt.core.query import QueryTarget, run_query
+from mgmt.core.query import QueryTarget, Relation, run_query
 from mgmt.core.resources import change_enabled_state, update_name_description
 from mgmt.core.service import CallContext, handler
 from mgmt.services.storage.errors import StorageError
@@ -32,10 +32,25 @@ from schema.api.storage import (
 )
 from schema.db.cluster import Cluster
 from schema.db.storage import PrimaryStorage, PrimaryStorageClusterRef
+from schema.db.vm import Volume
 from schema.db.zone import Zone
 
 KIND = "primaryStorage"
-QUERY = QueryTarget.for_model(PrimaryStorage, PrimaryStorageInventory)
+QUERY = QueryTarget.for_model(
+    PrimaryStorage,
+    PrimaryStorageInventory,
+    name="primaryStorage",
+    relations={
+        "zone": Relation("zone", PrimaryStorage.zone_uuid, Zone.uuid),
+        "cluster": Relation(
+            "cluster",
+            PrimaryStorage.uuid,
+            Cluster.uuid,
+            through=(PrimaryStorageClusterRef.primary_storage_uuid, PrimaryStorageClusterRef.cluster_uuid),
+        ),
+        "volume": Relation("volume", PrimaryStorage.uuid, Volume.primary_storage_uuid),
+    },
+)
 
 
 def _inventory(ps: PrimaryStorage) -> PrimaryStorageInventory:

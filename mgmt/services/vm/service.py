@@ -80,22 +80,52 @@ from schema.api.vm import (
     VolumeInventory,
     VolumeReply,
 )
+from schema.db.cluster import Cluster
 from schema.db.host import Host
+from schema.db.image import Image
 from schema.db.network import L3Network
 from schema.db.offering import DiskOffering, InstanceOffering
 from schema.db.storage import PrimaryStorage
 from schema.db.vm import VmInstance, VmNic, Volume
+from schema.db.zone import Zone
 
 log = logging.getLogger(__name__)
 
-NICS = QueryTarget.for_model(VmNic, VmNicInventory)
-VOLUMES = QueryTarget.for_model(Volume, VolumeInventory)
+NICS = QueryTarget.for_model(
+    VmNic,
+    VmNicInventory,
+    name="vmNic",
+    relations={
+        "vmInstance": Relation("vmInstance", VmNic.vm_instance_uuid, VmInstance.uuid),
+        "l3Network": Relation("l3Network", VmNic.l3_network_uuid, L3Network.uuid),
+    },
+)
+VOLUMES = QueryTarget.for_model(
+    Volume,
+    VolumeInventory,
+    name="volume",
+    relations={
+        "vmInstance": Relation("vmInstance", Volume.vm_instance_uuid, VmInstance.uuid),
+        "primaryStorage": Relation("primaryStorage", Volume.primary_storage_uuid, PrimaryStorage.uuid),
+        "diskOffering": Relation("diskOffering", Volume.disk_offering_uuid, DiskOffering.uuid),
+        "image": Relation("image", Volume.image_uuid, Image.uuid),
+    },
+)
 VMS = QueryTarget.for_model(
     VmInstance,
     VmInstanceInventory,
+    name="vmInstance",
     relations={
         "vmNics": Relation(NICS, VmInstance.uuid, VmNic.vm_instance_uuid),
         "allVolumes": Relation(VOLUMES, VmInstance.uuid, Volume.vm_instance_uuid),
+        "rootVolume": Relation(VOLUMES, VmInstance.root_volume_uuid, Volume.uuid),
+        "zone": Relation("zone", VmInstance.zone_uuid, Zone.uuid),
+        "cluster": Relation("cluster", VmInstance.cluster_uuid, Cluster.uuid),
+        "host": Relation("host", VmInstance.host_uuid, Host.uuid),
+        "image": Relation("image", VmInstance.image_uuid, Image.uuid),
+        "instanceOffering": Relation(
+            "instanceOffering", VmInstance.instance_offering_uuid, InstanceOffering.uuid
+        ),
     },
 )
 VOLUME_IN_USE = "VOLUME.IN_USE"

@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 from mgmt.core.cascade import CascadeRegistry
 from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
-from mgmt.core.query import QueryTarget, run_query
+from mgmt.core.query import QueryTarget, Relation, run_query
 from mgmt.core.resources import change_enabled_state, update_name_description
 from mgmt.core.service import CallContext, Service, handler
 from schema.api.base import EmptyReply, QueryReply
@@ -20,9 +20,32 @@ from schema.api.zone import (
     ZoneInventory,
     ZoneReply,
 )
+from schema.db.cluster import Cluster
+from schema.db.host import Host
+from schema.db.network import L2Network, L3Network
+from schema.db.storage import BackupStorage, BackupStorageZoneRef, PrimaryStorage
+from schema.db.vm import VmInstance
 from schema.db.zone import Zone
 
-QUERY = QueryTarget.for_model(Zone, ZoneInventory)
+QUERY = QueryTarget.for_model(
+    Zone,
+    ZoneInventory,
+    name="zone",
+    relations={
+        "cluster": Relation("cluster", Zone.uuid, Cluster.zone_uuid),
+        "host": Relation("host", Zone.uuid, Host.zone_uuid),
+        "vmInstance": Relation("vmInstance", Zone.uuid, VmInstance.zone_uuid),
+        "primaryStorage": Relation("primaryStorage", Zone.uuid, PrimaryStorage.zone_uuid),
+        "backupStorage": Relation(
+            "backupStorage",
+            Zone.uuid,
+            BackupStorage.uuid,
+            through=(BackupStorageZoneRef.zone_uuid, BackupStorageZoneRef.backup_storage_uuid),
+        ),
+        "l2Network": Relation("l2Network", Zone.uuid, L2Network.zone_uuid),
+        "l3Network": Relation("l3Network", Zone.uuid, L3Network.zone_uuid),
+    },
+)
 
 
 def _inventory(zone: Zone) -> ZoneInventory:
