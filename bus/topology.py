@@ -27,6 +27,7 @@ ExchangeType = Literal["direct", "fanout", "topic"]
 
 # The dead-letter queue is bounded so a flood of garbage cannot fill the broker's disk.
 DEAD_LETTER_MAX_LENGTH = 10_000
+AGENT_QUEUE_IDLE_EXPIRY_MS = 15 * 60 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +97,15 @@ class Topology:
         )
 
     def agent_queue(self, host_uuid: str) -> QueueSpec:
-        return QueueSpec(f"{self.namespace}.agent.{host_uuid}", durable=True, arguments=self._dead_lettered())
+        # Durable, so commands survive a broker restart while the agent reconnects; but it expires
+        # once nobody has consumed it for AGENT_QUEUE_IDLE_EXPIRY_MS: a deleted host's queue goes
+        # away by itself, and a host down that long gets SYS.UNAVAILABLE at once instead of its
+        # commands waiting out their deadlines (no command lives anywhere near that long).
+        return QueueSpec(
+            f"{self.namespace}.agent.{host_uuid}",
+            durable=True,
+            arguments={**self._dead_lettered(), "x-expires": AGENT_QUEUE_IDLE_EXPIRY_MS},
+        )
 
     def reply_queue(self, process_uuid: str) -> QueueSpec:
         name = f"{self.namespace}.reply.{process_uuid}"
