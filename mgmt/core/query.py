@@ -72,6 +72,8 @@ class QueryTarget:
     to_inventory: Callable[[Any], dict[str, Any]]
     relations: dict[str, Relation] = field(default_factory=dict)
     name: str | None = None
+    # ``fields=`` may also pick inventory fields that are not columns (a VM's ``vmNics``)
+    selectable: frozenset[str] = frozenset()
 
     @classmethod
     def for_model(
@@ -93,7 +95,8 @@ class QueryTarget:
         def to_inventory(row: Any) -> dict[str, Any]:
             return inventory.model_validate(row, from_attributes=True).to_wire()
 
-        target = cls(model, fields, to_inventory, relations or {}, name)
+        selectable = frozenset(to_camel(n) for n in inventory.model_fields)
+        target = cls(model, fields, to_inventory, relations or {}, name, selectable)
         if name is not None:
             _TARGETS[name] = target
         return target
@@ -112,7 +115,9 @@ class QueryTarget:
         col = self.fields.get(name)
         if col is None:
             known = sorted([*self.fields, *(f"{r}.*" for r in self.relation_names())])
-            raise invalid_argument(f"unknown field {name!r}; queryable fields: {', '.join(known)}", field=name)
+            raise invalid_argument(
+                f"unknown field {name!r}; queryable fields: {', '.join(known)}", field=name
+            )
         return col
 
 
@@ -164,12 +169,15 @@ def _condition(target: QueryTarget, cond: Condition, depth: int = 0) -> Any:
         raise invalid_argument(f"operator {op!r} on {cond.name!r} takes a single value", field=cond.name)
     if op in ("~=", "!~="):
         if not isinstance(col.property.columns[0].type, String | Text):
-            raise invalid_argument(f"operator {op!r} needs a text field; {cond.name!r} is not one", field=cond.name)
+            raise invalid_argument(
+                f"operator {op!r} needs a text field; {cond.name!r} is not one", field=cond.name
+            )
         pattern = str(cond.value)
         trailing_escapes = len(pattern) - len(pattern.rstrip("\\"))
         if trailing_escapes % 2 == 1:
             raise invalid_argument(
-                f"pattern {pattern!r} for {cond.name!r} ends in a lone backslash (the escape character)", field=cond.name
+                f"pattern {pattern!r} for {cond.name!r} ends in a lone backslash (the escape character)",
+                field=cond.name,
             )
         return col.like(pattern) if op == "~=" else col.not_like(pattern)
     value = _coerce(col, cond.name, cond.value)
@@ -221,7 +229,8 @@ def run_query(
     inventories = [target.to_inventory(row) for row in rows]
     if msg.fields:
         for name in msg.fields:
-            target.column(name)
+            if name not in target.selectable:
+                target.column(name)
         inventories = [{k: inv.get(k) for k in msg.fields} for inv in inventories]
     return QueryReply(inventories=inventories, total=total)
 

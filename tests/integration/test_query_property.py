@@ -530,7 +530,7 @@ def bad_queries(draw: st.DrawFn) -> tuple[dict[str, Any], set[str]]:
     if how == "missing":
         op = draw(st.sampled_from([op for op in OPS if op not in ("=null", "!=null")]))
         return {"conditions": [{"name": leaf.path, "op": op}]}, names
-    name = draw(st.one_of(ident.filter(lambda n: n not in VMS.fields), st.just("vmNics.ip")))
+    name = draw(st.one_of(ident.filter(lambda n: n not in VMS.fields and n not in VMS.selectable), st.just("vmNics.ip")))
     if how == "sort":
         return {"sortBy": name}, {name}
     return {"fields": ["uuid", name]}, {name}

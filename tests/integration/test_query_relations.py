@@ -84,6 +84,12 @@ async def test_vms_reach_their_host_zone_offering_and_volumes(zones, client) -> 
         a["vmNics"][0]["uuid"],
         b["vmNics"][0]["uuid"],
     }
+    # ``fields`` picks inventory fields that are not columns too
+    picked = await client.api(
+        "QueryVmInstance",
+        {"conditions": [{"name": "uuid", "op": "=", "value": a["uuid"]}], "fields": ["name", "vmNics"]},
+    )
+    assert picked["inventories"] == [{"name": "a", "vmNics": a["vmNics"]}]
     # a condition no row meets gives nothing, not everything
     assert await uuids(client, "QueryVmInstance", "host.cluster.zone.name", "=", "north") == set()
 
