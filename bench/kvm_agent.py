@@ -15,6 +15,13 @@ measured is the agent and the bus). The client is an ``AsyncBus`` in this proces
 system tests) with the tiny TCG test guest, measured twice: until libvirt reports the domain running
 (the reply), and until the guest prints that it has booted on its serial console.
 
+``--migrate`` live-migrates the booted TCG test guest back and forth between two libvirtds on this
+machine (``MigrationLab`` of the system tests: each "host" a network namespace with its own
+libvirtd, the primary storage a directory both see), through the agents on the broker: the time of
+``agent.vm.migrate`` until the reply, which the agent sends once libvirt has finished (memory copied,
+the guest resumed at the destination, the source undefined), and the guest's downtime as the
+destination's libvirt measured it (its completed job's ``downtime``).
+
 Everything lives in a fresh namespace ``bench-<hex>``, deleted at the end.
 """
 
@@ -38,7 +45,18 @@ from typing import Any
 from bus.aio import AsyncBus
 from bus.topology import Topology
 from mgmt.core.agents import AgentClient
-from schema.agent import DestroyVmCommand, PingCommand, PingReply, StartVmCommand, VmStateReply
+from schema.agent import (
+    BridgeReply,
+    CreateVolumeCommand,
+    DestroyVmCommand,
+    EnsureBridgeCommand,
+    MigrateVmCommand,
+    PingCommand,
+    PingReply,
+    StartVmCommand,
+    VmStateReply,
+    VolumeReply,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,6 +177,117 @@ async def measure_real(client: AsyncBus, broker_url: str, namespace: str, runs: 
     return {"start_vm_real_running": summary(running), "start_vm_real_booted": summary(booted)}
 
 
+async def measure_migrate(client: AsyncBus, broker_url: str, namespace: str, runs: int) -> dict[str, Any]:
+    import libvirt
+
+    from agents.kvm.config import AgentConfig
+    from tests.system.guest import build_guest
+    from tests.system.kvmsupport import (
+        GiB,
+        InProcessAgent,
+        MigrationLab,
+        delete_agent_queues,
+        l2,
+        nic,
+    )
+
+    def make_lab() -> MigrationLab:
+        base = Path(f"/var/tmp/rs-bench-mig-{uuid.uuid4().hex[:8]}")
+        base.mkdir()
+        base.chmod(0o755)  # libvirt's qemu user must reach the volumes
+        return MigrationLab(base)
+
+    guest = await asyncio.to_thread(build_guest)
+    lab = await asyncio.to_thread(make_lab)
+    base = lab.base
+    shared = base / "ps"
+    agents: list[InProcessAgent] = []
+    uuids = [uuid.uuid4().hex for _ in lab.hosts]
+    took, downtime = [], []
+    try:
+        for host, host_uuid in zip(lab.hosts, uuids, strict=True):
+            host.add_uplink("rsup0")
+            config = AgentConfig(
+                host_uuid=host_uuid,
+                broker_url=broker_url,
+                namespace=namespace,
+                libvirt_uri=host.uri,
+                domain_type="qemu",
+                console_log_dir=str(base / "console"),
+                netns=host.ns.name,
+                migration_shared_paths=[str(shared)],
+            )
+            agents.append(await InProcessAgent.start(config, client))
+        root = await agents[0].client.call(
+            CreateVolumeCommand(
+                host_uuid=uuids[0],
+                volume_uuid=uuid.uuid4().hex,
+                primary_storage_uuid=uuid.uuid4().hex,
+                primary_storage_url=str(shared),
+                primary_storage_type="LocalStorage",
+                size=GiB,
+                image_uuid=uuid.uuid4().hex,
+                image_url=f"file://{guest.image}",
+            ),
+            VolumeReply,
+        )
+        network = l2("rsbbench", physical="rsup0")
+        for agent in agents:
+            await agent.client.call(EnsureBridgeCommand(host_uuid=agent.host_uuid, l2=network), BridgeReply)
+        spec = vm(
+            root=root.install_path,
+            nics=[nic(network=network)],
+            kernel=str(guest.kernel),
+            initrd=str(guest.initrd),
+            kernel_args=guest.kernel_args,
+        )
+        log = base / "console" / f"{spec.uuid}.log"
+        await agents[0].client.call(StartVmCommand(host_uuid=uuids[0], vm=spec), VmStateReply)
+        t = time.perf_counter()
+        while "RINGSTACK-GUEST-READY" not in (log.read_text(errors="replace") if log.exists() else ""):
+            if time.perf_counter() - t > 300:
+                raise SystemExit("the guest did not boot within 300 s")
+            await asyncio.sleep(0.05)
+        for i in range(runs):
+            source, dest = agents[i % 2], lab.hosts[(i + 1) % 2]
+            command = MigrateVmCommand(
+                host_uuid=source.host_uuid,
+                vm_uuid=spec.uuid,
+                destination_host_uuid=uuids[(i + 1) % 2],
+                destination_uri=dest.tcp_uri,
+            )
+            t = time.perf_counter()
+            reply = await source.client.call(command, VmStateReply, timeout=300)
+            took.append(time.perf_counter() - t)
+            assert reply.state == "Running"
+
+            def completed(uri: str = dest.uri) -> dict[str, Any]:
+                conn = libvirt.open(uri)
+                try:
+                    stats: dict[str, Any] = conn.lookupByUUIDString(spec.uuid).jobStats(
+                        libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED
+                    )
+                    return stats
+                finally:
+                    conn.close()
+
+            stats = await asyncio.to_thread(completed)
+            if libvirt.VIR_DOMAIN_JOB_DOWNTIME in stats:
+                downtime.append(stats[libvirt.VIR_DOMAIN_JOB_DOWNTIME] / 1000)
+        await agents[runs % 2].client.call(
+            DestroyVmCommand(host_uuid=uuids[runs % 2], vm_uuid=spec.uuid), VmStateReply
+        )
+    finally:
+        for agent in agents:
+            await agent.close()
+        await asyncio.to_thread(lab.close)
+        await asyncio.to_thread(delete_agent_queues, namespace, *uuids)
+    results = {"migrate_live_tcg_128mib": summary(took)}
+    if downtime:
+        results["migrate_downtime"] = summary(downtime)
+    return results
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
     host = uuid.uuid4().hex
@@ -176,6 +305,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.to_thread(proc.wait, 30)
     if args.real:
         results.update(await measure_real(client, args.broker_url, namespace, args.real_runs))
+    if args.migrate:
+        results.update(await measure_migrate(client, args.broker_url, namespace, args.migrate_runs))
     await client.close()
     from tests.support import infra
     from tests.system.kvmsupport import delete_agent_queues
@@ -196,6 +327,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--real", action="store_true", help="also start the TCG test guest on a real libvirtd"
     )
     parser.add_argument("--real-runs", type=int, default=5)
+    parser.add_argument(
+        "--migrate",
+        action="store_true",
+        help="also live-migrate the TCG test guest between two libvirtds on this machine",
+    )
+    parser.add_argument("--migrate-runs", type=int, default=6)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser.parse_args(argv)
 

@@ -91,6 +91,11 @@ class KvmAgent:
 
     async def start(self) -> None:
         await self.hypervisor.start()
+        if self.config.console_log_dir:
+            # Made now, not at the first start here: a VM migrating in logs to the same path (its
+            # domain XML names it), and libvirt refuses the migration when the directory is missing.
+            log_dir = Path(self.config.console_log_dir)
+            await self._blocking(log_dir.mkdir, 0o755, True, True, action=f"create {log_dir}")
         for vm in await self.hypervisor.call(vms.list_vms, "list VMs"):
             self._known[vm.uuid] = vm.state
 
@@ -263,10 +268,15 @@ class KvmAgent:
             return self._replied(cmd.vm_uuid, "Absent")
 
     async def vm_migrate(self, cmd: MigrateVmCommand) -> VmStateReply:
+        """Live-migrate the VM to the destination's libvirt (see ``vms.migrate``); the reply is its
+        state there. Idempotent: a VM no longer here is looked for at the destination, so a repeated
+        command (say after a lost reply) answers as the first did. Preparing the destination (its
+        bridges, the storage mounted at the same path) is the management side's part."""
         vm_uuid, uri = cmd.vm_uuid, cmd.destination_uri
+        shared = self.config.migration_shared_paths
         async with self._vm_op(vm_uuid):
             state = await self.hypervisor.call(
-                lambda c: vms.migrate(c, vm_uuid, uri), f"migrate VM {vm_uuid} to {uri}"
+                lambda c: vms.migrate(c, vm_uuid, uri, shared), f"migrate VM {vm_uuid} to {uri}"
             )
             if state is None:  # not here: a repeated migration finds it at the destination
                 state = await self.hypervisor.call(
@@ -274,9 +284,10 @@ class KvmAgent:
                 )
                 if state == "Absent":
                     raise RingstackError(
-                        AgentErrors.VM_NOT_FOUND, f"VM {vm_uuid} is not on host {self.host_uuid}"
+                        AgentErrors.VM_NOT_FOUND,
+                        f"VM {vm_uuid} is neither on host {self.host_uuid} nor at {uri}",
                     )
-            self._known[vm_uuid] = "Absent"  # it left this host
+            self._known[vm_uuid] = "Absent"  # it left this host: its late events here say nothing new
             return VmStateReply(vm_uuid=vm_uuid, state=state)
 
     async def _device(

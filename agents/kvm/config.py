@@ -39,6 +39,12 @@ class AgentConfig(BaseModel):
     )
     # Run every `ip` command inside this network namespace (tests; a host is a namespace there).
     netns: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # Directories this host shares with the other hosts (the same files at the same paths) in a
+    # way libvirt cannot tell, which refuses to live-migrate disks on a filesystem it does not know
+    # to be shared ("Migration without shared storage is unsafe"; NFS it knows). A VM whose disks
+    # all lie under them migrates with that check waived (newer libvirt has qemu.conf's
+    # shared_filesystems for the same). Empty: libvirt judges.
+    migration_shared_paths: list[str] = Field(default_factory=list)
     stop_timeout: float = Field(default=30.0, gt=0, le=3600, description="ACPI grace of a reboot")
     download_timeout: float = Field(default=600.0, gt=0, description="seconds to fetch one image")
     workers: int = Field(default=8, ge=1, le=64, description="threads for blocking libvirt/disk calls")

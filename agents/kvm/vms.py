@@ -4,7 +4,10 @@
 
 from __future__ import annotations
 
+import os
+import urllib.parse
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 
 import libvirt
 
@@ -65,6 +68,11 @@ def event_state(event: int, detail: int) -> tuple[str | None, str]:
         return "Stopped", "stopped"
     if event == libvirt.VIR_DOMAIN_EVENT_CRASHED:
         return "Crashed", "crashed"
+    if event == libvirt.VIR_DOMAIN_EVENT_STARTED and detail == libvirt.VIR_DOMAIN_EVENT_STARTED_MIGRATED:
+        return None, ""  # an incoming migration begins: the guest runs here once it is resumed
+    # Resumed by a migration: at the destination when it completed, at the source when it failed.
+    if event == libvirt.VIR_DOMAIN_EVENT_RESUMED and detail == libvirt.VIR_DOMAIN_EVENT_RESUMED_MIGRATED:
+        return "Running", "resumed after migration"
     if event in (libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_RESUMED):
         return "Running", "started" if event == libvirt.VIR_DOMAIN_EVENT_STARTED else "resumed"
     if event in (libvirt.VIR_DOMAIN_EVENT_SUSPENDED, libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED):
@@ -208,18 +216,69 @@ def _no_hotplug(exc: libvirt.libvirtError, verb: str) -> libvirt.libvirtError | 
 
 # ---------------------------------------------------------------------- migration
 
+# What a migration always asks of libvirt: the source's libvirtd talks to the destination's itself
+# (peer to peer: the agent's connection may drop meanwhile), the destination keeps the definition
+# and the source drops its own, so the VM is defined on exactly one host afterwards.
+MIGRATE_FLAGS = (
+    libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+)
 
-def migrate(conn: libvirt.virConnect, vm_uuid: str, destination_uri: str) -> str | None:
-    """Migrate to another host's libvirt (peer to peer); None when the VM is not here."""
+
+def migration_uri(destination_uri: str) -> str | None:
+    """Where QEMU sends the guest's memory: ``tcp://`` the address the destination's libvirt is
+    reached at (as ZStack's agent does). Left to libvirt, the destination names itself by its
+    hostname, which often resolves to nothing or to 127.0.0.1; a local URI has no address: None."""
+    host = urllib.parse.urlsplit(destination_uri).hostname
+    if not host:
+        return None
+    return f"tcp://[{host}]" if ":" in host else f"tcp://{host}"
+
+
+def disk_files(xml: str) -> list[str]:
+    """The files the domain writes to (read-only disks and empty drives need no shared storage)."""
+    files = []
+    for disk in ET.fromstring(xml).iterfind("devices/disk"):
+        source = disk.find("source")
+        if disk.find("readonly") is None and source is not None and source.get("file"):
+            files.append(source.get("file", ""))
+    return files
+
+
+def on_shared_paths(files: list[str], shared_paths: Sequence[str]) -> bool:
+    """Whether every file lies under one of the directories this host shares with its peers."""
+    roots = [os.path.realpath(p) for p in shared_paths]
+    return bool(roots) and all(
+        any(os.path.commonpath([os.path.realpath(f), root]) == root for root in roots) for f in files
+    )
+
+
+def migrate(
+    conn: libvirt.virConnect, vm_uuid: str, destination_uri: str, shared_paths: Sequence[str] = ()
+) -> str | None:
+    """Move the VM to another host's libvirt: live when it runs (its state there is the state it
+    had here), offline (its definition only) when it does not. None when the VM is not here.
+
+    libvirt refuses a live migration of disks on a filesystem it does not know to be shared
+    (VIR_ERR_MIGRATE_UNSAFE, "Migration without shared storage is unsafe"); NFS it recognises.
+    Disks under ``shared_paths`` (the agent's ``migration_shared_paths``: storage shared in a way
+    libvirt cannot see) are vouched for by the operator, and the check is waived for them."""
     dom = lookup(conn, vm_uuid)
     if dom is None:
         return None
-    flags = (
-        libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
-    )
-    flags |= libvirt.VIR_MIGRATE_LIVE if dom.isActive() else libvirt.VIR_MIGRATE_OFFLINE
-    dom.migrateToURI3(destination_uri, {}, flags)
-    return "Running" if flags & libvirt.VIR_MIGRATE_LIVE else "Stopped"
+    params: dict[str, str] = {}
+    if dom.isActive():
+        before = state_of(dom)
+        flags = MIGRATE_FLAGS | libvirt.VIR_MIGRATE_LIVE
+        uri = migration_uri(destination_uri)
+        if uri is not None:
+            params[libvirt.VIR_MIGRATE_PARAM_URI] = uri
+        if on_shared_paths(disk_files(dom.XMLDesc(0)), shared_paths):
+            flags |= libvirt.VIR_MIGRATE_UNSAFE
+    else:
+        before = "Stopped"
+        flags = MIGRATE_FLAGS | libvirt.VIR_MIGRATE_OFFLINE
+    dom.migrateToURI3(destination_uri, params, flags)
+    return before
 
 
 def state_at(uri: str, vm_uuid: str) -> str:

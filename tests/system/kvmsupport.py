@@ -439,3 +439,191 @@ class FakeKvmHost:
             self.relay.close()
         self.ns.close()
         sh("ip", "link", "del", self.veth, check=False)
+
+
+# ---------------------------------------------------------------------- hosts for live migration
+
+
+class LibvirtHost:
+    """A KVM host of its own on one machine, for migration tests: a network namespace with ``eth0``
+    on a LAN, and a libvirtd (with its virtlogd) whose state is private to it.
+
+    libvirt refuses to migrate to a host with its own host UUID, and two daemons must not share
+    ``/run/libvirt`` (sockets, pid and state files), ``/var/lib/libvirt`` (per-domain directories),
+    ``/etc/libvirt`` (persistent definitions: the destination writes the file the source then
+    deletes), ``/var/cache/libvirt`` or ``/var/log/libvirt``. So the daemons run in a mount
+    namespace of their own (the one ``ip netns exec`` makes) where directories under ``root`` are
+    bound over those paths. ``root/etc`` has the machine's configuration files (``qemu.conf``...)
+    but none of its domains, and a ``libvirtd.conf`` of its own: a fresh ``host_uuid`` and a TCP
+    listener without authentication, ``tcp_uri``, which peers migrate to. The rest of the
+    filesystem is the machine's: every host sees the same files at the same paths, which is shared
+    storage. The host's agent talks to its libvirtd on its UNIX socket, ``uri``."""
+
+    def __init__(self, root: Path, ns: Netns, address: str) -> None:
+        self.root = root
+        self.ns = ns
+        self.address = address
+        self.host_uuid = str(uuidlib.uuid4())  # libvirt's, not ringstack's
+
+    @property
+    def uri(self) -> str:
+        return f"qemu+unix:///system?socket={self.root / 'run/libvirt/libvirt-sock'}"
+
+    @property
+    def tcp_uri(self) -> str:
+        return f"qemu+tcp://{self.address}/system"
+
+    def start(self, capabilities: Path | None = None) -> None:
+        """Start the daemons; ``capabilities``: a directory of libvirt's QEMU capability cache to
+        start from (probing QEMU takes libvirtd seconds; a stale cache is probed again anyway)."""
+        import shutil
+
+        from tests.system.guest import _kvm_node
+
+        private = {
+            "run": "/run",
+            "lib": "/var/lib/libvirt",
+            "cache": "/var/cache/libvirt",
+            "log": "/var/log/libvirt",
+        }
+        for name in private:
+            (self.root / name).mkdir(parents=True)
+        (self.root / "etc").mkdir()
+        for conf in Path("/etc/libvirt").glob("*.conf"):
+            shutil.copy2(conf, self.root / "etc" / conf.name)
+        if capabilities is not None and capabilities.is_dir():
+            shutil.copytree(capabilities, self.capabilities)
+        # Written whole, not appended to: none of the machine's settings may win over these.
+        (self.root / "etc/libvirtd.conf").write_text(
+            f'host_uuid = "{self.host_uuid}"\nlisten_tcp = 1\nlisten_tls = 0\nauth_tcp = "none"\n'
+        )
+        mounts = [(self.root / name, path) for name, path in private.items()]
+        mounts.append((self.root / "etc", "/etc/libvirt"))
+        node = _kvm_node()  # see there: without it libvirt probes QEMU again on every call
+        if node is not None:
+            mounts.append((node, "/dev/kvm"))
+        script = " && ".join(f"mount --bind {source} {target}" for source, target in mounts)
+        self.ns.run("sh", "-c", f"{script} && virtlogd -d && exec libvirtd -d --listen")
+        wait_until(self._answers, 60, f"libvirtd of {self.ns.name} to answer on {self.uri}", interval=0.1)
+
+    @property
+    def capabilities(self) -> Path:
+        return self.root / "cache/qemu/capabilities"
+
+    def _answers(self) -> bool:
+        # libvirtd answers once its drivers are up, QEMU's capabilities probed and cached
+        return sh("virsh", "-c", self.uri, "version", check=False, timeout=60).returncode == 0
+
+    def add_uplink(self, name: str) -> None:
+        """A veth pair in the host: one end is the "physical" interface of a guest L2 network."""
+        self.ns.ip("link", "add", name, "type", "veth", "peer", "name", f"{name}x")
+
+    def domain_state(self, vm_uuid: str) -> tuple[int, bool] | None:
+        """What this host's libvirt itself says of the VM: (state, persistent), or None if absent."""
+        import libvirt
+
+        conn = libvirt.open(self.uri)
+        try:
+            try:
+                dom = conn.lookupByUUIDString(vm_uuid)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return None
+                raise
+            return dom.state()[0], bool(dom.isPersistent())
+        finally:
+            conn.close()
+
+    def serial_pty(self, vm_uuid: str) -> str:
+        """The host side of the running VM's serial console."""
+        import xml.etree.ElementTree as ET
+
+        import libvirt
+
+        conn = libvirt.open(self.uri)
+        try:
+            xml = conn.lookupByUUIDString(vm_uuid).XMLDesc(0)
+        finally:
+            conn.close()
+        source = ET.fromstring(xml).find("devices/serial/source")
+        if source is None or not source.get("path"):
+            raise AssertionError(f"VM {vm_uuid} has no serial pty on {self.ns.name}")
+        return source.get("path", "")
+
+
+class MigrationLab:
+    """Hosts for migration tests (``LibvirtHost``) on one LAN: a namespace with a bridge that each
+    host's ``eth0`` and a veth of the root namespace are ports of, on a link-local /24 chosen here
+    (the root side is ``.254``, so an agent in this process reaches every host's libvirt by TCP, as
+    an agent on a real host reaches its peers). Everything lives under ``base``; ``close`` kills
+    every process of the hosts (daemons, guests) and removes it all.
+
+    The first host starts from the QEMU capabilities a previous lab (or the machine's libvirtd)
+    cached, and leaves its own for the next; the other hosts start from the first's."""
+
+    CAPABILITIES = Path("/var/tmp/ringstack-guest/libvirt-qemu-capabilities")
+
+    def __init__(self, base: Path, hosts: int = 2) -> None:
+        import shutil
+
+        self.base = base
+        self.lan = Netns("rsml")
+        self.hosts: list[LibvirtHost] = []
+        self.veth = f"rsm{self.lan.name[-8:]}"
+        try:
+            prefix = self._free_prefix()
+            self.lan.ip("link", "add", "lan", "type", "bridge")
+            self.lan.ip("link", "set", "lan", "up")
+            sh("ip", "link", "add", self.veth, "type", "veth", "peer", "name", "root", "netns", self.lan.name)
+            self._plug("root")
+            sh("ip", "addr", "add", f"{prefix}.254/24", "dev", self.veth)
+            sh("ip", "link", "set", self.veth, "up")
+            for i in range(1, hosts + 1):
+                ns = Netns("rsmh")
+                host = LibvirtHost(base / f"host{i}", ns, f"{prefix}.{i}")
+                self.hosts.append(host)
+                ns.ip("link", "add", "eth0", "type", "veth", "peer", "name", f"h{i}", "netns", self.lan.name)
+                self._plug(f"h{i}")
+                ns.ip("addr", "add", f"{host.address}/24", "dev", "eth0")
+                ns.ip("link", "set", "eth0", "up")
+                host.start(self._capabilities())
+                if i == 1:  # renamed into place: a lab starting meanwhile sees a whole cache or none
+                    fresh = self.CAPABILITIES.with_name(f".{self.CAPABILITIES.name}-{self.lan.name}")
+                    shutil.copytree(host.capabilities, fresh)
+                    shutil.rmtree(self.CAPABILITIES, ignore_errors=True)
+                    fresh.rename(self.CAPABILITIES)
+        except BaseException:
+            self.close()  # nothing left behind by a failed set-up
+            raise
+
+    def _capabilities(self) -> Path | None:
+        if self.hosts[1:]:
+            return self.hosts[0].capabilities
+        for seed in (self.CAPABILITIES, Path("/var/cache/libvirt/qemu/capabilities")):
+            if seed.is_dir():
+                return seed
+        return None
+
+    def _plug(self, port: str) -> None:
+        self.lan.ip("link", "set", port, "master", "lan")
+        self.lan.ip("link", "set", port, "up")
+
+    @staticmethod
+    def _free_prefix() -> str:
+        import random
+
+        taken = sh("ip", "-4", "route", "show").stdout
+        for third in random.sample(range(150, 200), 50):
+            prefix = f"169.254.{third}"
+            if f"{prefix}." not in taken:
+                return prefix
+        raise AssertionError("no free 169.254.x.0/24 for a migration LAN")
+
+    def close(self) -> None:
+        import shutil
+
+        for host in self.hosts:
+            host.ns.close()  # kills libvirtd, virtlogd and the guests: their mounts go with them
+        sh("ip", "link", "del", self.veth, check=False)
+        self.lan.close()
+        shutil.rmtree(self.base, ignore_errors=True)
