@@ -90,3 +90,16 @@ ensure_kvm_test_deps() {
     "$VENV/bin/python" -c 'import libvirt, ansible' >/dev/null
   fi
 }
+
+# The LDAP tests (tests/integration/test_ldap.py) run their own slapd on 127.0.0.1, with its own
+# config and ports, so a system instance the package may start is left alone (and unused); on a
+# machine where this installs slapd for the first time, that instance is stopped and disabled.
+ensure_ldap_test_deps() {
+  local fresh=0
+  dpkg -s slapd >/dev/null 2>&1 || fresh=1
+  apt_install slapd ldap-utils
+  if [ "$fresh" = 1 ] && command -v systemctl >/dev/null && systemctl is-active -q slapd 2>/dev/null; then
+    log "stopping the system slapd the package started (the tests run their own)"
+    as_root systemctl disable --now slapd >/dev/null 2>&1 || true
+  fi
+}

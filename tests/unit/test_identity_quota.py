@@ -10,9 +10,11 @@ from mgmt.core.service import Account
 
 @pytest.fixture(autouse=True)
 def private_registries(monkeypatch):
-    """The registries are per process: give each test copies, so nothing leaks to other tests."""
-    for name in ("_definitions", "_usage", "_configured"):
+    """The registries are per process: give each test copies, so nothing leaks to other tests;
+    configured defaults start empty (an in-process node of an earlier test may have set some)."""
+    for name in ("_definitions", "_usage"):
         monkeypatch.setattr(quota, name, dict(getattr(quota, name)))
+    monkeypatch.setattr(quota, "_configured", {})
 
 
 def test_builtin_quotas_have_zstack_names_and_defaults():
