@@ -25,9 +25,10 @@ from mgmt.cli.output import FORMATS, render
 from schema.registry import load_all
 
 CONFIG_PATH = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "ringstack" / "client.toml"
-# Written by a successful LogInByAccount, removed by LogOut; used when no --session or
+# Written by a successful login (LOGIN_APIS), removed by LogOut; used when no --session or
 # RINGSTACK_SESSION is given (as zstack-cli keeps its session in ~/.zstack/cli).
 SESSION_PATH = CONFIG_PATH.parent / "session"
+LOGIN_APIS = ("LogInByAccount", "LogInByLdap")
 DEFAULTS = {"broker_url": "amqp://guest:guest@127.0.0.1:5672/", "namespace": "ringstack", "timeout": "60"}
 
 
@@ -135,7 +136,7 @@ def main(
     except RingstackError as err:
         _print_error(err)
         sys.exit(1)
-    if api == "LogInByAccount":
+    if api in LOGIN_APIS:
         store_session(reply["inventory"]["uuid"])
     elif api == "LogOut":
         forget_session(body["sessionUuid"])

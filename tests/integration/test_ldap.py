@@ -37,6 +37,7 @@ from schema.db.management import Job
 from tests.support import infra
 from tests.support.identity import AccountClient
 from tests.support.ldap import SERVICE_DN, SERVICE_PASSWORD, SUFFIX, Slapd, password_of, user_dn
+from tests.support.procs import node_env, run_cli
 
 LOCAL_PASSWORD = "local-pw-123"
 TEMPLATE = f"uid={{username}},ou=people,{SUFFIX}"
@@ -604,3 +605,21 @@ def test_ldap_migration_matches_the_models_and_downgrades():
         assert _ldap_schema_diffs(url) == []
     finally:
         infra.drop_database(name)
+
+
+async def test_the_cli_keeps_an_ldap_login_session_like_an_account_login(
+    node, client, slapd, namespace, database_url, broker_url, tmp_path
+):
+    await _add_server(client, slapd)
+    await _bind(client, "alice", await _account(client, "team-cli"))
+    env = {**node_env(database_url, namespace, broker_url), "XDG_CONFIG_HOME": str(tmp_path)}
+    env.pop("RINGSTACK_SESSION", None)
+    session_file = tmp_path / "ringstack" / "session"
+
+    login = await asyncio.to_thread(
+        run_cli, ["LogInByLdap", "uid=alice", f"password={password_of('alice')}"], env
+    )
+    assert login.returncode == 0, login.stderr
+    assert len(session_file.read_text().strip()) == 32
+    listed = await asyncio.to_thread(run_cli, ["QueryAccount", "fields=name", "-f", "json"], env)
+    assert listed.returncode == 0 and "team-cli" in listed.stdout, listed.stderr
