@@ -7,15 +7,35 @@ on a config it does not understand.
 
 from __future__ import annotations
 
+import json
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from agents.kvm.config import AgentConfig
 from schema.settings import ENV_PREFIX, ConfigError, load_settings
 
 DEFAULT_CONFIG_PATH = Path("/etc/ringstack/ringstack.toml")
+
+# Agent config keys (agents/kvm/config.py) a node may set for every KVM host it deploys: all but
+# those the deployment writes itself for each host.
+KVM_AGENT_KEYS = frozenset(AgentConfig.model_fields) - {"host_uuid", "namespace", "broker_url", "domain_type"}
+# Variables of the KVM host playbook's role (mgmt/deploy/ansible/roles/kvm_agent/defaults/main.yml).
+KVM_PLAYBOOK_VARS = frozenset(
+    {
+        "agent_root",
+        "agent_venv",
+        "agent_config_path",
+        "agent_pid_file",
+        "agent_log_file",
+        "agent_python",
+        "agent_start_timeout",
+    }
+)
+Scalar = str | int | float | bool
 
 
 class NodeConfig(BaseModel):
@@ -52,6 +72,70 @@ class NodeConfig(BaseModel):
     admin_initial_password: str = Field(default="password", min_length=1)
     session_timeout: float = Field(default=7200, gt=0)
     quota_defaults: dict[str, int] = Field(default_factory=dict)
+    # KVM hosts (AddKVMHost/ReconnectHost deploy the agent over SSH: mgmt/core/hostdeploy.py)
+    agent_broker_url: str | None = Field(
+        default=None,
+        pattern=r"^amqps?://",
+        description="the broker as KVM hosts reach it (credentials in it are ignored: each host gets"
+        " its own user); default: broker_url without its credentials",
+    )
+    kvm_domain_type: Literal["kvm", "qemu"] = Field(
+        default="kvm", description="kvm; qemu (TCG) where hosts cannot run KVM guests (nested, CI)"
+    )
+    agent_bundle_dir: str = Field(
+        default="/var/lib/ringstack/agent-bundles", min_length=1, description="where agent bundles are cached"
+    )
+    agent_wheel: str | None = Field(
+        default=None,
+        description="the ringstack wheel to install on hosts; needed when the node runs from no source tree",
+    )
+    kvm_ssh_timeout: float = Field(default=10.0, gt=0, le=600, description="seconds for SSH to answer")
+    kvm_playbook_timeout: float = Field(default=900.0, gt=0, description="seconds for the host playbook")
+    kvm_connect_timeout: float = Field(
+        default=60.0, gt=0, description="seconds for a freshly started agent to answer agent.connect"
+    )
+    kvm_agent_settings: dict[str, Scalar] = Field(
+        default_factory=dict, description="agent config keys written for every KVM host (libvirt_uri, ...)"
+    )
+    kvm_playbook_vars: dict[str, Scalar] = Field(
+        default_factory=dict, description="KVM host role variables (agent_root, agent_python, ...)"
+    )
+
+    @field_validator("kvm_agent_settings", "kvm_playbook_vars", mode="before")
+    @classmethod
+    def _json_object(cls, value: Any) -> Any:
+        """From the environment a table arrives as a string: JSON, e.g. '{"netns": "ns1"}'."""
+        if isinstance(value, str):
+            try:
+                return json.loads(value) if value.strip() else {}
+            except ValueError:
+                raise ValueError("expected a table (in the environment: a JSON object)") from None
+        return value
+
+    @field_validator("kvm_agent_settings")
+    @classmethod
+    def _agent_keys(cls, value: dict[str, Scalar]) -> dict[str, Scalar]:
+        unknown = sorted(set(value) - KVM_AGENT_KEYS)
+        if unknown:
+            raise ValueError(f"not agent settings a node may set: {', '.join(unknown)}")
+        return value
+
+    @field_validator("kvm_playbook_vars")
+    @classmethod
+    def _playbook_keys(cls, value: dict[str, Scalar]) -> dict[str, Scalar]:
+        unknown = sorted(set(value) - KVM_PLAYBOOK_VARS)
+        if unknown:
+            raise ValueError(f"not variables of the KVM host role: {', '.join(unknown)}")
+        return value
+
+    def host_broker_url(self) -> str:
+        """The broker URL written (with the host's own credentials) into a KVM agent's config."""
+        parts = urllib.parse.urlsplit(self.agent_broker_url or self.broker_url)
+        host = parts.hostname or "127.0.0.1"
+        netloc = f"[{host}]" if ":" in host else host
+        if parts.port:
+            netloc += f":{parts.port}"
+        return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
 
 
 def load_config(
@@ -69,5 +153,6 @@ def load_config(
         default_path=DEFAULT_CONFIG_PATH,
         what="configuration",
     )
+
 
 __all__ = ["ConfigError", "NodeConfig", "load_config"]

@@ -8,9 +8,12 @@ ZStack's connect chain, in ringstack's steps (each failure is a ``RingstackError
 2. ``credentials``: the host's own broker user (``mgmt.core.brokeradmin``), least privilege, with
    a fresh password written into the agent's config.
 3. ``bundle``: the agent install bundle of the code this node runs (``agents.kvm.bundle``), built
-   once per code version and cached.
-4. ``playbook``: ``ansible/kvm-host.yml`` over SSH (``ANSIBLE_SSH_ARGS='-o ControlMaster=no'`` so no
-   SSH master outlives the run; a password goes through sshpass from a 0600 vars file, never argv).
+   once per code version and cached on disk; a process keeps using the bundle it first built
+   (``agent_bundle``), so the hosts it deploys get the code it runs even while the tree changes.
+4. ``playbook``: ``mgmt/deploy/ansible/kvm-host.yml`` (package data) over SSH: one SSH
+   connection for the whole run (a master with its socket in the run's private directory, told
+   to exit when the run ends, so none outlives it; each task would pay a new SSH handshake
+   otherwise); a password goes through sshpass from a 0600 vars file, never argv.
 5. ``connect``: ``agent.connect`` until the agent answers (its queue may not exist yet), and its
    facts come back.
 
@@ -39,6 +42,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,11 +56,12 @@ from bus.aio import AsyncBus
 from bus.errors import RingstackError, Sys
 from mgmt.core.agents import AgentClient
 from mgmt.core.brokeradmin import AgentCredentials, BrokerAdmin, vhost_of
+from mgmt.deploy import KVM_HOST_PLAYBOOK
 from schema.agent import ConnectCommand, ConnectReply
 
 DEPLOY_FAILED = "HOST.DEPLOY_FAILED"
-PLAYBOOK = Path(__file__).resolve().parents[2] / "ansible" / "kvm-host.yml"
-DEFAULT_CACHE_DIR = Path(os.environ.get("RINGSTACK_AGENT_BUNDLE_DIR", "/var/lib/ringstack/agent-bundles"))
+PLAYBOOK = KVM_HOST_PLAYBOOK
+DEFAULT_CACHE_DIR = Path("/var/lib/ringstack/agent-bundles")  # the node's agent_bundle_dir
 SUPPORTED_ARCHES = ("x86_64",)
 
 
@@ -139,6 +144,24 @@ def check_ssh(target: SshTarget) -> dict[str, str]:
     return {"arch": arch, "python": python}
 
 
+# ---------------------------------------------------------------------- step 3: bundle
+
+_bundles: dict[tuple[Path, Path | None], Bundle] = {}
+_bundles_lock = threading.Lock()
+
+
+def agent_bundle(cache_dir: Path, wheel: Path | None = None) -> Bundle:
+    """The bundle of the code this process runs: built (or found in ``cache_dir``) at its first
+    deployment, then the same one every time, so a reconnect does not reinstall a host because a
+    file of the source tree changed under a running node. Blocking; one build at a time."""
+    key = (cache_dir, wheel)
+    with _bundles_lock:
+        bundle = _bundles.get(key)
+        if bundle is None or not bundle.path.exists():
+            bundle = _bundles[key] = build_bundle(cache_dir, wheel=wheel)
+        return bundle
+
+
 # ---------------------------------------------------------------------- step 4: playbook
 
 
@@ -201,13 +224,17 @@ def run_playbook(
             key.chmod(0o600)
             argv += ["--private-key", str(key)]
         (work / "ansible.cfg").write_text("[defaults]\n")
+        masters = work / "cp"
+        masters.mkdir(mode=0o700)
         vars_file = work / "vars.json"
         vars_file.touch(mode=0o600)
         vars_file.write_text(json.dumps(extra))
         env = {
             **os.environ,
             "ANSIBLE_CONFIG": str(work / "ansible.cfg"),  # empty: no ansible.cfg of the cwd applies
-            "ANSIBLE_SSH_ARGS": "-o ControlMaster=no -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+            "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=60s -o StrictHostKeyChecking=no"
+            " -o UserKnownHostsFile=/dev/null",
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(masters),
             "ANSIBLE_HOST_KEY_CHECKING": "False",
             "ANSIBLE_RETRY_FILES_ENABLED": "False",
             "ANSIBLE_NOCOLOR": "1",
@@ -228,11 +255,25 @@ def run_playbook(
             )
         except subprocess.TimeoutExpired:
             raise failure("playbook", f"ansible-playbook did not finish within {timeout} s") from None
+        finally:
+            _stop_masters(masters)
     if done.returncode != 0:
         reason = _failed_task(done.stdout) or (done.stderr.strip() or done.stdout.strip())[-1500:]
         raise failure("playbook", reason, exitCode=done.returncode)
     recap = re.search(r"changed=(\d+)", done.stdout)
     return bool(recap and int(recap.group(1)) > 0)
+
+
+def _stop_masters(directory: Path) -> None:
+    """Tell the SSH masters of a playbook run to exit now, not when their persist time is up."""
+    for socket in directory.iterdir():
+        subprocess.run(
+            ["ssh", "-o", f"ControlPath={socket}", "-O", "exit", "ringstack-host"],
+            capture_output=True,
+            timeout=10,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
 
 
 # ---------------------------------------------------------------------- step 5: connect
@@ -291,7 +332,7 @@ async def deploy_kvm_host(
     ``agent_broker_url``: the broker as the host reaches it (its credentials are replaced by the
     host's own). ``agent_settings``: extra agent config keys (``domain_type``, ``libvirt_uri``, ...).
     ``playbook_vars``: role variables (``agent_root``, ``agent_python``, ...). ``bundle``: one
-    built beforehand (``agents.kvm.bundle.build_bundle``), else it is built (or found) here.
+    built beforehand (``agents.kvm.bundle.build_bundle``), else ``agent_bundle`` gives it.
     """
     if (password is None) == (ssh_key is None):
         raise RingstackError(Sys.INVALID_ARGUMENT, "give exactly one of password and ssh_key")
@@ -318,7 +359,7 @@ async def deploy_kvm_host(
     lap("credentials")
     if bundle is None:
         try:
-            bundle = await asyncio.to_thread(build_bundle, bundle_cache_dir, wheel=agent_wheel)
+            bundle = await asyncio.to_thread(agent_bundle, bundle_cache_dir, agent_wheel)
         except (RingstackError, OSError) as exc:
             raise failure("bundle", exc.message if isinstance(exc, RingstackError) else str(exc)) from None
     lap("bundle")

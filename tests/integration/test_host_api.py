@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
+import time
 
 import pytest
 from sqlalchemy import create_engine, select
@@ -32,7 +34,7 @@ async def _cluster(client, hypervisor="Simulator"):
     return (await client.api("CreateCluster", body))["inventory"]
 
 
-async def _sim_host(client, cluster_uuid, ip="10.0.0.1", cpu=8, memory=16 * GiB, name="h"):
+async def _sim_host(client, cluster_uuid, ip="127.3.0.1", cpu=8, memory=16 * GiB, name="h"):
     body = {
         "clusterUuid": cluster_uuid,
         "name": name,
@@ -43,7 +45,7 @@ async def _sim_host(client, cluster_uuid, ip="10.0.0.1", cpu=8, memory=16 * GiB,
     return (await client.api("AddSimulatorHost", body))["inventory"]
 
 
-async def _kvm_host(client, cluster_uuid, ip="10.0.1.1", **extra):
+async def _kvm_host(client, cluster_uuid, ip="127.3.1.1", **extra):
     body = {"clusterUuid": cluster_uuid, "name": "kvm", "managementIp": ip, "password": PASSWORD, **extra}
     return (await client.api("AddKVMHost", body))["inventory"]
 
@@ -72,28 +74,55 @@ async def test_simulator_host_is_connected_with_the_capacity_asked(node, client)
     reconnected = (await client.api("ReconnectHost", {"uuid": host["uuid"]}))["inventory"]
     assert reconnected["status"] == "Connected"
     found = await client.api(
-        "QueryHost", {"conditions": [{"name": "managementIp", "op": "=", "value": "10.0.0.1"}]}
+        "QueryHost", {"conditions": [{"name": "managementIp", "op": "=", "value": "127.3.0.1"}]}
     )
     assert [h["uuid"] for h in found["inventories"]] == [host["uuid"]]
 
 
-async def test_kvm_host_is_stored_disconnected_and_its_secrets_never_come_back(node, client, caplog):
+@pytest.fixture
+def closed_port():
+    """An address and port where nothing listens: a socket bound there without listening makes
+    the kernel refuse every connection at once (loopback only: tests never SSH elsewhere)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.3.1.1", 0))
+    try:
+        yield sock.getsockname()
+    finally:
+        sock.close()
+
+
+async def test_kvm_host_that_ssh_cannot_reach_is_disconnected_and_its_secrets_never_come_back(
+    node, client, caplog, closed_port
+):
     caplog.set_level(logging.DEBUG)
     events = await _event_log(client, "host.#")
     cluster = await _cluster(client, "KVM")
-    host = await _kvm_host(client, cluster["uuid"], sshPort=2222, username="admin")
+    ip, port = closed_port
+    started = time.monotonic()
+    with pytest.raises(RingstackError) as err:
+        await _kvm_host(client, cluster["uuid"], ip=ip, sshPort=port, username="admin")
+    # the deployment stops at its first step, at once, and says where and why
+    assert time.monotonic() - started < 5
+    assert err.value.code == "HOST.DEPLOY_FAILED"
+    assert err.value.details["step"] == "ssh" and "cannot reach admin@" in err.value.details["reason"]
+    assert err.value.details["status"] == "Disconnected"
+    assert "step ssh" in err.value.message
+    uuid = err.value.details["uuid"]
+    host = (await client.api("QueryHost", {"conditions": [{"name": "uuid", "op": "=", "value": uuid}]}))[
+        "inventories"
+    ][0]
     assert host["status"] == "Disconnected"
-    assert host["statusReason"].startswith("HOST.AGENT_NOT_DEPLOYED:")
-    assert (host["sshPort"], host["username"]) == (2222, "admin")
+    assert host["statusReason"].startswith("HOST.DEPLOY_FAILED: deploying the KVM agent failed at step ssh:")
+    assert (host["sshPort"], host["username"]) == (port, "admin")
     assert (host["totalCpu"], host["totalMemorySize"]) == (0, 0)  # until an agent reports them
 
-    with pytest.raises(RingstackError) as err:
-        await client.api("ReconnectHost", {"uuid": host["uuid"]})
-    assert err.value.code == "HOST.AGENT_NOT_DEPLOYED"
+    with pytest.raises(RingstackError) as again:
+        await client.api("ReconnectHost", {"uuid": uuid})
+    assert again.value.code == "HOST.DEPLOY_FAILED" and again.value.details["step"] == "ssh"
 
-    await client.api("UpdateKVMHost", {"uuid": host["uuid"], "sshKey": SSH_KEY, "sshPort": 22})
+    await client.api("UpdateKVMHost", {"uuid": uuid, "sshKey": SSH_KEY, "sshPort": 22})
     queried = await client.api("QueryHost", {})
-    replies = [host, queried]
+    replies = [err.value.to_wire(), host, again.value.to_wire(), queried]
     seen = [await asyncio.wait_for(events.get(), 5) for _ in range(5)]
     assert [(n, b["inventory"].get("status")) for n, b in seen] == [
         ("host.created", "Connecting"),
@@ -116,7 +145,7 @@ async def test_kvm_host_is_stored_disconnected_and_its_secrets_never_come_back(n
     engine = create_engine(node.config.database_url)
     try:
         with Session(engine) as s:
-            secret = s.get(HostSecret, host["uuid"])
+            secret = s.get(HostSecret, uuid)
             assert secret is not None
             assert (secret.password, secret.ssh_key) == (None, SSH_KEY)  # the key replaced the password
     finally:
@@ -182,36 +211,36 @@ async def test_add_host_errors(node, client):
     kvm = (await client.api("CreateCluster", {"zoneUuid": zone_uuid, "name": "k", "hypervisorType": "KVM"}))[
         "inventory"
     ]
-    first = await _sim_host(client, sim["uuid"], ip="10.0.0.1")
+    first = await _sim_host(client, sim["uuid"], ip="127.3.0.1")
 
     with pytest.raises(RingstackError) as err:
-        await _sim_host(client, sim["uuid"], ip="10.0.0.1", name="dup")
+        await _sim_host(client, sim["uuid"], ip="127.3.0.1", name="dup")
     assert err.value.code == "HOST.MANAGEMENT_IP_IN_USE"
     with pytest.raises(RingstackError) as err:
-        await _kvm_host(client, kvm["uuid"], ip="10.0.0.1")  # unique across clusters too
+        await _kvm_host(client, kvm["uuid"], ip="127.3.0.1")  # unique across clusters too
     assert err.value.code == "HOST.MANAGEMENT_IP_IN_USE"
     with pytest.raises(RingstackError) as err:
-        await _kvm_host(client, sim["uuid"], ip="10.0.0.9")
+        await _kvm_host(client, sim["uuid"], ip="127.3.0.9")
     assert err.value.code == "HOST.HYPERVISOR_MISMATCH"
     with pytest.raises(RingstackError) as err:
-        await _sim_host(client, kvm["uuid"], ip="10.0.0.9")
+        await _sim_host(client, kvm["uuid"], ip="127.3.0.9")
     assert err.value.code == "HOST.HYPERVISOR_MISMATCH"
     with pytest.raises(RingstackError) as err:
-        await _sim_host(client, UNKNOWN, ip="10.0.0.9")
+        await _sim_host(client, UNKNOWN, ip="127.3.0.9")
     assert err.value.code == Sys.NOT_FOUND
 
-    second = await _sim_host(client, sim["uuid"], ip="10.0.0.2", name="h2")
+    second = await _sim_host(client, sim["uuid"], ip="127.3.0.2", name="h2")
     with pytest.raises(RingstackError) as err:
-        await client.api("UpdateHost", {"uuid": second["uuid"], "managementIp": "10.0.0.1"})
+        await client.api("UpdateHost", {"uuid": second["uuid"], "managementIp": "127.3.0.1"})
     assert err.value.code == "HOST.MANAGEMENT_IP_IN_USE"
-    same = (await client.api("UpdateHost", {"uuid": first["uuid"], "managementIp": "10.0.0.1", "name": "n"}))[
+    same = (
+        await client.api("UpdateHost", {"uuid": first["uuid"], "managementIp": "127.3.0.1", "name": "n"})
+    )["inventory"]
+    assert (same["managementIp"], same["name"]) == ("127.3.0.1", "n")
+    moved = (await client.api("UpdateHost", {"uuid": second["uuid"], "managementIp": "127.3.0.3"}))[
         "inventory"
     ]
-    assert (same["managementIp"], same["name"]) == ("10.0.0.1", "n")
-    moved = (await client.api("UpdateHost", {"uuid": second["uuid"], "managementIp": "10.0.0.3"}))[
-        "inventory"
-    ]
-    assert moved["managementIp"] == "10.0.0.3"
+    assert moved["managementIp"] == "127.3.0.3"
 
     with pytest.raises(RingstackError) as err:
         await client.api("UpdateKVMHost", {"uuid": first["uuid"], "password": "x"})
@@ -240,12 +269,12 @@ async def test_delete_host(node, client):
 
 async def test_host_validation_errors_name_the_field(node, client):
     c = "a" * 32
-    sim = {"clusterUuid": c, "name": "h", "managementIp": "10.0.0.1", "totalCpu": 4, "totalMemorySize": GiB}
-    kvm = {"clusterUuid": c, "name": "h", "managementIp": "10.0.0.1", "password": "pw"}
+    sim = {"clusterUuid": c, "name": "h", "managementIp": "127.3.0.1", "totalCpu": 4, "totalMemorySize": GiB}
+    kvm = {"clusterUuid": c, "name": "h", "managementIp": "127.3.0.1", "password": "pw"}
     cases = [
         ("AddSimulatorHost", {**sim, "clusterUuid": "x"}, "clusterUuid"),
         ("AddSimulatorHost", {**sim, "name": ""}, "name"),
-        ("AddSimulatorHost", {**sim, "managementIp": "10.0.0.256"}, "managementIp"),
+        ("AddSimulatorHost", {**sim, "managementIp": "127.3.0.256"}, "managementIp"),
         ("AddSimulatorHost", {**sim, "managementIp": "not a host"}, "managementIp"),
         ("AddSimulatorHost", {**sim, "managementIp": ""}, "managementIp"),
         ("AddSimulatorHost", {**sim, "totalCpu": 0}, "totalCpu"),
@@ -294,14 +323,14 @@ async def test_host_apis_are_admin_only(node, client):
             {
                 "clusterUuid": cluster["uuid"],
                 "name": "h",
-                "managementIp": "10.9.9.9",
+                "managementIp": "127.3.9.9",
                 "totalCpu": 1,
                 "totalMemorySize": GiB,
             },
         ),
         (
             "AddKVMHost",
-            {"clusterUuid": cluster["uuid"], "name": "h", "managementIp": "10.9.9.9", "password": "p"},
+            {"clusterUuid": cluster["uuid"], "name": "h", "managementIp": "127.3.9.9", "password": "p"},
         ),
         ("UpdateHost", {"uuid": host["uuid"], "name": "x"}),
         ("ChangeHostState", {"uuid": host["uuid"], "stateEvent": "disable"}),

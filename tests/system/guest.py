@@ -8,8 +8,16 @@ initramfs written here: a static busybox, the ``button`` and ``evdev`` modules o
 - powers off when a line ``poweroff`` arrives on its serial console (a shutdown from inside),
 - prints ``RINGSTACK-GUEST-READY`` once it listens for both, and what made it power off.
 
+Two ways to boot it: the kernel and initrd given to QEMU directly (``Guest.kernel``/``initrd`` with
+the blank ``Guest.image`` as disk), or ``Guest.disk``, a raw disk image that boots by itself, as an
+image added through the API must: a FAT "superfloppy" (no partition table) made without a loop
+mount (``mkfs.fat -C``, files copied in with ``mcopy``), with SYSLINUX's boot sector and loader
+(``syslinux --install`` works on the unmounted image) booting the same kernel and initrd, its
+menu and the kernel's console on the serial port.
+
 Nothing comes from beyond Debian's package registry. The result is cached under /var/tmp, keyed by
-the kernel package and the init script, so a rerun boots the cached files at once.
+the kernel package, the init script and the boot configuration, so a rerun boots the cached files
+at once.
 
 libvirtd: used if one already runs; otherwise started (with virtlogd and virtlockd) inside a network
 namespace of its own, so the taps and bridges of real guests never touch the machine's network, and
@@ -66,12 +74,26 @@ done
 """
 
 
+KERNEL_ARGS = "console=ttyS0 panic=-1 quiet"
+SYSLINUX_CFG = f"""SERIAL 0 115200
+DEFAULT guest
+PROMPT 0
+TIMEOUT 0
+LABEL guest
+  LINUX /vmlinuz
+  INITRD /initrd.img
+  APPEND {KERNEL_ARGS}
+"""
+MiB = 1 << 20
+
+
 @dataclass(frozen=True)
 class Guest:
     kernel: Path
     initrd: Path
     image: Path  # a small qcow2 to overlay root volumes on (the guest boots from its initrd)
-    kernel_args: str = "console=ttyS0 panic=-1 quiet"
+    disk: Path  # a raw disk that boots by itself (BIOS -> SYSLINUX -> the kernel and initrd)
+    kernel_args: str = KERNEL_ARGS
 
 
 def _apt_candidate_kernel() -> str:
@@ -107,10 +129,10 @@ def _newc(entries: list[tuple[str, int, bytes, int]]) -> bytes:
 
 def build_guest() -> Guest:
     package = _apt_candidate_kernel()
-    key = f"{package}-{hashlib.sha256(INIT.encode()).hexdigest()[:10]}"
+    key = f"{package}-{hashlib.sha256((INIT + SYSLINUX_CFG).encode()).hexdigest()[:10]}"
     target = CACHE / key
-    guest = Guest(target / "vmlinuz", target / "initrd.img", target / "image.qcow2")
-    if guest.image.exists():
+    guest = Guest(target / "vmlinuz", target / "initrd.img", target / "image.qcow2", target / "disk.raw")
+    if target.exists():  # made complete, then renamed into place
         return guest
     CACHE.mkdir(parents=True, exist_ok=True)
     CACHE.chmod(0o755)
@@ -152,10 +174,22 @@ def build_guest() -> Guest:
         (build / "initrd.img").write_bytes(gzip.stdout)
         shutil.copyfile(work / "x/boot" / f"vmlinuz-{version}", build / "vmlinuz")
         sh("qemu-img", "create", "-q", "-f", "qcow2", str(build / "image.qcow2"), "64M")
+        _bootable_disk(build / "disk.raw", build / "vmlinuz", build / "initrd.img", work)
         for path in build.iterdir():
             path.chmod(0o644)  # libvirt's qemu user must read them
         os.replace(build, target)
     return guest
+
+
+def _bootable_disk(disk: Path, kernel: Path, initrd: Path, work: Path) -> None:
+    """A FAT16 superfloppy holding the kernel and initrd, made bootable by SYSLINUX; no mounts."""
+    config = work / "syslinux.cfg"
+    config.write_text(SYSLINUX_CFG)
+    # FAT16 (SYSLINUX refuses a FAT12 of many clusters): 16 MiB at least, room to spare.
+    size = max(16 * MiB, kernel.stat().st_size + initrd.stat().st_size + 8 * MiB)
+    sh("mkfs.fat", "-C", "-F", "16", "-n", "RSGUEST", str(disk), str(-(-size // 1024)))
+    sh("mcopy", "-i", str(disk), str(kernel), str(initrd), str(config), "::")
+    sh("syslinux", "--install", str(disk))
 
 
 # ---------------------------------------------------------------------- libvirtd

@@ -337,11 +337,28 @@ class TcpRelay:
                 sock.close()
 
 
+def _shadow_with_root_password(password: str) -> str:
+    hashed = subprocess.run(
+        ["openssl", "passwd", "-6", "-stdin"], input=password, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    lines = []
+    for line in Path("/etc/shadow").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == "root":
+            fields[1] = hashed
+        lines.append(":".join(fields))
+    return "\n".join(lines) + "\n"
+
+
 class FakeKvmHost:
     """A "KVM host" for deployment tests: a network namespace joined to the root namespace by a
     veth pair (link-local /30 chosen here), with its own sshd on its address (own host key, an
     authorized key made here, password login enabled), and a relay to the broker on the root side
-    of the veth. Namespaces share the filesystem, so the host gets its own install directory."""
+    of the veth. Namespaces share the filesystem, so the host gets its own install directory.
+
+    ``start_sshd(password=...)`` gives root that password for this sshd only: sshd (and every
+    session it starts) sees a copy of /etc/shadow bound over the real one in a mount namespace of
+    its own (``ip netns exec`` makes one, and mounts in it never reach the machine's)."""
 
     def __init__(self, base: Path) -> None:
         self.base = base
@@ -354,6 +371,7 @@ class FakeKvmHost:
         self.agent_root = base / "agent"
         self.sshd: subprocess.Popen[bytes] | None = None
         self.relay: TcpRelay | None = None
+        self.relay_url: str | None = None  # the broker as the host reaches it, once relayed
         try:
             sh("ip", "link", "add", self.veth, "type", "veth", "peer", "name", "eth0", "netns", self.ns.name)
             sh("ip", "addr", "add", f"{self.root_ip}/30", "dev", self.veth)
@@ -364,7 +382,7 @@ class FakeKvmHost:
             self.close()  # nothing left behind by a failed set-up
             raise
 
-    def start_sshd(self) -> None:
+    def start_sshd(self, password: str | None = None) -> None:
         ssh = self.base / "ssh"
         ssh.mkdir(parents=True, exist_ok=True)
         for name in ("host_key", "client_key"):
@@ -392,8 +410,15 @@ class FakeKvmHost:
             )
         )
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
+        sshd = ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)]
+        if password is not None:
+            shadow = ssh / "shadow"
+            shadow.touch(mode=0o600)
+            shadow.write_text(_shadow_with_root_password(password))
+            bind = 'mount --bind "$1" /etc/shadow && shift && exec "$@"'
+            sshd = ["sh", "-c", bind, "sh", str(shadow), *sshd]
         self.sshd = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns.name, "/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+            ["ip", "netns", "exec", self.ns.name, *sshd],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -419,7 +444,8 @@ class FakeKvmHost:
 
     def start_broker_relay(self, broker: tuple[str, int]) -> str:
         self.relay = TcpRelay((self.root_ip, broker[1]), broker)
-        return f"amqp://{self.root_ip}:{broker[1]}/"
+        self.relay_url = f"amqp://{self.root_ip}:{broker[1]}/"
+        return self.relay_url
 
     def agent_pid(self) -> int | None:
         try:

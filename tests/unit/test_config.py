@@ -201,3 +201,103 @@ def test_config_is_frozen() -> None:
     cfg = load_config(environ={})
     with pytest.raises(ValueError, match="frozen"):
         cfg.namespace = "other"  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------------- KVM host deployment
+
+
+def test_kvm_deployment_defaults() -> None:
+    cfg = load_config(environ={})
+    assert cfg.agent_broker_url is None
+    assert cfg.kvm_domain_type == "kvm"
+    assert cfg.agent_bundle_dir == "/var/lib/ringstack/agent-bundles"
+    assert cfg.agent_wheel is None
+    assert (cfg.kvm_agent_settings, cfg.kvm_playbook_vars) == ({}, {})
+    assert 0 < cfg.kvm_ssh_timeout <= 60
+
+
+@pytest.mark.parametrize(
+    ("broker_url", "agent_broker_url", "expected"),
+    [
+        # by default the node's own broker, without the node's credentials (hosts get their own)
+        ("amqp://node:secret@10.1.2.3:5672/", None, "amqp://10.1.2.3:5672/"),
+        ("amqp://node:secret@broker.example/vhost1", None, "amqp://broker.example/vhost1"),
+        ("amqps://n:s@[fd00::1]:5671/%2Fv", None, "amqps://[fd00::1]:5671/%2Fv"),
+        # the broker as hosts reach it, when that is not how the node reaches it
+        ("amqp://node:secret@127.0.0.1:5672/", "amqp://192.0.2.10:5672/", "amqp://192.0.2.10:5672/"),
+        ("amqp://n:s@127.0.0.1/", "amqp://ignored:creds@192.0.2.10", "amqp://192.0.2.10/"),
+    ],
+)
+def test_the_broker_url_written_for_hosts(
+    broker_url: str, agent_broker_url: str | None, expected: str
+) -> None:
+    overrides = {"broker_url": broker_url, "agent_broker_url": agent_broker_url}
+    assert load_config(environ={}, overrides=overrides).host_broker_url() == expected
+
+
+def test_kvm_deployment_keys_from_file_and_environment(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+agent_broker_url = "amqp://192.0.2.10:5672/"
+kvm_domain_type = "qemu"
+agent_bundle_dir = "/srv/bundles"
+kvm_ssh_timeout = 3
+
+[kvm_agent_settings]
+libvirt_uri = "qemu:///system"
+stop_timeout = 60
+
+[kvm_playbook_vars]
+agent_root = "/opt/agent"
+""",
+    )
+    cfg = load_config(path, environ={"RINGSTACK_AGENT_WHEEL": "/srv/ringstack-0.1.0-py3-none-any.whl"})
+    assert cfg.host_broker_url() == "amqp://192.0.2.10:5672/"
+    assert cfg.kvm_domain_type == "qemu"
+    assert (cfg.agent_bundle_dir, cfg.kvm_ssh_timeout) == ("/srv/bundles", 3)
+    assert cfg.agent_wheel == "/srv/ringstack-0.1.0-py3-none-any.whl"
+    assert cfg.kvm_agent_settings == {"libvirt_uri": "qemu:///system", "stop_timeout": 60}
+    assert cfg.kvm_playbook_vars == {"agent_root": "/opt/agent"}
+    # tables come from the environment as JSON objects
+    environ = {
+        "RINGSTACK_KVM_AGENT_SETTINGS": '{"netns": "ns1", "console_log_dir": "/var/log/c"}',
+        "RINGSTACK_KVM_PLAYBOOK_VARS": "",
+        "RINGSTACK_KVM_DOMAIN_TYPE": "kvm",
+    }
+    cfg = load_config(path, environ=environ)
+    assert cfg.kvm_agent_settings == {"netns": "ns1", "console_log_dir": "/var/log/c"}
+    assert (cfg.kvm_playbook_vars, cfg.kvm_domain_type) == ({}, "kvm")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "why"),
+    [
+        ({"kvm_domain_type": "xen"}, "kvm_domain_type", ""),
+        ({"agent_broker_url": "http://broker/"}, "agent_broker_url", ""),
+        ({"kvm_ssh_timeout": 0}, "kvm_ssh_timeout", ""),
+        # the deployment writes these itself: a node-wide value would be wrong for every host
+        ({"kvm_agent_settings": {"host_uuid": "a" * 32}}, "kvm_agent_settings", "host_uuid"),
+        ({"kvm_agent_settings": {"broker_url": "amqp://x/"}}, "kvm_agent_settings", "broker_url"),
+        ({"kvm_agent_settings": {"domain_type": "qemu"}}, "kvm_agent_settings", "domain_type"),
+        ({"kvm_agent_settings": {"netns": ["a"]}}, "kvm_agent_settings", "netns"),
+        ({"kvm_agent_settings": "{not json"}, "kvm_agent_settings", "JSON object"),
+        ({"kvm_playbook_vars": {"agent_rot": "/x"}}, "kvm_playbook_vars", "agent_rot"),
+    ],
+)
+def test_bad_kvm_deployment_values_are_config_errors(
+    overrides: dict[str, object], key: str, why: str
+) -> None:
+    with pytest.raises(ConfigError, match=key) as info:
+        load_config(environ={}, overrides=overrides)
+    assert why in str(info.value)
+
+
+def test_the_playbook_variables_a_node_may_set_are_the_roles_own() -> None:
+    import yaml
+
+    from mgmt.config import KVM_PLAYBOOK_VARS
+    from mgmt.deploy import ANSIBLE_DIR
+
+    defaults = yaml.safe_load((ANSIBLE_DIR / "roles/kvm_agent/defaults/main.yml").read_text())
+    assert set(defaults) == KVM_PLAYBOOK_VARS

@@ -6,5 +6,6 @@ class HostError:
     HYPERVISOR_MISMATCH = "HOST.HYPERVISOR_MISMATCH"  # e.g. a KVM host into a Simulator cluster
     INVALID_STATE_TRANSITION = "HOST.INVALID_STATE_TRANSITION"  # the state machine forbids it
     NOT_KVM_HOST = "HOST.NOT_KVM_HOST"  # a KVM-only request about another kind of host
-    # Not an error reply: the status reason of a KVM host until agent deployment exists.
-    AGENT_NOT_DEPLOYED = "HOST.AGENT_NOT_DEPLOYED"
+    # Deploying a KVM host's agent over SSH failed (mgmt.core.hostdeploy); details name the step
+    # (ssh, credentials, bundle, playbook, connect) and the reason. Also the host's status reason.
+    DEPLOY_FAILED = "HOST.DEPLOY_FAILED"

@@ -2,12 +2,20 @@
 
 Admin only. SSH secrets go to ``host_secret`` and nowhere else: not in inventories, events or
 logs (the API models hold them as ``SecretStr``, whose repr is masked).
+
+AddKVMHost stores the host (Connecting), then deploys its agent over SSH (``connect.connect_kvm``):
+Connected with the CPU and memory its agent reports, or Disconnected with the failed step and the
+reason in the status reason, and an error reply (``HOST.DEPLOY_FAILED``) naming them; the host
+stays, so the operator can fix its credentials (UpdateKVMHost) and ReconnectHost it. DeleteHost
+also removes a KVM host's broker user and agent queue (best-effort).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
+import aio_pika
 from pydantic import SecretStr
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
@@ -15,16 +23,20 @@ from sqlalchemy.orm import Session
 
 from bus.aio import AsyncBus
 from bus.errors import RingstackError, Sys, not_found
+from mgmt.cluster import Cluster as ClusterManager
+from mgmt.config import NodeConfig
 from mgmt.core.access import load_visible
 from mgmt.core.agents import AgentClient
+from mgmt.core.brokeradmin import BrokerAdmin
 from mgmt.core.cascade import CascadeRegistry, CascadeRule, announce_deleted
 from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
 from mgmt.core.query import QueryTarget, Relation, run_query
 from mgmt.core.service import CallContext, Service, handler
-from mgmt.services.host.connect import ConnectResult, connect_simulator, kvm_not_deployed
+from mgmt.services.host.connect import ConnectResult, KvmLogin, connect_kvm, connect_simulator
 from mgmt.services.host.errors import HostError
 from mgmt.services.host.states import api_steps, next_state
+from mgmt.services.vm.reconcile import Drift, reconcile_host
 from schema.api.base import EmptyReply, QueryReply
 from schema.api.host import (
     AddKVMHost,
@@ -53,6 +65,8 @@ QUERY = QueryTarget.for_model(
         "vmInstance": Relation("vmInstance", Host.uuid, VmInstance.host_uuid),
     },
 )
+
+log = logging.getLogger(__name__)
 
 
 def _inventory(host: Host) -> HostInventory:
@@ -91,6 +105,58 @@ def _check_ip_free(session: Session, ip: str, except_uuid: str | None = None) ->
         raise _ip_in_use(ip)
 
 
+def _kvm_login(session: Session, uuid: str) -> KvmLogin:
+    host = session.get(Host, uuid)
+    if host is None:
+        raise not_found("host", uuid)
+    secret = session.get(HostSecret, uuid)
+    return KvmLogin(
+        ip=host.management_ip,
+        port=host.ssh_port or 22,
+        username=host.username or "root",
+        password=secret.password if secret else None,
+        ssh_key=secret.ssh_key if secret else None,
+    )
+
+
+def _apply_facts(session: Session, host: Host, result: ConnectResult) -> list[Drift]:
+    """A KVM host's capacity is what its agent reports; what its VMs hold stays held. Its VMs'
+    states follow what the host really runs (mgmt.services.vm.reconcile)."""
+    if result.facts is None or host.hypervisor_type != "KVM":
+        return []
+    facts = result.facts.facts
+    used_cpu = host.total_cpu - host.available_cpu
+    used_memory = host.total_memory_size - host.available_memory_size
+    host.total_cpu = facts.cpu_num
+    host.total_memory_size = facts.memory_size
+    host.available_cpu = max(0, facts.cpu_num - used_cpu)
+    host.available_memory_size = max(0, facts.memory_size - used_memory)
+    return reconcile_host(session, host.uuid, {vm.uuid: vm.state for vm in result.facts.vms})
+
+
+def _not_connected(inv: HostInventory, result: ConnectResult) -> RingstackError:
+    """The error reply of a request to connect a host that ended Disconnected."""
+    details: dict[str, object] = {"uuid": inv.uuid, "status": inv.status}
+    if result.error is not None:
+        details.update(result.error.details)
+        return RingstackError(
+            result.error.code,
+            f"host {inv.uuid} could not be connected: {result.error.message}",
+            details=details,
+        )
+    return RingstackError(
+        Sys.UNAVAILABLE, f"host {inv.uuid} could not be connected: {inv.status_reason}", details=details
+    )
+
+
+async def _delete_queue(broker_url: str, name: str) -> None:
+    """Delete a queue on a connection of its own (a failed operation closes its channel)."""
+    connection = await aio_pika.connect(broker_url, client_properties={"connection_name": "host-delete"})
+    async with connection:
+        channel = await connection.channel()
+        await channel.queue_delete(name)
+
+
 def _flush_unique_ip(session: Session, ip: str) -> None:
     """Flush, turning a race on the unique management IP into the same stable error."""
     try:
@@ -109,6 +175,8 @@ class HostService(Service):
     cascade: CascadeRegistry
     bus: AsyncBus
     agents: AgentClient
+    config: NodeConfig
+    cluster: ClusterManager
 
     async def start(self) -> None:
         self.cascade.register(HOST_RULE)
@@ -176,32 +244,55 @@ class HostService(Service):
         if created:
             await self.events.resource_event("host", inv.uuid, "created", inv.to_wire())
         if inv.status == "Connecting":  # new, or a resumed add that stopped before connecting
-            inv = await self._connect(inv)
+            inv, result = await self._connect(inv)
+            if hypervisor_type == "KVM" and inv.status != "Connected":
+                # Kept Disconnected, with the reason: the operator fixes what failed and reconnects.
+                raise _not_connected(inv, result)
         return HostReply(inventory=inv)
 
-    async def _connect(self, inv: HostInventory) -> HostInventory:
-        """Run the connection and record its outcome (status and reason)."""
+    async def _connect(self, inv: HostInventory) -> tuple[HostInventory, ConnectResult]:
+        """Run the connection and record its outcome (status and reason, and a KVM host's facts)."""
         if inv.hypervisor_type == "Simulator":
-            result = await connect_simulator(self.bus, self.agents, inv.uuid, inv.total_cpu, inv.total_memory_size)
+            result = await connect_simulator(
+                self.bus, self.agents, inv.uuid, inv.total_cpu, inv.total_memory_size
+            )
         else:
-            result = kvm_not_deployed()
-        return await self._record_status(inv.uuid, result)
+            login = await self.db.run(_kvm_login, inv.uuid)
+            result = await connect_kvm(self.bus, self.config, inv.uuid, login, self.cluster.node.uuid)
+        return await self._record_status(inv.uuid, result), result
 
     async def _record_status(self, uuid: str, result: ConnectResult) -> HostInventory:
-        def record(session: Session) -> tuple[HostInventory, bool]:
+        def record(session: Session) -> tuple[HostInventory, bool, list[Drift]]:
             host = session.get(Host, uuid)
             if host is None:
                 raise not_found("host", uuid)
             changed = (host.status, host.status_reason) != (result.status, result.reason)
             host.status = result.status
             host.status_reason = result.reason
+            drifts = _apply_facts(session, host, result)
             session.flush()
-            return _inventory(host), changed
+            return _inventory(host), changed, drifts
 
-        inv, changed = await self.db.run(record)
+        inv, changed, drifts = await self.db.run(record)
         if changed:
             await self.events.resource_event("host", uuid, "status", inv.to_wire())
+        for drift in drifts:
+            await self.events.resource_event(drift.kind, drift.uuid, drift.action, dict(drift.detail))
         return inv
+
+    async def _forget_agent(self, host_uuid: str) -> None:
+        """A deleted KVM host's broker user and agent queue go too; best-effort (the host is gone
+        either way), each failure logged."""
+        try:
+            # Deleting the user also closes the agent's connections: it can no longer log in.
+            await BrokerAdmin().delete_agent_user_async(self.bus.topology.namespace, host_uuid)
+        except RingstackError as exc:
+            log.warning("host %s deleted, but not its broker user: %s", host_uuid, exc.message)
+        queue = self.bus.topology.agent_queue(host_uuid).name
+        try:
+            await _delete_queue(self.bus.url, queue)
+        except Exception as exc:
+            log.warning("host %s deleted, but not its agent queue %s: %s", host_uuid, queue, exc)
 
     # ------------------------------------------------------------------ connection and state
 
@@ -212,14 +303,10 @@ class HostService(Service):
 
         inv = await self.db.run(load)
         await self._record_status(inv.uuid, ConnectResult("Connecting"))
-        inv = await self._connect(inv)
+        inv, result = await self._connect(inv)
         if inv.status != "Connected":
             # The request was to connect, and that failed: say so, with the reason recorded.
-            raise RingstackError(
-                HostError.AGENT_NOT_DEPLOYED if inv.hypervisor_type == "KVM" else Sys.UNAVAILABLE,
-                f"host {inv.uuid} could not be connected: {inv.status_reason}",
-                details={"uuid": inv.uuid, "status": inv.status},
-            )
+            raise _not_connected(inv, result)
         return HostReply(inventory=inv)
 
     @handler(ChangeHostState)
@@ -301,17 +388,24 @@ class HostService(Service):
     async def delete_host(self, msg: DeleteHost, ctx: CallContext) -> EmptyReply:
         """Deleting a host that is already gone succeeds, so a retried delete is safe."""
 
-        def remove(session: Session) -> dict[str, list[str]] | None:
+        def remove(session: Session) -> tuple[dict[str, list[str]], str] | None:
             host = session.get(Host, msg.uuid)
             if host is None:
                 return None
             cascaded = self.cascade.delete(session, "host", msg.uuid, msg.delete_mode)
+            hypervisor_type = host.hypervisor_type
             session.delete(host)
-            return cascaded
+            return cascaded, hypervisor_type
 
-        cascaded = await self.db.run(remove)
-        if cascaded is not None:
+        removed = await self.db.run(remove)
+        if removed is not None:
+            cascaded, hypervisor_type = removed
+            if hypervisor_type == "KVM":
+                await self._forget_agent(msg.uuid)
             await announce_deleted(self.events, cascaded, "host", msg.uuid)
+        elif ctx.resumed:
+            # A delete re-run after a crash: the row went, its cleanup may not have (idempotent).
+            await self._forget_agent(msg.uuid)
         return EmptyReply()
 
     @handler(QueryHost, serial=False)
