@@ -90,8 +90,9 @@ class HostReply(Reply):
 
 
 class AddKVMHost(SshCredentials, CreateMessage):
-    """Store a KVM host. Deploying its agent over SSH arrives with a later issue; until then the host
-    is ``Disconnected`` with the reason saying so."""
+    """Store a KVM host and deploy its agent over SSH (``mgmt.core.hostdeploy``): the host is
+    ``Connected`` with its facts, or stays ``Disconnected`` and the reply is ``HOST.DEPLOY_FAILED``
+    naming the step and the reason. A first install takes about a minute."""
 
     service: ClassVar[str] = "host"
     admin_only: ClassVar[bool] = True

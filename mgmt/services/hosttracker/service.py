@@ -50,7 +50,11 @@ log = logging.getLogger(__name__)
 def _hosts(session: Session) -> list[tuple[str, str, str, int, int]]:
     rows = session.execute(
         select(Host.uuid, Host.status, Host.hypervisor_type, Host.total_cpu, Host.total_memory_size).where(
-            Host.state != "Maintenance"
+            Host.state != "Maintenance",
+            # A host being connected (an agent deployment takes a minute) belongs to that job: a
+            # ping now would call it Disconnected and its VMs Unknown, only for the job to undo it.
+            # The job is durable, so a host is not left Connecting when its node dies.
+            Host.status != "Connecting",
         )
     )
     return [(u, s, h, c, m) for u, s, h, c, m in rows]
