@@ -622,37 +622,18 @@ async def test_cli_keeps_its_session_in_a_private_file(node, namespace, database
 IDENTITY_TABLES = {"account", "account_session", "quota", "shared_resource"}
 
 
-def _identity_schema_diffs(url: str) -> list:
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-
-    from schema.db import Base
-
-    def include(obj, name, type_, reflected, compare_to):
-        table = name if type_ == "table" else getattr(getattr(obj, "table", None), "name", None)
-        return table in IDENTITY_TABLES
-
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": True, "include_object": include})
-            return compare_metadata(context, Base.metadata)
-    finally:
-        engine.dispose()
-
-
 def test_identity_migration_matches_the_models_and_downgrades():
     """0004 creates exactly what schema/db/identity.py declares, and its downgrade removes it."""
     name = infra.unique("rs_idmig_")
     url = infra.create_database(name)
     try:
         migrate.upgrade(url, "0004")
-        assert _identity_schema_diffs(url) == []
+        assert infra.schema_diffs(url, IDENTITY_TABLES) == []
         _downgrade(url, "0003")
-        diffs = _identity_schema_diffs(url)
+        diffs = infra.schema_diffs(url, IDENTITY_TABLES)
         assert {d[1].name for d in diffs if d[0] == "add_table"} == IDENTITY_TABLES
         migrate.upgrade(url, "0004")
-        assert _identity_schema_diffs(url) == []
+        assert infra.schema_diffs(url, IDENTITY_TABLES) == []
     finally:
         infra.drop_database(name)
 

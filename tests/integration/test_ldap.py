@@ -572,25 +572,6 @@ async def test_the_ldap_verifier_plugs_into_log_in_by_account(node, client, slap
 # ---------------------------------------------------------------- the migration
 
 
-def _ldap_schema_diffs(url: str) -> list[Any]:
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-
-    from schema.db import Base
-
-    def include(obj, name, type_, reflected, compare_to):
-        table = name if type_ == "table" else getattr(getattr(obj, "table", None), "name", None)
-        return table in LDAP_TABLES
-
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": True, "include_object": include})
-            return compare_metadata(context, Base.metadata)
-    finally:
-        engine.dispose()
-
-
 def test_ldap_migration_matches_the_models_and_downgrades():
     from alembic import command
 
@@ -598,11 +579,11 @@ def test_ldap_migration_matches_the_models_and_downgrades():
     url = infra.create_database(name)
     try:
         migrate.upgrade(url, "0009")
-        assert _ldap_schema_diffs(url) == []
+        assert infra.schema_diffs(url, LDAP_TABLES) == []
         command.downgrade(migrate.alembic_config(url), "0008")
-        assert {d[1].name for d in _ldap_schema_diffs(url) if d[0] == "add_table"} == LDAP_TABLES
+        assert {d[1].name for d in infra.schema_diffs(url, LDAP_TABLES) if d[0] == "add_table"} == LDAP_TABLES
         migrate.upgrade(url, "0009")
-        assert _ldap_schema_diffs(url) == []
+        assert infra.schema_diffs(url, LDAP_TABLES) == []
     finally:
         infra.drop_database(name)
 

@@ -12,6 +12,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import kombu
 import psycopg2
@@ -100,3 +101,25 @@ def queue_depth(name: str) -> int:
         finally:
             channel.close()
         return int(count)
+
+
+def schema_diffs(url: str, tables: set[str]) -> list[Any]:
+    """What Alembic's autogenerate sees between the database at ``url`` and the models, limited to
+    ``tables``: empty when a migration created exactly what the models declare."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    from schema.db import Base
+
+    def include(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+        table = name if type_ == "table" else getattr(getattr(obj, "table", None), "name", None)
+        return table in tables
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True, "include_object": include})
+            return list(compare_metadata(context, Base.metadata))
+    finally:
+        engine.dispose()
