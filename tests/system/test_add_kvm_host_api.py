@@ -33,7 +33,6 @@ from mgmt.config import NodeConfig
 from mgmt.core.brokeradmin import BrokerAdmin, agent_username
 from mgmt.node import ManagementNode
 from tests.support import infra
-from tests.system.guest import build_guest, ensure_libvirtd
 from tests.system.kvmsupport import FakeKvmHost, await_until, delete_agent_queues, sh
 
 BUNDLES = Path("/var/tmp/ringstack-test-bundles")  # the agent bundle cache test_kvm_deploy uses too
@@ -71,20 +70,6 @@ def fakehost():
     finally:
         host.close()
         shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def libvirtd():
-    daemon = ensure_libvirtd()
-    try:
-        yield daemon
-    finally:
-        daemon.close()
-
-
-@pytest.fixture(scope="module")
-def guest():
-    return build_guest()
 
 
 @pytest.fixture

@@ -38,7 +38,6 @@ from schema.agent import (
     VmSyncReply,
     VolumeReply,
 )
-from tests.system.guest import build_guest
 from tests.system.kvmsupport import (
     GiB,
     InProcessAgent,
@@ -60,11 +59,6 @@ UPLINK = "rsup0"  # the guest L2's "physical" interface, the same name on both h
 def arrived(vm: str) -> tuple[str, str, str]:
     """The report of a destination's agent when a VM has migrated in."""
     return (vm, "Running", "resumed after migration")
-
-
-@pytest.fixture(scope="module")
-def guest():
-    return build_guest()
 
 
 @pytest.fixture(scope="module")

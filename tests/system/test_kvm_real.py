@@ -39,7 +39,6 @@ from schema.agent import (
     VolumeReply,
     VolumeSpec,
 )
-from tests.system.guest import build_guest, ensure_libvirtd
 from tests.system.kvmsupport import (
     GiB,
     InProcessAgent,
@@ -53,20 +52,6 @@ from tests.system.kvmsupport import (
 )
 
 BOOT_TIMEOUT = 120  # a TCG boot takes a few seconds; a loaded CI machine may take many more
-
-
-@pytest.fixture(scope="module")
-def libvirtd():
-    daemon = ensure_libvirtd()
-    try:
-        yield daemon
-    finally:
-        daemon.close()
-
-
-@pytest.fixture(scope="module")
-def guest():
-    return build_guest()
 
 
 @pytest.fixture
