@@ -33,6 +33,11 @@ KVM_PLAYBOOK_VARS = frozenset(
         "agent_log_file",
         "agent_python",
         "agent_start_timeout",
+        "libvirt_listen_tcp",
+        "libvirtd_conf_path",
+        "libvirtd_service",
+        "libvirtd_tcp_socket",
+        "libvirtd_defaults_path",
     }
 )
 Scalar = str | int | float | bool

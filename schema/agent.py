@@ -166,6 +166,11 @@ class MigrateVmCommand(HostCommand):
     vm_uuid: Uuid
     destination_host_uuid: Uuid
     destination_uri: str  # e.g. qemu+tcp://10.0.0.2/system; the simulator ignores it
+    # True: every volume of the VM is on storage that source and destination share (NFS, a shared
+    # mount point), so the agent waives libvirt's "unsafe migration" check, which knows no cluster
+    # filesystems. An optional addition to protocol 1, sent only when true (None is left off the
+    # wire, so an agent that predates it still takes every other migration).
+    storage_shared: bool | None = None
 
 
 class VolumeAttachCommand(HostCommand):
@@ -211,7 +216,8 @@ class CreateVolumeCommand(HostCommand):
     volume_uuid: Uuid
     primary_storage_uuid: Uuid
     primary_storage_url: str  # local: a directory on the host; nfs: host:/export, mounted by the agent
-    primary_storage_type: Literal["LocalStorage", "NFS"]
+    # SharedMountPoint: a directory like local storage's, mounted by the operator on every host
+    primary_storage_type: Literal["LocalStorage", "NFS", "SharedMountPoint"]
     size: int = Field(ge=0)
     image_uuid: Uuid | None = None  # a root volume: an overlay on this image, cached per host
     image_url: str | None = None  # where the agent fetches the image from (backup storage)

@@ -274,9 +274,11 @@ class KvmAgent:
         bridges, the storage mounted at the same path) is the management side's part."""
         vm_uuid, uri = cmd.vm_uuid, cmd.destination_uri
         shared = self.config.migration_shared_paths
+        vouched = bool(cmd.storage_shared)  # the management side knows every volume is shared
         async with self._vm_op(vm_uuid):
             state = await self.hypervisor.call(
-                lambda c: vms.migrate(c, vm_uuid, uri, shared), f"migrate VM {vm_uuid} to {uri}"
+                lambda c: vms.migrate(c, vm_uuid, uri, shared, storage_shared=vouched),
+                f"migrate VM {vm_uuid} to {uri}",
             )
             if state is None:  # not here: a repeated migration finds it at the destination
                 state = await self.hypervisor.call(

@@ -1,4 +1,5 @@
-"""Volumes on primary storage: local (a directory on the host) and NFS (an export the agent mounts).
+"""Volumes on primary storage: local (a directory on the host; a shared mount point is one too,
+mounted by the operator on every host) and NFS (an export the agent mounts).
 
 Layout under a primary storage's root (the directory, or the mount point of the export)::
 
@@ -71,7 +72,8 @@ class Storage:
     # ------------------------------------------------------------------ roots
 
     def root(self, cmd: CreateVolumeCommand) -> Path:
-        if cmd.primary_storage_type == "LocalStorage":
+        # A shared mount point is a directory the operator mounted on every host: local to the agent.
+        if cmd.primary_storage_type in ("LocalStorage", "SharedMountPoint"):
             root = Path(cmd.primary_storage_url)
             if not root.is_absolute():
                 raise RingstackError(

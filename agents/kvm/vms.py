@@ -253,7 +253,12 @@ def on_shared_paths(files: list[str], shared_paths: Sequence[str]) -> bool:
 
 
 def migrate(
-    conn: libvirt.virConnect, vm_uuid: str, destination_uri: str, shared_paths: Sequence[str] = ()
+    conn: libvirt.virConnect,
+    vm_uuid: str,
+    destination_uri: str,
+    shared_paths: Sequence[str] = (),
+    *,
+    storage_shared: bool = False,
 ) -> str | None:
     """Move the VM to another host's libvirt: live when it runs (its state there is the state it
     had here), offline (its definition only) when it does not. None when the VM is not here.
@@ -261,7 +266,9 @@ def migrate(
     libvirt refuses a live migration of disks on a filesystem it does not know to be shared
     (VIR_ERR_MIGRATE_UNSAFE, "Migration without shared storage is unsafe"); NFS it recognises.
     Disks under ``shared_paths`` (the agent's ``migration_shared_paths``: storage shared in a way
-    libvirt cannot see) are vouched for by the operator, and the check is waived for them."""
+    libvirt cannot see) are vouched for by the operator, and the check is waived for them; so it
+    is when the command says so (``storage_shared``: the management side knows every volume of the
+    VM is on NFS or a shared mount point)."""
     dom = lookup(conn, vm_uuid)
     if dom is None:
         return None
@@ -272,7 +279,7 @@ def migrate(
         uri = migration_uri(destination_uri)
         if uri is not None:
             params[libvirt.VIR_MIGRATE_PARAM_URI] = uri
-        if on_shared_paths(disk_files(dom.XMLDesc(0)), shared_paths):
+        if storage_shared or on_shared_paths(disk_files(dom.XMLDesc(0)), shared_paths):
             flags |= libvirt.VIR_MIGRATE_UNSAFE
     else:
         before = "Stopped"

@@ -25,7 +25,7 @@ from schema.api.base import (
 from schema.api.cluster import StateEvent
 from schema.api.host import Address, Password, SshCredentials, SshKey, SshPort, Username, check_address
 
-PrimaryStorageType = Literal["LocalStorage", "NFS"]
+PrimaryStorageType = Literal["LocalStorage", "NFS", "SharedMountPoint"]
 BackupStorageType = Literal["Sftp", "LocalDir"]
 StorageState = Literal["Enabled", "Disabled"]
 StorageStatus = Literal["Connecting", "Connected", "Disconnected"]
@@ -105,6 +105,23 @@ class AddNfsPrimaryStorage(CreateMessage):
     description: Description = None
     url: NfsUrl
     total_capacity: int = Field(default=0, ge=0, le=MAX_CAPACITY, description="bytes")
+
+
+class AddSharedMountPointPrimaryStorage(CreateMessage):
+    """A directory that the operator has mounted at ``url`` on every host of the clusters it is
+    attached to (a cluster filesystem, an iSCSI/FC LUN with OCFS2/GFS2, a share mounted by the
+    operator): hosts use it as local storage, but its files are the same on every host, so its VMs
+    can live-migrate. As in ZStack, ringstack mounts nothing; ``totalCapacity`` is its size."""
+
+    service: ClassVar[str] = "storage"
+    admin_only: ClassVar[bool] = True
+    reply = PrimaryStorageReply
+
+    zone_uuid: Uuid
+    name: Name
+    description: Description = None
+    url: DirectoryPath
+    total_capacity: Capacity
 
 
 class AttachPrimaryStorageToCluster(ApiMessage):

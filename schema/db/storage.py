@@ -19,7 +19,7 @@ class PrimaryStorage(ResourceMixin, Base):
     __table_args__ = (CheckConstraint(_CAPACITY, name="capacity"),)
 
     zone_uuid: Mapped[str] = mapped_column(String(UUID_LENGTH), ForeignKey("zone.uuid"), index=True)
-    type: Mapped[str] = mapped_column(String(32), index=True)  # LocalStorage | NFS
+    type: Mapped[str] = mapped_column(String(32), index=True)  # LocalStorage | NFS | SharedMountPoint
     url: Mapped[str] = mapped_column(String(2048))
     state: Mapped[str] = mapped_column(String(32), index=True)
     status: Mapped[str] = mapped_column(String(32), index=True)

@@ -653,3 +653,91 @@ class MigrationLab:
         sh("ip", "link", "del", self.veth, check=False)
         self.lan.close()
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- hosts added through the API
+
+
+class SshLibvirtHost:
+    """A ``LibvirtHost`` (started by a ``MigrationLab``) that is also reachable over SSH, so the
+    management node can add it with AddKVMHost: an sshd on the host's address (own host key, a
+    client key made here), running in the same network *and mount* namespace as the host's
+    libvirtd. So every SSH session, the Ansible playbook and the agent it starts see the host as
+    libvirtd does: its own ``/run`` (``qemu:///system`` is this host's libvirtd), its own
+    ``/etc/libvirt``, and its own agent install directory bound over ``agent_root``, a path that is
+    the same on every host (as ``/opt/ringstack/kvm-agent`` is on real ones) but holds each host's
+    own files. Everything else is the machine's filesystem, shared by all hosts. Closed with its
+    lab (``Netns.close`` kills every process of the namespace)."""
+
+    def __init__(self, host: LibvirtHost, agent_root: Path) -> None:
+        self.host = host
+        self.agent_root = agent_root  # where every host's agent lives, as the playbook is told
+        self.own_agent_dir = host.root / "agent"  # what this host sees there
+        self.ssh_dir = host.root / "ssh"
+        self.sshd: subprocess.Popen[bytes] | None = None
+
+    @property
+    def ip(self) -> str:
+        return self.host.address
+
+    def start_sshd(self) -> None:
+        ssh = self.ssh_dir
+        ssh.mkdir(parents=True, exist_ok=True)
+        self.own_agent_dir.mkdir(mode=0o755, exist_ok=True)
+        self.agent_root.mkdir(mode=0o755, parents=True, exist_ok=True)  # the mount point
+        for name in ("host_key", "client_key"):
+            sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh / name))
+        (ssh / "authorized_keys").write_text((ssh / "client_key.pub").read_text())
+        config = ssh / "sshd_config"
+        config.write_text(
+            "\n".join(
+                [
+                    f"ListenAddress {self.ip}",
+                    "Port 22",
+                    f"HostKey {ssh / 'host_key'}",
+                    f"PidFile {ssh / 'sshd.pid'}",
+                    f"AuthorizedKeysFile {ssh / 'authorized_keys'}",
+                    "PermitRootLogin prohibit-password",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "UsePAM no",
+                    "StrictModes no",
+                    "PrintMotd no",
+                    "Subsystem sftp internal-sftp",
+                    "",
+                ]
+            )
+        )
+        # libvirtd's /run is the host's own: sshd's privilege separation directory goes there.
+        (self.host.root / "run/sshd").mkdir(mode=0o755, exist_ok=True)
+        pid = int((self.host.root / "run/libvirtd.pid").read_text())
+        script = 'mount --bind "$1" "$2" && exec /usr/sbin/sshd -D -e -f "$3"'
+        args = [str(self.own_agent_dir), str(self.agent_root), str(config)]
+        self.sshd = subprocess.Popen(
+            ["nsenter", "-t", str(pid), "-m", "-n", "sh", "-c", script, "sh", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        wait_until(lambda: self._port_open(22) or self.sshd.poll() is not None, 20, "sshd to listen")
+        if self.sshd.poll() is not None:
+            raise AssertionError(f"sshd exited: {self.sshd.stderr.read().decode() if self.sshd.stderr else ''}")
+
+    def _port_open(self, port: int) -> bool:
+        import socket
+
+        try:
+            socket.create_connection((self.ip, port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+
+    @property
+    def client_key(self) -> str:
+        return (self.ssh_dir / "client_key").read_text()
+
+    def agent_pid(self) -> int | None:
+        try:
+            return int((self.own_agent_dir / "run" / "agent.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None

@@ -99,7 +99,8 @@ async def kvm_node(node_config, fakehost, hosts):
                 "agent_bundle_dir": str(BUNDLES),
                 "kvm_ssh_timeout": 5,
                 "kvm_agent_settings": agent_settings,
-                "kvm_playbook_vars": {"agent_root": str(fakehost.agent_root)},
+                # libvirtd here is the test's: the role must not configure the machine's
+                "kvm_playbook_vars": {"agent_root": str(fakehost.agent_root), "libvirt_listen_tcp": False},
             }
         )
         node = ManagementNode(config)

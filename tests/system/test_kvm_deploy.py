@@ -64,7 +64,12 @@ async def deploy(fakehost, client, host_uuid, bundle, **kw):
         bus=client,
         agent_broker_url=broker_url,
         agent_settings={"libvirt_uri": "test:///default", "domain_type": "qemu"},
-        playbook_vars={"agent_root": str(fakehost.agent_root), **kw.pop("playbook_vars", {})},
+        # libvirt_listen_tcp: the machine's libvirtd is not the role's to configure here
+        playbook_vars={
+            "agent_root": str(fakehost.agent_root),
+            "libvirt_listen_tcp": False,
+            **kw.pop("playbook_vars", {}),
+        },
         bundle=bundle,
         connect_timeout=60,
         **({"ssh_key": fakehost.client_key} | kw),

@@ -1,4 +1,4 @@
-"""Primary storage handlers: add (local, NFS), attach/detach to clusters, update, state, delete, query."""
+"""Primary storage handlers: add (local, NFS, shared mount point), attach/detach to clusters, update, state, delete, query."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from schema.api.base import EmptyReply, QueryReply
 from schema.api.storage import (
     AddLocalPrimaryStorage,
     AddNfsPrimaryStorage,
+    AddSharedMountPointPrimaryStorage,
     AttachPrimaryStorageToCluster,
     ChangePrimaryStorageState,
     DeletePrimaryStorage,
@@ -128,8 +129,21 @@ class PrimaryStorageHandlers:
     ) -> PrimaryStorageReply:
         return await self._add_primary_storage(msg, ctx, "NFS", msg.total_capacity)
 
+    @handler(AddSharedMountPointPrimaryStorage)
+    async def add_shared_mount_point_primary_storage(
+        self, msg: AddSharedMountPointPrimaryStorage, ctx: CallContext
+    ) -> PrimaryStorageReply:
+        """Hosts keep volumes in it as in a local directory (the agent mounts nothing); what differs
+        from local storage is that every host of its clusters sees the same files, so a VM on it
+        may run on, and migrate to, any of them."""
+        return await self._add_primary_storage(msg, ctx, "SharedMountPoint", msg.total_capacity)
+
     async def _add_primary_storage(
-        self, msg: AddLocalPrimaryStorage | AddNfsPrimaryStorage, ctx: CallContext, ps_type: str, total: int
+        self,
+        msg: AddLocalPrimaryStorage | AddNfsPrimaryStorage | AddSharedMountPointPrimaryStorage,
+        ctx: CallContext,
+        ps_type: str,
+        total: int,
     ) -> PrimaryStorageReply:
         uuid = ctx.new_resource_uuid(msg)
 

@@ -34,6 +34,7 @@ from schema.agent import (
     DestroyVmCommand,
     EmptyReply,
     EnsureBridgeCommand,
+    L2Spec,
     MigrateVmCommand,
     NicAttachCommand,
     NicDetachCommand,
@@ -442,6 +443,7 @@ class VmService(Service):
                 except RingstackError:
                     continue
                 extra["destination"] = host_uuid
+                _prepare_migration(session, vm, host_uuid, extra)
                 return
             raise RingstackError(
                 allocator_error(),
@@ -453,11 +455,31 @@ class VmService(Service):
 
         async def act(snap: Snapshot) -> None:
             assert snap.host_uuid is not None
+            destination = snap.extra["destination"]
+            # The destination first: the bridges of the VM's NICs (libvirt refuses a domain whose
+            # bridge is missing); a failure leaves the VM running where it is (untake, undo).
+            for l2 in snap.extra["l2s"]:
+                try:
+                    await self.agents.call(EnsureBridgeCommand(host_uuid=destination, l2=l2), BridgeReply)
+                except RingstackError as exc:
+                    raise RingstackError(
+                        MIGRATION_FAILED,
+                        f"VM {snap.uuid} cannot migrate to host {destination}: the host could not make"
+                        f" bridge {l2.bridge_name} of L2 network {l2.uuid}: {exc.message}",
+                        details={
+                            "step": "prepare destination",
+                            "hostUuid": destination,
+                            "l2NetworkUuid": l2.uuid,
+                            "bridgeName": l2.bridge_name,
+                        },
+                        cause=exc,
+                    ) from exc
             command = MigrateVmCommand(
                 host_uuid=snap.host_uuid,
                 vm_uuid=snap.uuid,
-                destination_host_uuid=snap.extra["destination"],
-                destination_uri=f"qemu+tcp://{snap.extra['destination']}/system",
+                destination_host_uuid=destination,
+                destination_uri=snap.extra["destination_uri"],
+                storage_shared=snap.extra["storage_shared"] or None,
             )
             await self.agents.call(command, VmStateReply)
 
@@ -787,3 +809,34 @@ def _first_free(session: Session, vm_uuid: str) -> int:
 
 def allocator_error() -> str:
     return plans.NO_HOST_AVAILABLE
+
+
+# ---------------------------------------------------------------------- migration helpers
+
+MIGRATION_FAILED = "VM.MIGRATION_FAILED"
+# Storage every host of the cluster sees at the same path: a VM on it may run on any of them.
+SHARED_STORAGE_TYPES = frozenset({"NFS", "SharedMountPoint"})
+
+
+def _prepare_migration(session: Session, vm: VmInstance, destination: str, extra: dict[str, Any]) -> None:
+    """What the agent steps of a migration need, read with the destination reserved: the URI of
+    the destination's libvirt (its management address, which the source's libvirtd reaches), the
+    L2 networks of the VM's NICs (bridges to make there first), and whether all its volumes are on
+    shared storage (the source's agent then tells libvirt the migration is safe)."""
+    host = session.get(Host, destination)
+    if host is None:
+        raise RingstackError(Sys.NOT_FOUND, f"host {destination} is gone")
+    address = f"[{host.management_ip}]" if ":" in host.management_ip else host.management_ip
+    extra["destination_uri"] = f"qemu+tcp://{address}/system"
+    nics = session.scalars(select(VmNic).where(VmNic.vm_instance_uuid == vm.uuid).order_by(VmNic.device_id))
+    l2s: dict[str, L2Spec] = {}
+    for nic in nics:
+        spec = plans.nic_spec(session, nic, vm.default_l3_network_uuid).l2
+        l2s.setdefault(spec.uuid, spec)
+    extra["l2s"] = list(l2s.values())
+    types = session.scalars(
+        select(PrimaryStorage.type)
+        .join(Volume, Volume.primary_storage_uuid == PrimaryStorage.uuid)
+        .where(Volume.vm_instance_uuid == vm.uuid)
+    ).all()
+    extra["storage_shared"] = bool(types) and all(t in SHARED_STORAGE_TYPES for t in types)
