@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from schema.api.base import UUID_PATTERN, WireModel
 
@@ -229,7 +229,25 @@ class VolumeReply(WireModel):
 
 
 class DeleteVolumeCommand(HostCommand):
-    install_path: str
+    """Delete a volume: by the ``installPath`` its create returned or, when that answer never came
+    (the create timed out, its node died), by ``volumeUuid`` on the primary storage it was created
+    on: the agent deletes whatever its create made for that uuid. Deleting a missing volume succeeds.
+
+    The by-uuid fields are optional additions to protocol 1, so a message without them means what
+    it always did. Senders set them only when they have no path: an agent that predates them
+    refuses them (unknown fields are forbidden), which leaves the volume where it was before."""
+
+    install_path: str = ""
+    volume_uuid: Uuid | None = None
+    primary_storage_uuid: Uuid | None = None
+    primary_storage_url: str | None = None
+    primary_storage_type: Literal["LocalStorage", "NFS", "SharedMountPoint"] | None = None
+
+    @model_validator(mode="after")
+    def _path_or_uuid(self) -> DeleteVolumeCommand:
+        if not self.install_path and self.volume_uuid is None:
+            raise ValueError("a volume delete needs installPath or volumeUuid")
+        return self
 
 
 class EnsureBridgeCommand(HostCommand):

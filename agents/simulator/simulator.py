@@ -99,6 +99,22 @@ def _per_vm(method: Callable[[SimHost, Any], Awaitable[R]]) -> Callable[[SimHost
     return serialised
 
 
+def _per_volume(method: Callable[[SimHost, Any], Awaitable[R]]) -> Callable[[SimHost, Any], Awaitable[R]]:
+    """Commands about one volume run one at a time, in arrival order: a delete sent while its slow
+    create is still running (the create's caller gave up on it) deletes what that create makes."""
+
+    async def serialised(self: SimHost, cmd: Any) -> R:
+        if isinstance(cmd, CreateVolumeCommand) or cmd.volume_uuid is not None:
+            volume_uuid = cmd.volume_uuid
+        else:
+            volume_uuid = cmd.install_path.rsplit("/", 1)[-1].removesuffix(".qcow2")
+        lock = self.volume_locks.setdefault(volume_uuid, asyncio.Lock())
+        async with lock:
+            return await method(self, cmd)
+
+    return serialised
+
+
 @dataclass
 class SimHost:
     host_uuid: str
@@ -113,6 +129,7 @@ class SimHost:
     pretend_uuid: str | None = None
     started: float = field(default_factory=time.monotonic)
     vm_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    volume_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ faults
 
@@ -281,15 +298,26 @@ class SimHost:
 
     # ------------------------------------------------------------------ storage, network
 
+    @_per_volume
     async def volume_create(self, cmd: CreateVolumeCommand) -> VolumeReply:
         await self._enter("agent.volume.create")
-        path = f"{cmd.primary_storage_url.rstrip('/')}/{cmd.volume_uuid}.qcow2"
+        path = _volume_path(cmd.primary_storage_url, cmd.volume_uuid)
         self.volumes[path] = cmd.size
         return VolumeReply(install_path=path, actual_size=0)
 
+    @_per_volume
     async def volume_delete(self, cmd: DeleteVolumeCommand) -> EmptyReply:
         await self._enter("agent.volume.delete")
-        self.volumes.pop(cmd.install_path, None)
+        if cmd.install_path:
+            self.volumes.pop(cmd.install_path, None)
+        elif cmd.volume_uuid is not None:
+            # By uuid: the path its create made (or would have made) on that primary storage.
+            if cmd.primary_storage_url is not None:
+                self.volumes.pop(_volume_path(cmd.primary_storage_url, cmd.volume_uuid), None)
+            else:
+                suffix = f"/{cmd.volume_uuid}.qcow2"
+                for path in [p for p in self.volumes if p.endswith(suffix)]:
+                    del self.volumes[path]
         return EmptyReply()
 
     async def network_ensure_bridge(self, cmd: EnsureBridgeCommand) -> BridgeReply:
@@ -301,6 +329,10 @@ class SimHost:
         await self._enter("agent.network.delete_bridge")
         self.bridges.discard(cmd.l2.bridge_name)
         return EmptyReply()
+
+
+def _volume_path(primary_storage_url: str, volume_uuid: str) -> str:
+    return f"{primary_storage_url.rstrip('/')}/{volume_uuid}.qcow2"
 
 
 # ---------------------------------------------------------------------- control messages

@@ -22,9 +22,10 @@ A pending job can be cancelled; a running one only if its handler declares itsel
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 from sqlalchemy import text
@@ -36,7 +37,7 @@ from bus.errors import RingstackError, Sys
 from mgmt.cluster.membership import Membership
 from mgmt.cluster.ownership import Ownership
 from mgmt.config import NodeConfig
-from mgmt.core.db import CURRENT_FENCE, Database, Fence, check_fence
+from mgmt.core.db import CURRENT_FENCE, Database, Fence, arm_fence
 from mgmt.core.dispatcher import Dispatcher, Route, validate
 from mgmt.core.events import EventPublisher
 from mgmt.core.serial import SerialQueues
@@ -78,8 +79,21 @@ def _insert(session: Session, row: dict[str, Any]) -> bool:
     return inserted is not None
 
 
+_CLAIM = text(
+    "UPDATE job SET state = 'running', node_uuid = :n, attempts = attempts + 1, "
+    "started_at = coalesce(started_at, now()) "
+    "WHERE uuid = :u AND (state = 'running' OR (state = 'pending' AND NOT cancel_requested)) "
+    "RETURNING name, resource_uuid, state, body, account, reply_to, deadline, attempts - 1 AS attempts, "
+    "result, error, cancel_requested"
+)
+
+
 def _claim(session: Session, job_uuid: str, fence: Fence) -> dict[str, Any] | None:
-    check_fence(session, fence)
+    arm_fence(session, fence)
+    # The common case in one statement: a job to run (pending, or running on a node that died).
+    claimed = session.execute(_CLAIM, {"u": job_uuid, "n": fence.node_uuid}).mappings().first()
+    if claimed is not None:
+        return dict(claimed)
     row = (
         session.execute(
             text(
@@ -126,7 +140,7 @@ def _finish(
     error: dict[str, Any] | None,
     scrubbed_body: dict[str, Any] | None,
 ) -> bool:
-    check_fence(session, fence)
+    arm_fence(session, fence)
     done = session.execute(
         text(
             "UPDATE job SET state = :s, result = CAST(:r AS jsonb), error = CAST(:e AS jsonb), finished_at = now(), "
@@ -144,14 +158,20 @@ def _finish(
     return done is not None
 
 
-def scrub_secrets(message: type[ApiMessage], body: dict[str, Any]) -> dict[str, Any] | None:
-    """The body with its secret fields (passwords, keys) masked, or None when it has none. A job
-    needs its body to be run again after a crash, but not once it has finished."""
-    secret = {
+@functools.cache
+def _secret_fields(message: type[ApiMessage]) -> frozenset[str]:
+    # Cached: every finished job asks, and rendering each field's annotation is not cheap.
+    return frozenset(
         info.alias or name
         for name, info in message.model_fields.items()
         if "SecretStr" in str(info.annotation) or "password" in name or name.endswith("_key")
-    }
+    )
+
+
+def scrub_secrets(message: type[ApiMessage], body: dict[str, Any]) -> dict[str, Any] | None:
+    """The body with its secret fields (passwords, keys) masked, or None when it has none. A job
+    needs its body to be run again after a crash, but not once it has finished."""
+    secret = _secret_fields(message)
     if not secret & body.keys():
         return None
     return {k: ("******" if k in secret else v) for k, v in body.items()}
@@ -255,6 +275,14 @@ class JobRunner:
         self._cancelling: set[str] = set()
         self._replied: list[str] = []
         self._stopping = False
+        # The cluster loop's bookkeeping (takeover, sweep, reply flags) runs in tasks of its own.
+        # Its transactions queue for the request pool's threads like any other, and under a burst
+        # of requests that takes many seconds. The cluster loop must not wait that long: its ticks
+        # are what tell the lease keeper that the event loop is alive, so a tick held up behind
+        # the queue let the lease lapse and fenced a healthy node, cancelling every job it ran.
+        self._housekeeping: set[asyncio.Task[None]] = set()
+        self._sweeping: asyncio.Task[None] | None = None
+        self._flushing: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ accepting
 
@@ -368,7 +396,7 @@ class JobRunner:
             )
             if token is None:
                 return  # not ours yet; the takeover or the sweeper of the holder will run it
-        fence = Fence(self.node_uuid, partition, token)
+        fence = self.ownership.fence(partition, token)
         try:
             job = await self.db.run_unfenced(_claim, job_uuid, fence)
         except RingstackError as exc:
@@ -478,16 +506,37 @@ class JobRunner:
 
     # ------------------------------------------------------------------ takeover, sweeping
 
+    def _background(self, what: str, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        async def logged() -> None:
+            try:
+                await work
+            except Exception:
+                # The sweeper still finds the jobs a failed takeover or sweep left behind.
+                log.exception("jobs: %s failed", what)
+
+        task = asyncio.create_task(logged(), name=f"jobs-{what}")
+        self._housekeeping.add(task)
+        task.add_done_callback(self._housekeeping.discard)
+        return task
+
     async def takeover(self, partitions: Iterable[int]) -> None:
+        """Resume the unfinished jobs of partitions just acquired (in the background)."""
         held = sorted(partitions)
-        if not held:
-            return
+        if held:
+            self._background("takeover", self._takeover(held))
+
+    async def _takeover(self, held: list[int]) -> None:
         for job_uuid, resource_uuid, partition in await self.db.run_unfenced(
             _resumable, held, self.node_uuid, False
         ):
             self.schedule(job_uuid, resource_uuid, partition)
 
     async def sweep(self) -> None:
+        """Pick up orphaned jobs (in the background; one sweep at a time)."""
+        if self._sweeping is None or self._sweeping.done():
+            self._sweeping = self._background("sweep", self._sweep())
+
+    async def _sweep(self) -> None:
         held = sorted(self.ownership.held)
         if not held:
             return
@@ -498,9 +547,19 @@ class JobRunner:
                 self.schedule(job_uuid, resource_uuid, partition)
 
     async def flush_replied(self) -> None:
-        if self._replied:
-            batch, self._replied = self._replied, []
+        """Record which jobs were replied to (in the background; one batch at a time)."""
+        if self._replied and (self._flushing is None or self._flushing.done()):
+            self._flushing = self._background("flush", self._flush())
+
+    async def _flush(self) -> None:
+        batch, self._replied = self._replied, []
+        if not batch:
+            return
+        try:
             await self.db.run_unfenced(_mark_replied, batch)
+        except BaseException:
+            self._replied.extend(batch)  # the next flush retries them; marking twice is harmless
+            raise
 
     async def fenced(self, partitions: frozenset[int]) -> None:
         """Our lease is gone: stop every job (their rows stay, for the next owner)."""
@@ -551,7 +610,12 @@ class JobRunner:
             task.cancel()
         if queued:  # let them unwind before the node closes what they use
             await asyncio.wait(queued, timeout=5)
-        await self.flush_replied()
+        housekeeping = list(self._housekeeping)
+        for task in housekeeping:
+            task.cancel()
+        if housekeeping:
+            await asyncio.wait(housekeeping, timeout=5)
+        await self._flush()
         return not pending
 
     def status(self) -> dict[str, Any]:

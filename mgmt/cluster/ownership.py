@@ -41,7 +41,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from bus.ring import Ring
-from mgmt.core.db import Database
+from mgmt.core.db import Database, Fence
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,10 @@ class Ownership:
         if not self.lease_valid:
             return None
         return self._held.get(partition)
+
+    def fence(self, partition: int, token: int) -> Fence:
+        """The fence for work under ``token``; it knows when this node stops holding it."""
+        return Fence(self.node_uuid, partition, token, held=lambda: self.token(partition) == token)
 
     @property
     def held(self) -> frozenset[int]:

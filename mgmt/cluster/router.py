@@ -16,7 +16,7 @@ from bus.envelope import Envelope
 from bus.errors import RingstackError, Sys
 from mgmt.cluster.membership import Membership
 from mgmt.cluster.ownership import Ownership
-from mgmt.core.db import CURRENT_FENCE, Fence
+from mgmt.core.db import CURRENT_FENCE
 from mgmt.core.dispatcher import Dispatcher
 from mgmt.core.service import SYSTEM_ACCOUNT, Account
 
@@ -50,7 +50,12 @@ class Router:
             ring = self.membership.ring
             owner = ring.owner(resource_uuid)
             env = Envelope(
-                name=name, kind="call", body=body, resource_uuid=resource_uuid, ring_epoch=ring.epoch, deadline=deadline
+                name=name,
+                kind="call",
+                body=body,
+                resource_uuid=resource_uuid,
+                ring_epoch=ring.epoch,
+                deadline=deadline,
             )
             try:
                 if owner == self.node_uuid:
@@ -86,8 +91,10 @@ class Router:
             )
         token = self.ownership.token(partition) or await self.ownership.wait_held(partition, self.lease_wait)
         if token is None:
-            raise RingstackError(Sys.NOT_OWNER, f"node {self.node_uuid} does not hold partition {partition} yet")
-        reset = CURRENT_FENCE.set(Fence(self.node_uuid, partition, token))
+            raise RingstackError(
+                Sys.NOT_OWNER, f"node {self.node_uuid} does not hold partition {partition} yet"
+            )
+        reset = CURRENT_FENCE.set(self.ownership.fence(partition, token))
         try:
             return await self.dispatcher.dispatch(env, account)
         finally:

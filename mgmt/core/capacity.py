@@ -11,18 +11,26 @@ this up.
 A reservation that does not fit raises ``CAPACITY.*`` naming what was asked and what is left;
 an unknown resource raises ``SYS.NOT_FOUND``. Releases never raise the available amount above
 the total (a release that was already applied, say by a retried request, cannot create capacity).
+
+The UPDATEs are Core statements on the tables, not ORM bulk updates: every VM create runs two,
+and the ORM's session synchronisation cost the node more than the database took to run them.
+A row of the same resource already loaded in the session is expired instead, so it reads the
+new amounts when next used.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, func, select, text, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from bus.errors import RingstackError, not_found
 from schema.db.host import Host
 from schema.db.storage import BackupStorage, PrimaryStorage
+
+_HOST = cast(Table, Host.__table__)
 
 
 class Capacity:
@@ -39,17 +47,26 @@ def _check_amounts(**amounts: int) -> None:
             raise ValueError(f"{name} must be a non-negative integer, not {value!r}")
 
 
+def _expire(session: Session, model: Any, uuid: str) -> None:
+    """A loaded row of the resource changed behind the ORM's back: make it read the new values."""
+    if isinstance(session, Session):
+        loaded = session.identity_map.get(identity_key(model, uuid))
+        if loaded is not None:
+            session.expire(loaded)
+
+
 def _storage_reserve(session: Session, model: Any, kind: str, code: str, uuid: str, size: int) -> int:
     _check_amounts(size=size)
+    table = model.__table__
     stmt = (
-        update(model)
-        .where(model.uuid == uuid, model.available_capacity >= size)
-        .values(available_capacity=model.available_capacity - size)
-        .returning(model.available_capacity)
-        .execution_options(synchronize_session="fetch")
+        update(table)
+        .where(table.c.uuid == uuid, table.c.available_capacity >= size)
+        .values(available_capacity=table.c.available_capacity - size)
+        .returning(table.c.available_capacity)
     )
     left = session.execute(stmt).scalar_one_or_none()
     if left is not None:
+        _expire(session, model, uuid)
         return int(left)
     available = session.scalar(select(model.available_capacity).where(model.uuid == uuid))
     if available is None:
@@ -63,16 +80,19 @@ def _storage_reserve(session: Session, model: Any, kind: str, code: str, uuid: s
 
 def _storage_release(session: Session, model: Any, kind: str, uuid: str, size: int) -> int:
     _check_amounts(size=size)
+    table = model.__table__
     stmt = (
-        update(model)
-        .where(model.uuid == uuid)
-        .values(available_capacity=func.least(model.total_capacity, model.available_capacity + size))
-        .returning(model.available_capacity)
-        .execution_options(synchronize_session="fetch")
+        update(table)
+        .where(table.c.uuid == uuid)
+        .values(
+            available_capacity=func.least(table.c.total_capacity, table.c.available_capacity + size),
+        )
+        .returning(table.c.available_capacity)
     )
     left = session.execute(stmt).scalar_one_or_none()
     if left is None:
         raise not_found(kind, uuid)
+    _expire(session, model, uuid)
     return int(left)
 
 
@@ -101,17 +121,19 @@ def release_backup_storage(session: Session, bs_uuid: str, size: int) -> int:
 def reserve_host(session: Session, host_uuid: str, cpu: int, memory: int) -> tuple[int, int]:
     """Take ``cpu`` cores and ``memory`` bytes of the host, both or neither; returns what is left."""
     _check_amounts(cpu=cpu, memory=memory)
+    host = _HOST.c
     stmt = (
-        update(Host)
-        .where(Host.uuid == host_uuid, Host.available_cpu >= cpu, Host.available_memory_size >= memory)
+        update(_HOST)
+        .where(host.uuid == host_uuid, host.available_cpu >= cpu, host.available_memory_size >= memory)
         .values(
-            available_cpu=Host.available_cpu - cpu, available_memory_size=Host.available_memory_size - memory
+            available_cpu=host.available_cpu - cpu,
+            available_memory_size=host.available_memory_size - memory,
         )
-        .returning(Host.available_cpu, Host.available_memory_size)
-        .execution_options(synchronize_session="fetch")
+        .returning(host.available_cpu, host.available_memory_size)
     )
     row = session.execute(stmt).one_or_none()
     if row is not None:
+        _expire(session, Host, host_uuid)
         return int(row[0]), int(row[1])
     current = session.execute(
         select(Host.available_cpu, Host.available_memory_size).where(Host.uuid == host_uuid)
@@ -132,19 +154,56 @@ def reserve_host(session: Session, host_uuid: str, cpu: int, memory: int) -> tup
     )
 
 
+_HOST_AND_STORAGE = text(
+    """
+    WITH h AS (
+        UPDATE host SET available_cpu = available_cpu - :cpu,
+                        available_memory_size = available_memory_size - :memory, updated_at = now()
+        WHERE uuid = :host AND available_cpu >= :cpu AND available_memory_size >= :memory
+        RETURNING uuid
+    ), p AS (
+        UPDATE primary_storage SET available_capacity = available_capacity - :size, updated_at = now()
+        WHERE uuid = :storage AND available_capacity >= :size AND EXISTS (SELECT 1 FROM h)
+        RETURNING uuid
+    )
+    SELECT EXISTS (SELECT 1 FROM h), EXISTS (SELECT 1 FROM p)
+    """
+)
+
+
+def reserve_host_and_storage(
+    session: Session, host_uuid: str, cpu: int, memory: int, ps_uuid: str, size: int
+) -> bool:
+    """``reserve_host`` and ``reserve_primary_storage`` together, both or neither, in one statement
+    (a VM create's reservation: one round trip instead of two). False when either lacks room;
+    nothing is then held. The host row is locked before the storage row, as ``release_*`` callers
+    do, so concurrent reservations and releases cannot deadlock."""
+    _check_amounts(cpu=cpu, memory=memory, size=size)
+    params = {"host": host_uuid, "cpu": cpu, "memory": memory, "storage": ps_uuid, "size": size}
+    host_taken, storage_taken = session.execute(_HOST_AND_STORAGE, params).one()
+    if host_taken and not storage_taken:
+        release_host(session, host_uuid, cpu, memory)
+    if host_taken:
+        _expire(session, Host, host_uuid)
+    if storage_taken:
+        _expire(session, PrimaryStorage, ps_uuid)
+    return bool(host_taken and storage_taken)
+
+
 def release_host(session: Session, host_uuid: str, cpu: int, memory: int) -> tuple[int, int]:
     _check_amounts(cpu=cpu, memory=memory)
+    host = _HOST.c
     stmt = (
-        update(Host)
-        .where(Host.uuid == host_uuid)
+        update(_HOST)
+        .where(host.uuid == host_uuid)
         .values(
-            available_cpu=func.least(Host.total_cpu, Host.available_cpu + cpu),
-            available_memory_size=func.least(Host.total_memory_size, Host.available_memory_size + memory),
+            available_cpu=func.least(host.total_cpu, host.available_cpu + cpu),
+            available_memory_size=func.least(host.total_memory_size, host.available_memory_size + memory),
         )
-        .returning(Host.available_cpu, Host.available_memory_size)
-        .execution_options(synchronize_session="fetch")
+        .returning(host.available_cpu, host.available_memory_size)
     )
     row = session.execute(stmt).one_or_none()
     if row is None:
         raise not_found("host", host_uuid)
+    _expire(session, Host, host_uuid)
     return int(row[0]), int(row[1])

@@ -7,14 +7,15 @@ engine has connections, so a burst of requests queues here instead of on the eve
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import DataError, DisconnectionError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -45,11 +46,16 @@ def create_guard(session: Session, model: type[M], uuid: str, ctx: CallContext) 
 class Fence:
     """The ownership a transaction depends on: this node must still hold ``partition`` under
     fencing ``token``. Checked inside the transaction with a share lock on the partition row, so a
-    takeover (which updates that row) waits for this transaction, and a stale owner's write fails."""
+    takeover (which updates that row) waits for this transaction, and a stale owner's write fails.
+
+    ``held`` tells, without a database round trip, whether this node still believes it holds the
+    partition under ``token`` (it stops believing when its lease lapses or it took the partition
+    again under a new token). None: the holder cannot tell, taken as held."""
 
     node_uuid: str
     partition: int
     token: int
+    held: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
 
 
 # deadlock_detected, serialization_failure: the transaction lost a race and may simply be retried.
@@ -64,44 +70,169 @@ _FENCE_SQL = text(
 
 
 def check_fence(session: Session, fence: Fence) -> None:
+    """Check ``fence`` now, in a statement of its own (``arm_fence`` saves that round trip)."""
     row = session.execute(_FENCE_SQL, {"p": fence.partition, "n": fence.node_uuid, "t": fence.token}).first()
     if row is None:
-        raise RingstackError(
-            Sys.NOT_OWNER,
-            f"this node no longer owns partition {fence.partition}; another node has taken over",
-            details={"partition": fence.partition},
-        )
+        raise _not_owner(fence)
+
+
+def _not_owner(fence: Fence) -> RingstackError:
+    return RingstackError(
+        Sys.NOT_OWNER,
+        f"this node no longer owns partition {fence.partition}; another node has taken over",
+        details={"partition": fence.partition},
+    )
+
+
+# The fence check piggy-backed on a transaction's first statement: the same share-locking SELECT
+# as ``check_fence``, sent in the same round trip as that statement (psycopg2 sends a query string
+# with several statements as one message, and PostgreSQL runs them in order, in the transaction).
+# It cannot hand a row count back, so a lost fence makes it fail instead: the CASE casts a text
+# that is not a number (built from count(*), so it is never folded into a constant at planning).
+_FENCE_MARK = "ringstack: fence lost"
+_FENCE_RAISING = (
+    f"SELECT CASE WHEN count(*) = 1 THEN 1 ELSE CAST('{_FENCE_MARK} ' || count(*) AS int) END FROM ("
+    "SELECT 1 FROM ring_partition WHERE partition = %(ringstack_fence_p)s "
+    "AND owner_node_uuid = %(ringstack_fence_n)s AND token = %(ringstack_fence_t)s FOR SHARE) AS fence"
+)
+_ARMED = "ringstack_armed_fence"  # key in the pooled connection's info
+
+
+def arm_fence(session: Session, fence: Fence) -> None:
+    """Check ``fence`` with the transaction's next statement, whatever it is, and fail the
+    transaction with ``SYS.NOT_OWNER`` if this node no longer holds the partition under its token.
+
+    The check is the one ``check_fence`` makes (so the safety argument of
+    ``mgmt.cluster.ownership`` holds as it is: the share lock is taken before any write of the
+    transaction and held until it ends); it just costs no round trip of its own. A transaction that
+    sends no statement at all is not checked, and changes nothing."""
+    session.info[_ARMED] = fence  # for the error, should the check fail
+    session.connection().info[_ARMED] = fence
+
+
+def _piggyback_fence(
+    conn: Connection, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+) -> tuple[str, Any]:
+    fence: Fence | None = conn.info.pop(_ARMED, None)
+    if fence is None:
+        return statement, parameters
+    values = {
+        "ringstack_fence_p": fence.partition,
+        "ringstack_fence_n": fence.node_uuid,
+        "ringstack_fence_t": fence.token,
+    }
+    if executemany or not isinstance(parameters, dict) or not parameters:
+        # Not a single statement with named parameters (a batch, a SAVEPOINT): on its own.
+        cursor.execute(_FENCE_RAISING, values)
+        return statement, parameters
+    return f"{_FENCE_RAISING};\n{statement}", {**parameters, **values}
+
+
+def _disarm(dbapi_connection: Any, record: Any) -> None:
+    record.info.pop(_ARMED, None)  # armed by a transaction that sent nothing
+
+
+def ownership_lost(exc: BaseException | None = None) -> bool:
+    """Whether the fenced work running now (a job, a routed call) has lost its ownership: this node
+    dropped the partition, or ``exc`` is a fenced write refused for it. Work that lost ownership
+    must not undo what it did on agents: those commands carry no fencing token, so a stale owner's
+    undo could destroy what the new owner has done or relies on. The new owner resumes the job and
+    cleans up from the database's record instead."""
+    fence = CURRENT_FENCE.get()
+    if fence is None:
+        return False
+    if isinstance(exc, RingstackError) and exc.code == Sys.NOT_OWNER:
+        return exc.details.get("partition") == fence.partition or _believes_lost(fence)
+    return _believes_lost(fence)
+
+
+def _believes_lost(fence: Fence) -> bool:
+    return fence.held is not None and not fence.held()
+
+
+# A pooled connection unused for longer than this is pinged before use (see ``_ping_when_idle``).
+IDLE_PING_SECONDS = 10.0
+
+
+def _ping_when_idle(engine: Engine, idle: float = IDLE_PING_SECONDS) -> None:
+    """Pessimistic disconnect handling that costs nothing under load: ``pool_pre_ping`` sends a
+    ``SELECT 1`` before every transaction (a round trip each; a VM create runs five), but a
+    connection in constant use cannot have silently died since its last transaction, whose error
+    would have invalidated it. Only one idle for a while (a database restart, a NAT timeout) is
+    pinged; a dead one is replaced before the transaction starts, as with ``pool_pre_ping``."""
+
+    @event.listens_for(engine, "checkin")
+    def _idle_since(dbapi_connection: Any, record: Any) -> None:
+        record.info["ringstack_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get("ringstack_idle_since")
+        if since is None or time.monotonic() - since < idle:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # the pool replaces the connection and tries again
+            raise DisconnectionError(f"an idle connection failed its ping: {exc}") from exc
 
 
 class Database:
     def __init__(self, url: str, *, pool_size: int = 8) -> None:
-        self.engine = create_engine(
-            url, pool_size=pool_size, max_overflow=0, pool_pre_ping=True, pool_recycle=1800
-        )
+        self.engine = create_engine(url, pool_size=pool_size, max_overflow=0, pool_recycle=1800)
+        _ping_when_idle(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="db")
         # The cluster's heartbeats and lease renewals get connections and threads of their own: a
         # burst of slow request transactions must never starve them, or the node's lease would
         # lapse and it would fence itself while perfectly healthy (ZStack, likewise, heartbeats on a
         # dedicated connection).
-        self._system_engine = create_engine(url, pool_size=2, max_overflow=0, pool_pre_ping=True, pool_recycle=1800)
+        # Lease renewals keep the pre-ping: a handful a second, and a renewal lost to a connection
+        # that died would bring the node closer to fencing itself.
+        self._system_engine = create_engine(
+            url, pool_size=2, max_overflow=0, pool_pre_ping=True, pool_recycle=1800
+        )
+        for engine in (self.engine, self._system_engine):
+            event.listen(engine, "before_cursor_execute", _piggyback_fence, retval=True)
+            event.listen(engine, "checkin", _disarm)
         self._system_sessions = sessionmaker(self._system_engine, expire_on_commit=False)
         self._system_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="db-cluster")
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(session, *args)`` in one transaction on a worker thread; commit unless it raises."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._transaction, fn, args, CURRENT_FENCE.get())
+        """Run ``fn(session, *args)`` in one transaction on a worker thread; commit unless it raises.
+
+        A caller cancelled while its transaction runs gets the CancelledError only once that
+        transaction has ended (a thread cannot be stopped half-way): so whatever the caller does
+        next, a rollback say, sees the transaction's outcome instead of racing it. A transaction
+        still waiting for a thread never starts."""
+        return await self._submit(self._pool, fn, args, CURRENT_FENCE.get())
 
     async def run_unfenced(self, fn: Callable[..., T], *args: Any) -> T:
         """``run`` without the job's fence: for the job runner's own claims and records."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._transaction, fn, args, None)
+        return await self._submit(self._pool, fn, args, None)
 
     async def run_system(self, fn: Callable[..., T], *args: Any) -> T:
         """Membership and lease work, on the cluster's own connections and threads."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._system_pool, self._transaction, fn, args, None, self._system_sessions)
+        return await self._submit(self._system_pool, fn, args, None, self._system_sessions)
+
+    async def _submit(
+        self,
+        pool: ThreadPoolExecutor,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        fence: Fence | None,
+        sessions: sessionmaker[Session] | None = None,
+    ) -> T:
+        work = pool.submit(self._transaction, fn, args, fence, sessions)
+        try:
+            return await asyncio.wrap_future(work)
+        except asyncio.CancelledError:
+            # The cancellation tried to cancel ``work`` too; that fails once it runs.
+            if not work.cancelled():
+                running = asyncio.wrap_future(work)
+                await asyncio.wait([running])
+                if not running.cancelled():
+                    running.exception()  # retrieved: the caller was cancelled, the outcome is moot
+            raise
 
     def run_system_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """``run_system`` for a thread of its own (the lease keeper), off the event loop."""
@@ -114,11 +245,17 @@ class Database:
         fence: Fence | None,
         sessions: sessionmaker[Session] | None = None,
     ) -> T:
+        session: Session | None = None
         try:
             with (sessions or self._sessions).begin() as session:
                 if fence is not None:
-                    check_fence(session, fence)
+                    arm_fence(session, fence)
                 return fn(session, *args)
+        except DataError as exc:
+            armed = session.info.get(_ARMED) if session is not None else None
+            if armed is not None and _FENCE_MARK in str(exc.orig):
+                raise _not_owner(armed) from exc
+            raise
         except StaleDataError as exc:
             raise RingstackError(Sys.CONFLICT, "the resource was changed concurrently; retry") from exc
         except IntegrityError as exc:
@@ -127,7 +264,9 @@ class Database:
             ) from exc
         except OperationalError as exc:
             if getattr(exc.orig, "pgcode", None) in _RETRYABLE:
-                raise RingstackError(Sys.CONFLICT, f"concurrent transactions collided; retry: {exc.orig}") from exc
+                raise RingstackError(
+                    Sys.CONFLICT, f"concurrent transactions collided; retry: {exc.orig}"
+                ) from exc
             raise RingstackError(Sys.UNAVAILABLE, f"database unavailable: {exc.orig}") from exc
 
     def session(self) -> Session:

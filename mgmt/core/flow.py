@@ -5,6 +5,10 @@ A step is a ``Flow`` with ``run(ctx)`` and ``rollback(ctx)``; ``ctx`` is whateve
 chain's steps share (ZStack's flow data). A failing rollback is recorded and the remaining
 rollbacks still run; the error raised names the failed step, what was rolled back and what
 could not be.
+
+A chain run by fenced work (a job) that has lost its ownership (``mgmt.core.db.ownership_lost``)
+does not roll back, or stops rolling back: its undo steps would act on agents as a stale owner,
+racing the new owner, who resumes the job and cleans up from the database's record instead.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from bus.errors import RingstackError, Sys
+from mgmt.core.db import ownership_lost
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,7 @@ class FlowOutcome:
     rolled_back: list[str] = field(default_factory=list)
     rollback_failures: list[dict[str, str]] = field(default_factory=list)
     failed_step: str | None = None
+    abandoned: list[str] = field(default_factory=list)  # not rolled back: ownership was lost
 
 
 class FlowChain(Generic[C]):
@@ -62,7 +68,7 @@ class FlowChain(Generic[C]):
                 await _before(flow.run(ctx), deadline, f"{self.name}/{flow.name}")
             except (Exception, asyncio.CancelledError) as exc:
                 self.outcome.failed_step = flow.name
-                await self._rollback(ctx, [*done, flow] if flow.undo_failed else done)
+                await self._rollback(ctx, [*done, flow] if flow.undo_failed else done, exc)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 raise self._failure(flow, exc) from exc
@@ -70,9 +76,14 @@ class FlowChain(Generic[C]):
             self.outcome.completed.append(flow.name)
         return ctx
 
-    async def _rollback(self, ctx: C, done: list[Flow[C]]) -> None:
+    async def _rollback(self, ctx: C, done: list[Flow[C]], cause: BaseException) -> None:
+        lost = ownership_lost(cause)
         for flow in reversed(done):
             if flow.rollback is None:
+                continue
+            if lost or ownership_lost():
+                lost = True
+                self.outcome.abandoned.append(flow.name)
                 continue
             try:
                 # Rollback must run even after the deadline: it has a budget of its own.
@@ -81,6 +92,13 @@ class FlowChain(Generic[C]):
             except Exception as exc:
                 log.exception("%s: rollback of %s failed", self.name, flow.name)
                 self.outcome.rollback_failures.append({"step": flow.name, "error": _describe(exc)})
+        if self.outcome.abandoned:
+            log.warning(
+                "%s: ownership lost at step %s; rollback of %s left to the next owner",
+                self.name,
+                self.outcome.failed_step,
+                ", ".join(self.outcome.abandoned),
+            )
 
     def _failure(self, flow: Flow[C], exc: BaseException) -> RingstackError:
         cause = exc if isinstance(exc, RingstackError) else None
@@ -93,6 +111,8 @@ class FlowChain(Generic[C]):
         }
         if self.outcome.rollback_failures:
             details["rollbackFailures"] = list(self.outcome.rollback_failures)
+        if self.outcome.abandoned:
+            details["leftToNextOwner"] = list(self.outcome.abandoned)
         if cause is None:
             log.error("%s: step %s failed", self.name, flow.name, exc_info=exc)
         return RingstackError(

@@ -88,6 +88,26 @@ async def test_deadline_mid_flow_rolls_back(zone, client, simulator):
     await until(rolled_back, 30, "the timed-out create to roll back")
 
 
+async def test_a_volume_whose_create_answered_too_late_is_deleted_by_uuid(zone, client, simulator):
+    """The create's answer never came back in time, so its path is unknown; the rollback deletes
+    the volume by its uuid, after the slow create (the agent runs one volume's commands in order)."""
+    before = await _snapshot(client, simulator, zone)
+    await simulator._on_control_body(
+        "configure", {"hostUuid": zone.hosts[0], "command": "agent.volume.create", "fault": {"latency": 5}}
+    )
+    with pytest.raises(RingstackError) as err:
+        await client.api("CreateVmInstance", vm_request(zone, "late"), timeout=2)
+    assert err.value.code == "SYS.TIMEOUT"
+
+    async def rolled_back():
+        return await _snapshot(client, simulator, zone) == before
+
+    from tests.support.cluster import until
+
+    await until(rolled_back, 30, "the late volume to be deleted and the create rolled back")
+    assert simulator.hosts[zone.hosts[0]].calls.get("agent.volume.delete") == 1
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [

@@ -15,9 +15,10 @@ state exists: the VM is Running/Stopped, or gone with the reason in the reply an
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from bus.errors import RingstackError
 from mgmt.core import capacity
 from mgmt.core.agents import AgentClient
 from mgmt.core.db import Database
@@ -40,7 +41,8 @@ from schema.agent import (
     VolumeReply,
     VolumeSpec,
 )
-from schema.db.vm import VmInstance, Volume
+from schema.api.base import WireModel
+from schema.api.vm import VmInstanceInventory, VmNicInventory, VolumeInventory
 
 
 class VmInstantiateExtension:
@@ -54,21 +56,45 @@ class VmInstantiateExtension:
         """Undo ``pre_instantiate`` (the create is rolling back)."""
 
 
+def _columns(model: type[WireModel], skip: tuple[str, ...] = ()) -> str:
+    return ", ".join(name for name in model.model_fields if name not in skip)
+
+
+# Written out, not through the ORM: this transaction runs once per VM created, and the ORM's load
+# of the VM with its NICs and volumes, then its flush, cost the node several times what these three
+# statements do. The version is bumped as the ORM would, so a stale holder of the rows still fails.
+_VM_DONE = text(
+    "UPDATE vm_instance SET state = :state, host_uuid = CASE WHEN :keep_host THEN host_uuid END, "
+    "updated_at = now(), version = version + 1 WHERE uuid = :uuid "
+    f"RETURNING {_columns(VmInstanceInventory, ('vm_nics', 'all_volumes'))}"
+)
+_VOLUME_READY = text(
+    "UPDATE volume SET status = 'Ready', install_path = :path, updated_at = now(), version = version + 1 "
+    f"WHERE uuid = :uuid RETURNING {_columns(VolumeInventory)}"
+)
+_NICS = text(f"SELECT {_columns(VmNicInventory)} FROM vm_nic WHERE vm_instance_uuid = :vm ORDER BY device_id")
+
+
 def _finish(session: Session, plan: CreatePlan) -> None:
-    vm = session.get(VmInstance, plan.vm_uuid)
-    assert vm is not None
-    by_uuid = {v.uuid: v for v in plan.volumes}
-    for volume in session.scalars(select(Volume).where(Volume.vm_instance_uuid == plan.vm_uuid)):
-        volume.status = "Ready"
-        volume.install_path = by_uuid[volume.uuid].install_path
-    if plan.start:
-        vm.state = VmState.RUNNING
-    else:
+    """Running (or Stopped), and the inventory the reply carries, in one transaction."""
+    if not plan.start:
         # Created stopped: the host keeps no CPU or memory for it until it starts.
         assert plan.host_uuid is not None
         capacity.release_host(session, plan.host_uuid, plan.cpu, plan.memory)
-        vm.state = VmState.STOPPED
-        vm.host_uuid = None
+    state = (VmState.RUNNING if plan.start else VmState.STOPPED).value
+    vm = (
+        session.execute(_VM_DONE, {"state": state, "keep_host": plan.start, "uuid": plan.vm_uuid})
+        .mappings()
+        .one()
+    )
+    volumes = [
+        session.execute(_VOLUME_READY, {"path": v.install_path, "uuid": v.uuid}).mappings().one()
+        for v in sorted(plan.volumes, key=lambda v: v.device_id)
+    ]
+    nics = session.execute(_NICS, {"vm": plan.vm_uuid}).mappings().all()
+    plan.inventory = VmInstanceInventory.model_validate(
+        {**vm, "vm_nics": [dict(n) for n in nics], "all_volumes": [dict(v) for v in volumes]}
+    )
 
 
 class CreateVm:
@@ -79,7 +105,8 @@ class CreateVm:
 
     def chain(self, plan: CreatePlan) -> FlowChain[CreatePlan]:
         flows: list[Flow[CreatePlan]] = [
-            Flow("reserve", self._reserve, self._release),
+            # undo_failed: a reserve whose caller was cancelled may still have committed.
+            Flow("reserve", self._reserve, self._release, undo_failed=True),
             # The agent steps undo themselves when they fail half-way: a volume or a VM may exist
             # on the host although its command's answer never came.
             Flow("create-volumes", self._create_volumes, self._delete_volumes, undo_failed=True),
@@ -99,7 +126,7 @@ class CreateVm:
     # ------------------------------------------------------------------ steps
 
     async def _reserve(self, plan: CreatePlan) -> None:
-        await self.db.run(plans.reserve, plan)
+        await self.db.run(plans.prepare, plan)
 
     async def _release(self, plan: CreatePlan) -> None:
         await self.db.run(plans.release, plan.vm_uuid)
@@ -118,20 +145,30 @@ class CreateVm:
                 image_uuid=plan.image_uuid if root else None,
                 image_url=plan.image_url if root else None,
             )
+            plan.volume_creates_sent.append(volume.uuid)
             reply = await self.agents.call(command, VolumeReply)
             volume.install_path = reply.install_path
             plan.created_on_agent.append(volume.uuid)
 
     async def _delete_volumes(self, plan: CreatePlan) -> None:
         assert plan.host_uuid
-        # The volumes the agent said it made. (One whose create went unanswered is unknown here:
-        # the protocol deletes by path; deleting by volume uuid would close that gap.)
+        failed: RingstackError | None = None
         for volume in plan.volumes:
+            if volume.uuid not in plan.volume_creates_sent:
+                continue
             if volume.uuid in plan.created_on_agent and volume.install_path:
-                await self.agents.call(
-                    DeleteVolumeCommand(host_uuid=plan.host_uuid, install_path=volume.install_path),
-                    EmptyReply,
+                command = DeleteVolumeCommand(host_uuid=plan.host_uuid, install_path=volume.install_path)
+            else:
+                # Its create went unanswered, yet may have made the volume: delete it by uuid.
+                command = plans.delete_by_uuid(
+                    plan.host_uuid, volume.uuid, plan.ps_uuid, plan.ps_url, plan.ps_type
                 )
+            try:
+                await self.agents.call(command, EmptyReply)
+            except RingstackError as exc:  # the other volumes are still deleted
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
     async def _prepare_network(self, plan: CreatePlan) -> None:
         assert plan.host_uuid

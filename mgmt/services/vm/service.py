@@ -12,7 +12,7 @@ from bus.errors import RingstackError, Sys
 from mgmt.core import capacity
 from mgmt.core.access import load_owned, load_visible
 from mgmt.core.agents import AgentClient
-from mgmt.core.db import Database, create_guard
+from mgmt.core.db import Database, create_guard, ownership_lost
 from mgmt.core.events import EventPublisher
 from mgmt.core.extensions import ExtensionRegistry
 from mgmt.core.query import QueryTarget, Relation, run_query
@@ -169,43 +169,45 @@ class VmService(Service):
             done = await self._clean_interrupted_create(vm_uuid)
             if done is not None:
                 return VmReply(inventory=done)
-        else:
-            await self.db.run(lambda s: create_guard(s, VmInstance, vm_uuid, ctx))
-        plan = await self.db.run(plans.resolve, msg, vm_uuid, ctx.account)
+        # Guard, resolve and reserve run in the chain's first transaction (``plans.prepare``).
+        plan = plans.CreatePlan.of_request(msg, vm_uuid, ctx.account, guard=not ctx.resumed)
         try:
             await self.creator.run(plan, ctx.deadline)
         except RingstackError as exc:
-            await self.events.resource_event(
-                "vm", vm_uuid, "createFailed", {"name": msg.name, "error": exc.to_wire()}
-            )
+            if not ownership_lost(exc):  # else it has not failed: the next owner resumes it
+                await self.events.resource_event(
+                    "vm", vm_uuid, "createFailed", {"name": msg.name, "error": exc.to_wire()}
+                )
             raise
-        return await self._reply(vm_uuid, "created")
+        assert plan.inventory is not None
+        await self.events.resource_event("vm", vm_uuid, "created", plan.inventory.to_wire())
+        return VmReply(inventory=plan.inventory)
 
     async def _clean_interrupted_create(self, vm_uuid: str) -> VmInstanceInventory | None:
-        """A create whose node died: finished already (return it), or undo what it left."""
+        """A create whose node died (or lost its ownership): finished already (return it), or undo
+        what it left, on the host and in the database, so that it can run again from the start."""
 
-        def read(session: Session) -> tuple[str, str | None, list[str]] | None:
+        def read(session: Session) -> tuple[str, str | None, list[DeleteVolumeCommand]] | None:
             vm = session.get(VmInstance, vm_uuid)
             if vm is None:
                 return None
-            paths = [
-                v.install_path
-                for v in session.scalars(select(Volume).where(Volume.vm_instance_uuid == vm_uuid))
-                if v.install_path and v.type == "Root"
-            ]
-            return vm.state, vm.host_uuid or vm.last_host_uuid, paths
+            host = vm.host_uuid or vm.last_host_uuid
+            volumes = plans.leftover_volumes(session, vm_uuid, host) if host else []
+            return vm.state, host, volumes
 
         found = await self.db.run(read)
         if found is None:
             return None
-        state, host, _ = found
+        state, host, volumes = found
         if state in (VmState.RUNNING, VmState.STOPPED):
             return await self.db.run(inventory, vm_uuid)
         if host is not None:
             try:
                 await self.agents.call(DestroyVmCommand(host_uuid=host, vm_uuid=vm_uuid), VmStateReply)
+                for command in volumes:
+                    await self.agents.call(command, EmptyReply)
             except RingstackError as exc:
-                log.warning("cleaning interrupted create of %s: destroy on %s failed: %s", vm_uuid, host, exc)
+                log.warning("cleaning interrupted create of %s: undo on %s failed: %s", vm_uuid, host, exc)
         await self.db.run(plans.release, vm_uuid)
         return None
 
