@@ -108,18 +108,17 @@ async def test_an_armed_connection_that_sent_nothing_goes_back_to_the_pool_disar
 
 
 async def test_a_takeover_waits_for_the_fenced_transaction_in_flight(db):
-    wrote = threading.Event()
+    wrote, release, took_over = threading.Event(), threading.Event(), threading.Event()
 
     def slow_write(session: Session) -> None:
         insert_text(session)
         wrote.set()
-        time.sleep(1.0)
+        release.wait(10)  # the fenced transaction stays open until the test lets it commit
 
     write = asyncio.create_task(fenced(db, slow_write))
     await asyncio.to_thread(wrote.wait, 10)
 
-    def take_over() -> float:
-        started = time.monotonic()
+    def take_over() -> None:
         with db.session() as session, session.begin():
             session.execute(
                 text(
@@ -127,11 +126,15 @@ async def test_a_takeover_waits_for_the_fenced_transaction_in_flight(db):
                 ),
                 {"n": "d" * 32, "p": PARTITION},
             )
-        return time.monotonic() - started
+        took_over.set()
 
-    waited = await asyncio.to_thread(take_over)
+    takeover = asyncio.create_task(asyncio.to_thread(take_over))
+    # While the fenced transaction is open the takeover cannot commit (its FOR SHARE lock holds it).
+    assert not await asyncio.to_thread(took_over.wait, 0.5)
+    release.set()
     await write
-    assert waited > 0.5  # it waited for the fenced transaction's commit
+    await takeover
+    assert took_over.is_set()
     with pytest.raises(RingstackError) as err:  # and the old holder is refused from then on
         await fenced(db, insert_many)
     assert err.value.code == Sys.NOT_OWNER
