@@ -721,7 +721,9 @@ class SshLibvirtHost:
         )
         wait_until(lambda: self._port_open(22) or self.sshd.poll() is not None, 20, "sshd to listen")
         if self.sshd.poll() is not None:
-            raise AssertionError(f"sshd exited: {self.sshd.stderr.read().decode() if self.sshd.stderr else ''}")
+            raise AssertionError(
+                f"sshd exited: {self.sshd.stderr.read().decode() if self.sshd.stderr else ''}"
+            )
 
     def _port_open(self, port: int) -> bool:
         import socket
@@ -741,3 +743,28 @@ class SshLibvirtHost:
             return int((self.own_agent_dir / "run" / "agent.pid").read_text())
         except (FileNotFoundError, ValueError):
             return None
+
+
+def console(lab: MigrationLab, vm_uuid: str) -> str:
+    """The guest's serial console log so far (empty before its first start)."""
+    try:
+        return (lab.base / "console" / f"{vm_uuid}.log").read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+async def echoes(lab: MigrationLab, host: LibvirtHost, vm_uuid: str, timeout: float = 30) -> None:
+    """A line written to the guest's serial console on ``host`` comes back: its kernel runs there."""
+    line = f"ringstack-alive-{uuidlib.uuid4().hex[:8]}"
+    # Held open until the echo is seen: QEMU reads its pty only while someone is connected.
+    fd = os.open(host.serial_pty(vm_uuid), os.O_RDWR | os.O_NOCTTY)
+    try:
+        os.write(fd, f"{line}\n".encode())
+        await await_until(
+            lambda: line in console(lab, vm_uuid),
+            timeout,
+            f"the guest on {host.ns.name} to echo {line}; its console:\n{console(lab, vm_uuid)[-2000:]}",
+            interval=0.1,
+        )
+    finally:
+        os.close(fd)

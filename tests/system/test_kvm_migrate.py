@@ -15,7 +15,6 @@ the new host comes back echoed by the guest's kernel, and it has not booted agai
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid as uuidlib
 from pathlib import Path
@@ -45,14 +44,16 @@ from tests.system.kvmsupport import (
     MiB,
     MigrationLab,
     await_until,
+    console,
     delete_agent_queues,
+    echoes,
     l2,
     nic,
     vm_spec,
 )
 
+REPORT_TIMEOUT = 30
 BOOT_TIMEOUT = 120  # a TCG boot takes seconds; a loaded CI machine may take many more
-ECHO_TIMEOUT = 30
 UPLINK = "rsup0"  # the guest L2's "physical" interface, the same name on both hosts
 
 
@@ -131,30 +132,6 @@ async def hosts(lab, client, broker_url, namespace):
         await hosts.close()
 
 
-def console(lab: MigrationLab, vm_uuid: str) -> str:
-    try:
-        return (lab.base / "console" / f"{vm_uuid}.log").read_text(errors="replace")
-    except FileNotFoundError:
-        return ""
-
-
-async def echoes(lab: MigrationLab, host: LibvirtHost, vm_uuid: str) -> None:
-    """A line written to the guest's serial console on ``host`` comes back: its kernel runs there."""
-    line = f"ringstack-alive-{uuidlib.uuid4().hex[:8]}"
-    # Held open until the echo is seen: QEMU reads its pty only while someone is connected.
-    fd = os.open(host.serial_pty(vm_uuid), os.O_RDWR | os.O_NOCTTY)
-    try:
-        os.write(fd, f"{line}\n".encode())
-        await await_until(
-            lambda: line in console(lab, vm_uuid),
-            ECHO_TIMEOUT,
-            f"the guest on {host.ns.name} to echo {line}; its console:\n{console(lab, vm_uuid)[-2000:]}",
-            interval=0.1,
-        )
-    finally:
-        os.close(fd)
-
-
 async def test_a_running_guest_migrates_live_to_another_host_and_back(lab, guest, hosts):
     one, two = lab.hosts
     shared = lab.base / "ps"  # both hosts see these files at this path: shared primary storage
@@ -217,7 +194,7 @@ async def test_a_running_guest_migrates_live_to_another_host_and_back(lab, guest
 
     # Reports: the destination's agent reports the VM that arrived, once it runs there; the source's
     # says nothing of a VM it sent away (its reply did), nor did the destination of the failed try.
-    await await_until(lambda: b.reports, ECHO_TIMEOUT, "host two's agent to report the VM")
+    await await_until(lambda: b.reports, REPORT_TIMEOUT, "host two's agent to report the VM")
     assert [(r.vm_uuid, r.state, r.reason) for r in b.reports] == [arrived(vm)]
     assert a.reports == []
 
@@ -241,7 +218,7 @@ async def test_a_running_guest_migrates_live_to_another_host_and_back(lab, guest
     assert one.domain_state(vm) == (libvirt.VIR_DOMAIN_RUNNING, True)
     await echoes(lab, one, vm)
     assert "RINGSTACK-GUEST-READY" not in console(lab, vm)
-    await await_until(lambda: a.reports, ECHO_TIMEOUT, "host one's agent to report the VM")
+    await await_until(lambda: a.reports, REPORT_TIMEOUT, "host one's agent to report the VM")
     assert [(r.vm_uuid, r.state, r.reason) for r in a.reports] == [arrived(vm)]
     assert b.reports == []
 

@@ -20,7 +20,6 @@ the new host comes back echoed by its kernel, and it did not boot again.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import time
 import urllib.parse
@@ -35,12 +34,13 @@ from mgmt.core.brokeradmin import BrokerAdmin, agent_username
 from mgmt.node import ManagementNode
 from tests.support import infra
 from tests.system.kvmsupport import (
-    LibvirtHost,
     MigrationLab,
     SshLibvirtHost,
     TcpRelay,
     await_until,
+    console,
     delete_agent_queues,
+    echoes,
 )
 
 BUNDLES = Path("/var/tmp/ringstack-test-bundles")  # the agent bundle cache the other system tests use
@@ -49,7 +49,6 @@ MiB = 1 << 20
 DEPLOY_TIMEOUT = 600  # a first deployment installs the agent (about a minute on an idle 2-core machine)
 VM_TIMEOUT = 180
 BOOT_TIMEOUT = 120
-ECHO_TIMEOUT = 30
 UPLINK = "rsup0"  # the guest L2's "physical" interface, the same name on both hosts
 
 
@@ -131,30 +130,6 @@ async def kvm_node(node_config, lab):
         yield node
     finally:
         await node.stop()
-
-
-def console(lab: MigrationLab, vm_uuid: str) -> str:
-    try:
-        return (lab.base / "console" / f"{vm_uuid}.log").read_text(errors="replace")
-    except FileNotFoundError:
-        return ""
-
-
-async def echoes(lab: MigrationLab, host: LibvirtHost, vm_uuid: str) -> None:
-    """A line written to the guest's serial console on ``host`` comes back: its kernel runs there."""
-    line = f"ringstack-alive-{uuidlib.uuid4().hex[:8]}"
-    # Held open until the echo is seen: QEMU reads its pty only while someone is connected.
-    fd = os.open(host.serial_pty(vm_uuid), os.O_RDWR | os.O_NOCTTY)
-    try:
-        os.write(fd, f"{line}\n".encode())
-        await await_until(
-            lambda: line in console(lab, vm_uuid),
-            ECHO_TIMEOUT,
-            f"the guest on {host.ns.name} to echo {line}; its console:\n{console(lab, vm_uuid)[-2000:]}",
-            interval=0.1,
-        )
-    finally:
-        os.close(fd)
 
 
 async def test_a_guest_migrates_between_two_kvm_hosts_through_the_api(
