@@ -2,13 +2,16 @@
 
 An ``AgentServer`` consumes each host's queue, validates every command against the protocol,
 refuses commands meant for another host, and calls the host's ``HostAgent`` method named after the
-command (``agent.vm.start`` -> ``vm_start``). Replies go out through the replies exchange, the only
+command (``agent.vm.start`` -> ``vm_start``). One server speaks one protocol: the hypervisor
+agents' (``schema.agent``, the default) or another with the same conventions (the virtual
+router's, ``schema.vrouter``: ``vrouter.eip.create`` -> ``eip_create``). Replies go out through the replies exchange, the only
 place (besides its reports) an agent's broker user may publish to.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from bus.aio import AsyncBus, Consumer
@@ -26,14 +29,26 @@ class HostAgent(Protocol):
     host_uuid: str
 
 
-def method_name(command: str) -> str:
-    return command.removeprefix("agent.").replace(".", "_")
+Commands = Mapping[str, tuple[type[HostCommand], type[WireModel]]]
+
+
+def method_name(command: str, prefix: str = "agent.") -> str:
+    return command.removeprefix(prefix).replace(".", "_")
 
 
 class AgentServer:
-    def __init__(self, bus: AsyncBus, *, prefetch: int = 16) -> None:
+    def __init__(
+        self,
+        bus: AsyncBus,
+        *,
+        prefetch: int = 16,
+        commands: Commands = COMMANDS,
+        prefix: str = "agent.",
+    ) -> None:
         self.bus = bus
         self.prefetch = prefetch
+        self.commands = commands
+        self.prefix = prefix
         self._hosts: dict[str, tuple[HostAgent, Consumer]] = {}
 
     @property
@@ -58,7 +73,7 @@ class AgentServer:
             await self.bus.cancel(entry[1])
 
     async def handle(self, agent: HostAgent, env: Envelope) -> dict[str, Any]:
-        entry = COMMANDS.get(env.name)
+        entry = self.commands.get(env.name)
         if entry is None:
             raise RingstackError(Sys.UNKNOWN_MESSAGE, f"the agent does not know {env.name!r}")
         command_model, reply_model = entry
@@ -69,7 +84,7 @@ class AgentServer:
                 f"this agent is host {agent.host_uuid}, not {command.host_uuid}",
                 details={"agentHostUuid": agent.host_uuid},
             )
-        method = getattr(agent, method_name(env.name), None)
+        method = getattr(agent, method_name(env.name, self.prefix), None)
         if method is None:
             raise RingstackError(Sys.UNKNOWN_MESSAGE, f"this agent does not implement {env.name}")
         reply: WireModel = await method(command)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TypeVar
 
 from bus.aio import AsyncBus
@@ -11,18 +12,25 @@ from schema.api.base import WireModel, parse_wire
 
 R = TypeVar("R", bound=WireModel)
 
-_NAMES = {command: name for name, (command, _) in COMMANDS.items()}
+Commands = Mapping[str, tuple[type[HostCommand], type[WireModel]]]
 
 
 class AgentClient:
-    def __init__(self, bus: AsyncBus, default_timeout: float = 60.0) -> None:
+    """Calls one agent protocol: the hypervisor agents' by default, or another table of the same
+    shape (``schema.vrouter.COMMANDS`` for virtual routers)."""
+
+    def __init__(
+        self, bus: AsyncBus, default_timeout: float = 60.0, *, commands: Commands = COMMANDS
+    ) -> None:
         self.bus = bus
         self.default_timeout = default_timeout
+        self.commands = commands
+        self._names = {command: name for name, (command, _) in commands.items()}
 
     async def call(self, command: HostCommand, reply: type[R], *, timeout: float | None = None) -> R:
         """Send ``command`` to its host's agent and return the checked reply."""
-        name = _NAMES.get(type(command))
-        if name is None or COMMANDS[name][1] is not reply:
+        name = self._names.get(type(command))
+        if name is None or self.commands[name][1] is not reply:
             raise TypeError(f"{type(command).__name__} -> {reply.__name__} is not a protocol command")
         queue = self.bus.topology.agent_queue(command.host_uuid).name
         body = await self.bus.call(

@@ -1,0 +1,485 @@
+"""The virtual-router agent: one coroutine per command of ``schema.vrouter``.
+
+The agent keeps one desired state (``VrState``) plus the NIC configuration, persisted in its state
+directory, and brings the data plane to it: iptables rules (``rules``), the VIP addresses on the
+public NIC, dnsmasq's entries (``dhcp``). Every mutating command computes the new desired state,
+validates it as a whole, applies the difference and answers whether anything ``changed``. Commands
+run one at a time (like ZStack's ``VyosLock``), so a batch is never interleaved with another.
+
+iptables: the kernel's tables are read once (``iptables-save``) and then tracked in memory; an
+incremental change is diffed against that copy and costs one ``iptables-restore --noflush`` per
+table it touches. A restore refused because the kernel drifted from the copy (a rule deleted by
+hand) re-reads the kernel and retries once. The reconcile loop re-reads periodically and repairs
+drift.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from agents.vrouter import rules
+from agents.vrouter.config import VrouterConfig
+from agents.vrouter.dhcp import Dnsmasq, GuestNet
+from agents.vrouter.proc import Result, Runner
+from bus.errors import RingstackError
+from schema.agent import AgentErrors
+from schema.vrouter import (
+    PROTOCOL_VERSION,
+    ChangeReply,
+    ConfigureNicsCommand,
+    ConnectCommand,
+    ConnectReply,
+    DhcpCommand,
+    DhcpRemoveCommand,
+    DnsCommand,
+    EipCommand,
+    FactsCommand,
+    NicConfig,
+    NicFacts,
+    PingCommand,
+    PingReply,
+    PortForwardingCommand,
+    SnatCommand,
+    SyncCommand,
+    VipCommand,
+    VrCounts,
+    VrErrors,
+    VrFacts,
+    VrState,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Link:
+    mac: str
+    up: bool
+    addresses: list[str]  # IPv4 "ip/prefix"
+
+
+def agent_version() -> str:
+    try:
+        return f"ringstack-vrouter-agent/{metadata.version('ringstack')}"
+    except metadata.PackageNotFoundError:
+        return "ringstack-vrouter-agent/unknown"
+
+
+class VrouterAgent:
+    def __init__(self, config: VrouterConfig, runner: Runner | None = None) -> None:
+        self.config = config
+        self.host_uuid = config.host_uuid
+        self.runner = runner or Runner()
+        self.base = Path(config.state_dir)
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.dnsmasq = Dnsmasq(self.base / "dnsmasq", self.runner, lease_time=config.dhcp_lease_time)
+        self.lock = asyncio.Lock()
+        self.started = time.monotonic()
+        self.state, self.nics = self._load()
+        self._tables: dict[str, rules.TableDump] = {}  # the kernel's tables as we last saw or made them
+        self._reconciler: asyncio.Task[None] | None = None
+        self.drift_repairs = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        await self._write_sysctl()
+        if self.config.reconcile_interval > 0:
+            self._reconciler = asyncio.create_task(self._reconcile_loop())
+
+    async def close(self) -> None:
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconciler
+
+    async def _write_sysctl(self) -> None:
+        # A router forwards (in a namespace the setting is the namespace's own).
+        result = await self.runner.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        if not result.ok:
+            log.warning("cannot enable forwarding: %s", result.stderr.strip())
+
+    # ------------------------------------------------------------------ commands: identity
+
+    async def connect(self, cmd: ConnectCommand) -> ConnectReply:
+        if cmd.protocol_version != PROTOCOL_VERSION:
+            raise RingstackError(
+                AgentErrors.PROTOCOL_MISMATCH,
+                f"this agent speaks virtual-router protocol {PROTOCOL_VERSION}, not {cmd.protocol_version}",
+            )
+        return ConnectReply(
+            host_uuid=self.host_uuid,
+            protocol_version=PROTOCOL_VERSION,
+            agent_version=agent_version(),
+            facts=await self._facts(),
+        )
+
+    async def ping(self, cmd: PingCommand) -> PingReply:
+        return PingReply(
+            host_uuid=self.host_uuid, agent_version=agent_version(), uptime=time.monotonic() - self.started
+        )
+
+    async def facts(self, cmd: FactsCommand) -> VrFacts:
+        return await self._facts()
+
+    # ------------------------------------------------------------------ commands: NICs and sync
+
+    async def configure_nics(self, cmd: ConfigureNicsCommand) -> ChangeReply:
+        async with self.lock:
+            links = await self._links()
+            batch: list[str] = []
+            nics = dict(self.nics)
+            for nic in cmd.nics:
+                name = self._name_of(links, nic.mac)
+                have = links[name]
+                if not have.up:
+                    batch.append(f"link set dev {name} up")
+                if str(nic.address) not in have.addresses:
+                    batch.append(f"address replace {nic.address} dev {name}")
+                # Another primary address on the NIC (an old configuration) goes; /32s are VIPs.
+                for other in have.addresses:
+                    if other != str(nic.address) and not other.endswith("/32"):
+                        batch.append(f"address del {other} dev {name}")
+                if nic.role == "Public" and nic.gateway is not None:
+                    route = await self.runner.run(["ip", "-j", "route", "show", "default"])
+                    current = json.loads(route.stdout or "[]") if route.ok else []
+                    if not any(
+                        r.get("gateway") == str(nic.gateway) and r.get("dev") == name for r in current
+                    ):
+                        batch.append(f"route replace default via {nic.gateway} dev {name}")
+                nics[nic.mac] = nic
+            if batch:
+                await self._ip_batch(batch)
+            self.nics = nics
+            changed = await self._apply(self.state, reread=True) or bool(batch)
+            self._save()
+            return self._reply(changed)
+
+    async def sync(self, cmd: SyncCommand) -> ChangeReply:
+        """The whole desired state: afterwards the VR holds exactly this. The kernel is re-read
+        first (a rebooted VR, rules deleted by hand), so the diff is against the truth."""
+        async with self.lock:
+            changed = await self._apply(cmd.state, reread=True)
+            return self._reply(changed)
+
+    # ------------------------------------------------------------------ commands: incremental
+
+    async def snat_set(self, cmd: SnatCommand) -> ChangeReply:
+        return await self._change(
+            lambda s: {"snats": [x for x in s.snats if x.guest_cidr != cmd.snat.guest_cidr] + [cmd.snat]}
+        )
+
+    async def snat_remove(self, cmd: SnatCommand) -> ChangeReply:
+        return await self._change(
+            lambda s: {"snats": [x for x in s.snats if x.guest_cidr != cmd.snat.guest_cidr]}
+        )
+
+    async def vip_create(self, cmd: VipCommand) -> ChangeReply:
+        return await self._change(lambda s: {"vips": [x for x in s.vips if x.ip != cmd.vip.ip] + [cmd.vip]})
+
+    async def vip_remove(self, cmd: VipCommand) -> ChangeReply:
+        return await self._change(lambda s: {"vips": [x for x in s.vips if x.ip != cmd.vip.ip]})
+
+    async def eip_create(self, cmd: EipCommand) -> ChangeReply:
+        return await self._change(
+            lambda s: {"eips": [x for x in s.eips if x.uuid != cmd.eip.uuid] + [cmd.eip]}
+        )
+
+    async def eip_remove(self, cmd: EipCommand) -> ChangeReply:
+        return await self._change(lambda s: {"eips": [x for x in s.eips if x.uuid != cmd.eip.uuid]})
+
+    async def pf_create(self, cmd: PortForwardingCommand) -> ChangeReply:
+        return await self._change(
+            lambda s: {
+                "port_forwardings": [x for x in s.port_forwardings if x.uuid != cmd.rule.uuid] + [cmd.rule]
+            }
+        )
+
+    async def pf_remove(self, cmd: PortForwardingCommand) -> ChangeReply:
+        return await self._change(
+            lambda s: {"port_forwardings": [x for x in s.port_forwardings if x.uuid != cmd.rule.uuid]}
+        )
+
+    async def dhcp_add(self, cmd: DhcpCommand) -> ChangeReply:
+        macs = {e.mac for e in cmd.entries}
+        return await self._change(lambda s: {"dhcp": [x for x in s.dhcp if x.mac not in macs] + cmd.entries})
+
+    async def dhcp_remove(self, cmd: DhcpRemoveCommand) -> ChangeReply:
+        macs = set(cmd.macs)
+        return await self._change(lambda s: {"dhcp": [x for x in s.dhcp if x.mac not in macs]})
+
+    async def dns_set(self, cmd: DnsCommand) -> ChangeReply:
+        return await self._change(lambda s: {"dns": cmd.dns})
+
+    # ------------------------------------------------------------------ applying
+
+    async def _change(self, update: Callable[[VrState], dict[str, object]]) -> ChangeReply:
+        async with self.lock:
+            fields = {**dict(self.state), **update(self.state)}
+            try:
+                new = VrState.model_validate(fields)
+            except ValidationError as exc:
+                problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+                raise RingstackError(
+                    VrErrors.CONFLICT, f"the change conflicts with the VR's state: {problems}"
+                ) from None
+            changed = await self._apply(new, reread=False)
+            return self._reply(changed)
+
+    def _interfaces(self, links: dict[str, Link]) -> rules.Interfaces:
+        by_mac = {v.mac: name for name, v in links.items()}
+        roles: dict[str, list[str]] = {"Public": [], "Management": [], "Guest": []}
+        for nic in self.nics.values():
+            name = by_mac.get(nic.mac)
+            if name is None:
+                raise RingstackError(VrErrors.NIC_NOT_FOUND, f"no interface with MAC {nic.mac} in this VR")
+            roles[nic.role].append(name)
+        return rules.Interfaces(
+            public=roles["Public"][0] if roles["Public"] else None,
+            management=roles["Management"][0] if roles["Management"] else None,
+            guests=tuple(sorted(roles["Guest"])),
+        )
+
+    async def _apply(self, state: VrState, *, reread: bool) -> bool:
+        links = await self._links()
+        nics = self._interfaces(links)
+        try:
+            desired = rules.render(state, nics)
+        except rules.NotConfigured as exc:
+            raise RingstackError(VrErrors.NOT_CONFIGURED, str(exc)) from None
+        changed = False
+        changed_vips: set[str] = set()
+        for table in rules.TABLES:
+            lines = await self._apply_table(table, desired[table], reread=reread)
+            changed |= bool(lines)
+            changed_vips |= _vips_touched(lines)
+        # The state is saved once the rules hold it: an incremental change after an agent restart
+        # starts from it, and a crash before this point is repaired by the next sync.
+        self.state = state
+        self._save()
+        changed |= await self._apply_vips(state, links, nics)
+        changed |= await self._apply_dhcp(state)
+        if changed_vips:
+            await self._forget_connections(changed_vips)
+        return changed
+
+    async def _apply_table(self, table: str, desired: rules.Chains, *, reread: bool) -> list[str]:
+        if reread or table not in self._tables:
+            self._tables[table] = await self._save_table(table)
+        lines = rules.diff_table(table, desired, self._tables[table])
+        if not lines:
+            return lines
+        result = await self._restore(table, lines)
+        if not result.ok:  # the kernel drifted from our copy: read it and try once more
+            self._tables[table] = await self._save_table(table)
+            lines = rules.diff_table(table, desired, self._tables[table])
+            if lines:
+                result = await self._restore(table, lines)
+                if not result.ok:
+                    raise RingstackError(
+                        VrErrors.APPLY_FAILED,
+                        f"iptables-restore refused the {table} table: {result.stderr.strip()}",
+                        details={"table": table},
+                    )
+        self._tables[table] = rules.apply_to_dump(self._tables[table], lines)
+        return lines
+
+    def _tool(self, name: str) -> str:
+        return f"iptables-{self.config.firewall}-{name}"
+
+    async def _save_table(self, table: str) -> rules.TableDump:
+        result = await self.runner.run([self._tool("save"), "-t", table])
+        if not result.ok:
+            raise RingstackError(VrErrors.APPLY_FAILED, f"iptables-save -t {table}: {result.stderr.strip()}")
+        return rules.parse_save(result.stdout)
+
+    async def _restore(self, table: str, lines: list[str]) -> Result:
+        return await self.runner.run(
+            [self._tool("restore"), "--noflush", "-w", "5"], stdin=rules.restore_text(table, lines)
+        )
+
+    async def _apply_vips(self, state: VrState, links: dict[str, Link], nics: rules.Interfaces) -> bool:
+        """Every VIP (and an SNAT address that is not the public NIC's own) as a /32 on the public
+        NIC, so the VR answers ARP for it; /32s no longer wanted are removed."""
+        if nics.public is None:
+            return False
+        public = next(n for n in self.nics.values() if n.role == "Public")
+        want = {str(v.ip) for v in state.vips}
+        want |= {str(e.vip_ip) for e in state.eips} | {str(p.vip_ip) for p in state.port_forwardings}
+        want |= {str(s.public_ip) for s in state.snats}
+        want.discard(str(public.address.ip))
+        addresses = links[nics.public].addresses
+        have = {a.removesuffix("/32") for a in addresses if a.endswith("/32") and a != str(public.address)}
+        batch = [f"address add {ip}/32 dev {nics.public}" for ip in sorted(want - have)]
+        batch += [f"address del {ip}/32 dev {nics.public}" for ip in sorted(have - want)]
+        if batch:
+            await self._ip_batch(batch)
+        return bool(batch)
+
+    async def _apply_dhcp(self, state: VrState) -> bool:
+        links = await self._links() if any(n.role == "Guest" for n in self.nics.values()) else {}
+        by_mac = {v.mac: name for name, v in links.items()}
+        nets = [
+            GuestNet(by_mac[n.mac], n.address)
+            for n in self.nics.values()
+            if n.role == "Guest" and n.mac in by_mac
+        ]
+        try:
+            return await self.dnsmasq.apply(nets, state.dhcp, state.dns)
+        except RuntimeError as exc:
+            raise RingstackError(VrErrors.APPLY_FAILED, str(exc)) from None
+
+    async def _forget_connections(self, vips: set[str]) -> None:
+        """Tracked connections keep their old NAT; drop those of VIPs whose rules changed (an EIP
+        moved to another VM must not keep reaching the first). One process per VIP, only for
+        VIPs whose rules changed or went."""
+        for vip in sorted(vips):
+            await self.runner.run(["conntrack", "-D", "--orig-dst", vip])  # exit 1: none to delete
+
+    async def _ip_batch(self, commands: list[str]) -> None:
+        result = await self.runner.run(["ip", "-batch", "-"], stdin="\n".join(commands) + "\n")
+        if not result.ok:
+            raise RingstackError(VrErrors.APPLY_FAILED, f"ip refused: {result.stderr.strip()}")
+
+    async def _links(self) -> dict[str, Link]:
+        result = await self.runner.run(["ip", "-j", "address", "show"])
+        if not result.ok:
+            raise RingstackError(VrErrors.APPLY_FAILED, f"ip address show: {result.stderr.strip()}")
+        return {
+            link["ifname"]: Link(
+                mac=link.get("address", ""),
+                up="UP" in link.get("flags", []),
+                addresses=[
+                    f"{a['local']}/{a['prefixlen']}"
+                    for a in link.get("addr_info", [])
+                    if a.get("family") == "inet"
+                ],
+            )
+            for link in json.loads(result.stdout)
+        }
+
+    def _name_of(self, links: dict[str, Link], mac: str) -> str:
+        for name, link in links.items():
+            if link.mac == mac:
+                return name
+        raise RingstackError(
+            VrErrors.NIC_NOT_FOUND, f"no interface with MAC {mac} in this VR", details={"mac": mac}
+        )
+
+    # ------------------------------------------------------------------ drift
+
+    async def reconcile(self) -> bool:
+        """Re-read the kernel and repair whatever differs from the desired state."""
+        async with self.lock:
+            changed = await self._apply(self.state, reread=True)
+        if changed:
+            self.drift_repairs += 1
+            log.warning("repaired drift from the desired state")
+        return changed
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reconcile_interval)
+            try:
+                await self.reconcile()
+            except RingstackError as exc:
+                log.warning("reconcile failed: %s", exc.message)
+
+    # ------------------------------------------------------------------ state and facts
+
+    def _counts(self) -> VrCounts:
+        s = self.state
+        try:
+            desired = rules.render(s, self._interfaces_cached())
+        except (rules.NotConfigured, RingstackError):
+            desired = {}
+        return VrCounts(
+            snats=len(s.snats),
+            vips=len(s.vips),
+            eips=len(s.eips),
+            port_forwardings=len(s.port_forwardings),
+            dhcp_entries=len(s.dhcp),
+            nat_rules=rules.count_rules(desired, "nat"),
+            filter_rules=rules.count_rules(desired, "filter"),
+        )
+
+    def _interfaces_cached(self) -> rules.Interfaces:
+        # Counting needs no interface names; placeholders keep ``render`` happy.
+        roles = {n.role for n in self.nics.values()}
+        return rules.Interfaces(
+            public="pub" if "Public" in roles else None,
+            management="mgmt" if "Management" in roles else None,
+            guests=tuple(f"g{i}" for i, n in enumerate(self.nics.values()) if n.role == "Guest"),
+        )
+
+    def _reply(self, changed: bool) -> ChangeReply:
+        return ChangeReply(changed=changed, counts=self._counts())
+
+    async def _facts(self) -> VrFacts:
+        links = await self._links()
+        roles = {n.mac: n.role for n in self.nics.values()}
+        return VrFacts(
+            agent_version=agent_version(),
+            firewall=f"iptables-{self.config.firewall}",
+            dnsmasq_pid=self.dnsmasq.pid(),
+            dnsmasq_restarts=self.dnsmasq.restarts,
+            dnsmasq_reloads=self.dnsmasq.reloads,
+            processes=dict(self.runner.spawned),
+            nics=[
+                NicFacts(
+                    name=name,
+                    mac=link.mac,
+                    addresses=list(link.addresses),
+                    role=roles.get(link.mac),
+                )
+                for name, link in sorted(links.items())
+                if name != "lo"
+            ],
+            counts=self._counts(),
+        )
+
+    def _save(self) -> None:
+        data = {
+            "state": self.state.to_wire(),
+            "nics": [n.to_wire() for n in self.nics.values()],
+        }
+        path = self.base / "state.json"
+        tmp = path.with_name("state.json.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+
+    def _load(self) -> tuple[VrState, dict[str, NicConfig]]:
+        path = self.base / "state.json"
+        try:
+            data = json.loads(path.read_text())
+            state = VrState.from_wire(data["state"])
+            nics = [NicConfig.from_wire(n) for n in data["nics"]]
+        except FileNotFoundError:
+            return VrState(), {}
+        except (ValueError, KeyError, ValidationError) as exc:
+            log.error("ignoring an unreadable %s (%s); the next sync restores the state", path, exc)
+            return VrState(), {}
+        return state, {n.mac: n for n in nics}
+
+
+def _vips_touched(lines: list[str]) -> set[str]:
+    """VIPs whose DNAT rules were deleted or rewritten by ``lines`` (pure additions need no
+    conntrack cleanup)."""
+    out: set[str] = set()
+    for line in lines:
+        if line.startswith("-D ") and "-j DNAT" in line:
+            words = line.split()
+            if "-d" in words:
+                out.add(words[words.index("-d") + 1].removesuffix("/32"))
+    return out

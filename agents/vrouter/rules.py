@@ -1,0 +1,208 @@
+"""The VR's iptables rules: rendered from the desired state, diffed against the kernel's, applied as
+one ``iptables-restore --noflush`` text per table.
+
+Ownership is by chain name: every chain ringstack owns is named ``rs-*`` and is entered from a
+built-in chain by one jump rule commented ``ringstack``. Nothing else in any table is read for
+anything but those jumps, so rules and chains ringstack does not own are never touched.
+
+Rules are rendered exactly as ``iptables-save`` prints them (both the nft and the legacy backend
+print the same text), so "desired == current" is a string comparison and applying a diff twice is
+a no-op (tests check that). The big chains (one rule per EIP or port forwarding) are sets: their
+order does not matter, because their rules match disjoint destinations (one service per VIP, no
+overlapping port ranges, see ``schema.vrouter.check_consistent``), so a change there is a few
+``-D``/``-A`` lines. The small fixed chains are ordered and are rewritten whole when they differ.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from schema.vrouter import Eip, PortForwarding, Snat, VrState
+
+OWN_PREFIX = "rs-"
+JUMP_COMMENT = "ringstack"
+
+# table -> built-in chain -> our chain entered from its top
+JUMPS: dict[str, dict[str, str]] = {
+    "nat": {"PREROUTING": "rs-PREROUTING", "POSTROUTING": "rs-POSTROUTING"},
+    "filter": {"FORWARD": "rs-FORWARD"},
+}
+# chains whose rule order matters (rewritten whole on any difference)
+ORDERED = {"rs-PREROUTING", "rs-POSTROUTING", "rs-FORWARD"}
+TABLES = ("nat", "filter")
+
+Chains = dict[str, list[str]]  # chain -> rule specs (what follows "-A <chain> ")
+
+
+@dataclass(frozen=True)
+class Interfaces:
+    """Interface names of the VR's configured NICs (found by MAC)."""
+
+    public: str | None = None
+    management: str | None = None
+    guests: tuple[str, ...] = ()
+
+
+class NotConfigured(Exception):
+    """A service needs a NIC that is not configured yet."""
+
+
+def _comment(text: str) -> str:
+    return f'-m comment --comment "{text}"'
+
+
+def eip_dnat(eip: Eip) -> str:
+    return f"-d {eip.vip_ip}/32 {_comment('rs-eip-' + eip.uuid)} -j DNAT --to-destination {eip.guest_ip}"
+
+
+def eip_snat(eip: Eip, public: str) -> str:
+    return (
+        f"-s {eip.guest_ip}/32 -o {public} {_comment('rs-eip-' + eip.uuid)} -j SNAT --to-source {eip.vip_ip}"
+    )
+
+
+def _ports(start: int, end: int, sep: str) -> str:
+    return str(start) if start == end else f"{start}{sep}{end}"
+
+
+def pf_dnat(pf: PortForwarding) -> str:
+    proto = pf.protocol.lower()
+    source = "" if pf.allowed_cidr.prefixlen == 0 else f"-s {pf.allowed_cidr} "
+    if pf.private_port_start == pf.vip_port_start:
+        target = str(pf.guest_ip)  # the port stays as it came
+    elif pf.vip_port_start == pf.vip_port_end:
+        target = f"{pf.guest_ip}:{pf.private_port_start}"
+    else:  # a shifted range, port n -> n - vipStart + privateStart (kernel >= 5.x "base" syntax)
+        target = f"{pf.guest_ip}:{pf.private_port_start}-{pf.private_port_end}/{pf.vip_port_start}"
+    return (
+        f"{source}-d {pf.vip_ip}/32 -p {proto} -m {proto} --dport {_ports(pf.vip_port_start, pf.vip_port_end, ':')} "
+        f"{_comment('rs-pf-' + pf.uuid)} -j DNAT --to-destination {target}"
+    )
+
+
+def snat(rule: Snat, public: str) -> str:
+    return f"-s {rule.guest_cidr} -o {public} {_comment('rs-snat')} -j SNAT --to-source {rule.public_ip}"
+
+
+def render(state: VrState, nics: Interfaces) -> dict[str, Chains]:
+    """The complete desired content of every ringstack chain, per table."""
+    if (state.eips or state.snats) and nics.public is None:
+        raise NotConfigured("EIPs and SNAT need the public NIC configured first")
+    public = nics.public or ""
+    forward = [
+        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        # Packets our DNAT rules let in (EIP, port forwarding within its allowed CIDR).
+        "-m conntrack --ctstate DNAT -j ACCEPT",
+    ]
+    for guest in nics.guests:
+        if nics.management is not None:
+            forward.append(f"-i {guest} -o {nics.management} -j DROP")  # guests never reach management
+        forward.append(f"-i {guest} -j ACCEPT")
+    # Anything else towards a guest network (from outside, not asked for) is dropped.
+    forward.extend(f"-o {guest} -j DROP" for guest in nics.guests)
+    return {
+        "nat": {
+            "rs-PREROUTING": ["-j rs-eip-dnat", "-j rs-pf-dnat"],
+            "rs-POSTROUTING": ["-j rs-eip-snat", "-j rs-snat"],
+            "rs-eip-dnat": [eip_dnat(e) for e in state.eips],
+            "rs-pf-dnat": [pf_dnat(p) for p in state.port_forwardings],
+            "rs-eip-snat": [eip_snat(e, public) for e in state.eips],
+            "rs-snat": [snat(s, public) for s in state.snats],
+        },
+        "filter": {"rs-FORWARD": forward},
+    }
+
+
+def jump_spec(chain: str) -> str:
+    return f"{_comment(JUMP_COMMENT)} -j {chain}"
+
+
+@dataclass
+class TableDump:
+    """What ``iptables-save -t <table>`` says about one table: every chain's rules."""
+
+    chains: dict[str, list[str]] = field(default_factory=dict)
+
+    def own(self) -> Chains:
+        return {c: rules for c, rules in self.chains.items() if c.startswith(OWN_PREFIX)}
+
+
+def parse_save(text: str) -> TableDump:
+    dump = TableDump()
+    for line in text.splitlines():
+        if line.startswith(":"):
+            dump.chains.setdefault(line[1:].split(" ", 1)[0], [])
+        elif line.startswith("-A "):
+            chain, _, spec = line[3:].partition(" ")
+            dump.chains.setdefault(chain, []).append(spec)
+    return dump
+
+
+def diff_table(table: str, desired: Chains, current: TableDump) -> list[str]:
+    """The restore lines (without ``*table``/``COMMIT``) turning ``current`` into ``desired``.
+    Empty when they already agree."""
+    declare: list[str] = []
+    edits: list[str] = []
+    drop: list[str] = []
+    own = current.own()
+    for chain, rules in desired.items():
+        have = own.get(chain)
+        if have == rules:
+            continue
+        if have is None or chain in ORDERED:
+            declare.append(f":{chain} - [0:0]")  # creates, or (with --noflush) flushes, the chain
+            edits.extend(f"-A {chain} {r}" for r in rules)
+            continue
+        want = Counter(rules)
+        extra = Counter(have) - want
+        missing = want - Counter(have)
+        if sum(extra.values()) > len(rules):  # mostly gone: rewriting is shorter than deleting
+            declare.append(f":{chain} - [0:0]")
+            edits.extend(f"-A {chain} {r}" for r in rules)
+            continue
+        for spec, n in extra.items():
+            edits.extend([f"-D {chain} {spec}"] * n)
+        for spec, n in missing.items():
+            edits.extend([f"-A {chain} {spec}"] * n)
+    for chain in own:
+        if chain not in desired:  # a chain of ours no longer wanted: flush, then delete below
+            declare.append(f":{chain} - [0:0]")
+            drop.append(f"-X {chain}")
+    for builtin, chain in JUMPS.get(table, {}).items():
+        spec = jump_spec(chain)
+        count = current.chains.get(builtin, []).count(spec)
+        if count == 0:
+            edits.append(f"-I {builtin} {spec}")
+        edits.extend([f"-D {builtin} {spec}"] * max(0, count - 1))
+    # A stale jump to a chain we delete would block the delete; ours are all in JUMPS.
+    return declare + edits + drop
+
+
+def restore_text(table: str, lines: list[str]) -> str:
+    return "\n".join([f"*{table}", *lines, "COMMIT", ""])
+
+
+def apply_to_dump(dump: TableDump, lines: list[str]) -> TableDump:
+    """What a table looks like after ``lines`` were restored onto it (the agent's cache of the
+    kernel, so an incremental change needs no ``iptables-save``)."""
+    chains = {c: list(r) for c, r in dump.chains.items()}
+    for line in lines:
+        if line.startswith(":"):
+            chains[line[1:].split(" ", 1)[0]] = []
+            continue
+        op, _, rest = line.partition(" ")
+        chain, _, spec = rest.partition(" ")
+        if op == "-A":
+            chains.setdefault(chain, []).append(spec)
+        elif op == "-I":
+            chains.setdefault(chain, []).insert(0, spec)
+        elif op == "-D":
+            chains[chain].remove(spec)
+        elif op == "-X":
+            chains.pop(chain, None)
+    return TableDump(chains)
+
+
+def count_rules(desired: dict[str, Chains], table: str) -> int:
+    return sum(len(rules) for rules in desired.get(table, {}).values())

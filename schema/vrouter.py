@@ -1,0 +1,318 @@
+"""The virtual-router agent protocol, version 1: every command, its reply, the desired-state model.
+
+Spoken between management nodes and the agent inside each virtual-router (VR) appliance VM (and
+the simulator). Transport and conventions are those of ``schema.agent``:
+
+- a ringstack envelope of kind ``call`` on the VR's own queue ``<ns>.agent.<vr_uuid>``; replies
+  through ``<ns>.replies``. Every command carries ``hostUuid``: the VR's uuid (the VR is tracked
+  like a host, and the shared agent server refuses a command meant for another one with
+  ``AGENT.WRONG_HOST``);
+- ``vrouter.connect`` carries the protocol version (``AGENT.PROTOCOL_MISMATCH`` otherwise);
+- every mutating command is idempotent and its reply says whether it ``changed`` anything;
+- ``vrouter.sync`` carries the whole desired state: afterwards the VR holds exactly that (every
+  SNAT, VIP, EIP, port forwarding, DHCP entry and DNS setting) and nothing else of ringstack's.
+  Rules ringstack does not own (chains not named ``rs-*``) are never touched.
+
+Every field that reaches a command line (addresses, CIDRs, ports, protocols, MACs, host names,
+uuids used in rule comments) is validated here, so a bad value is ``SYS.INVALID_ARGUMENT`` naming
+the field, before the agent runs anything. Cross-field rules (one service per VIP, no two DHCP
+entries with one MAC or IP, port ranges of equal length) are checked here too.
+"""
+
+from __future__ import annotations
+
+import itertools
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from schema.agent import HostCommand
+from schema.api.base import UUID_PATTERN, WireModel
+
+PROTOCOL_VERSION = 1
+
+Uuid = Annotated[str, Field(pattern=UUID_PATTERN)]
+Mac = Annotated[str, Field(pattern=r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+# RFC 1123 labels; dnsmasq and the DHCP client see them verbatim.
+Hostname = Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")]
+Domain = Annotated[
+    str,
+    Field(
+        max_length=253,
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$",
+    ),
+]
+NicRole = Literal["Management", "Public", "Guest"]
+Protocol = Literal["TCP", "UDP"]
+
+
+class VrErrors:
+    NIC_NOT_FOUND = "VROUTER.NIC_NOT_FOUND"  # no interface with that MAC in the VR
+    NOT_CONFIGURED = "VROUTER.NOT_CONFIGURED"  # a service names a NIC role not configured yet
+    APPLY_FAILED = "VROUTER.APPLY_FAILED"  # iptables-restore, ip or dnsmasq refused; message says why
+    CONFLICT = "VROUTER.CONFLICT"  # e.g. a VIP already used by another service
+
+
+# ---------------------------------------------------------------------- NICs
+
+
+class NicConfig(WireModel):
+    mac: Mac
+    role: NicRole
+    address: IPv4Interface  # the NIC's IP with its prefix, e.g. 10.0.0.1/24 (the guest gateway)
+    gateway: IPv4Address | None = None  # on the public NIC: the VR's default route
+
+    @model_validator(mode="after")
+    def _gateway_in_subnet(self) -> NicConfig:
+        if self.gateway is not None and self.gateway not in self.address.network:
+            raise ValueError(f"gateway {self.gateway} is outside {self.address.network}")
+        return self
+
+
+# ---------------------------------------------------------------------- services
+
+
+class Snat(WireModel):
+    """Guests of ``guestCidr`` leave through the public NIC as ``publicIp``."""
+
+    guest_cidr: IPv4Network
+    public_ip: IPv4Address
+
+
+class Vip(WireModel):
+    """An address the VR answers for on the public NIC (EIPs and port forwardings use one)."""
+
+    ip: IPv4Address
+
+
+class Eip(WireModel):
+    uuid: Uuid
+    vip_ip: IPv4Address
+    guest_ip: IPv4Address
+
+
+class PortForwarding(WireModel):
+    uuid: Uuid
+    vip_ip: IPv4Address
+    protocol: Protocol
+    vip_port_start: Port
+    vip_port_end: Port
+    private_port_start: Port
+    private_port_end: Port
+    guest_ip: IPv4Address
+    allowed_cidr: IPv4Network = IPv4Network("0.0.0.0/0")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> PortForwarding:
+        if self.vip_port_end < self.vip_port_start or self.private_port_end < self.private_port_start:
+            raise ValueError("a port range ends before it starts")
+        if self.vip_port_end - self.vip_port_start != self.private_port_end - self.private_port_start:
+            raise ValueError("the VIP and private port ranges differ in length")
+        return self
+
+
+class DhcpEntry(WireModel):
+    mac: Mac
+    ip: IPv4Address
+    hostname: Hostname | None = None
+    # False: the guest's other NICs' network; it gets an address but no router and no DNS.
+    default_route: bool = True
+
+
+class DnsSettings(WireModel):
+    """What guests are told: their DNS server is the VR (which forwards to ``servers``), their
+    search domain is ``domain``."""
+
+    servers: list[IPv4Address] = Field(default_factory=list, max_length=8)
+    domain: Domain | None = None
+
+
+class VrState(WireModel):
+    """Everything ringstack wants on one VR's data plane."""
+
+    snats: list[Snat] = Field(default_factory=list)
+    vips: list[Vip] = Field(default_factory=list)
+    eips: list[Eip] = Field(default_factory=list)
+    port_forwardings: list[PortForwarding] = Field(default_factory=list)
+    dhcp: list[DhcpEntry] = Field(default_factory=list)
+    dns: DnsSettings = Field(default_factory=DnsSettings)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> VrState:
+        check_consistent(self)
+        return self
+
+
+def check_consistent(state: VrState) -> None:
+    """The cross-entry rules a state must keep (raised as ValueError: an invalid argument)."""
+    _unique("EIP uuid", [e.uuid for e in state.eips])
+    _unique("port forwarding uuid", [p.uuid for p in state.port_forwardings])
+    _unique("VIP", [str(v.ip) for v in state.vips])
+    _unique("SNAT guest CIDR", [str(s.guest_cidr) for s in state.snats])
+    _unique("DHCP MAC", [d.mac for d in state.dhcp])
+    _unique("DHCP IP", [str(d.ip) for d in state.dhcp])
+    # A VIP serves one EIP, or port forwardings, never both (ZStack: one service per VIP).
+    eip_vips = [str(e.vip_ip) for e in state.eips]
+    _unique("EIP VIP", eip_vips)
+    pf_vips = {str(p.vip_ip) for p in state.port_forwardings}
+    both = pf_vips.intersection(eip_vips)
+    if both:
+        raise ValueError(f"VIP {sorted(both)[0]} is used by an EIP and by port forwarding")
+    # Two forwardings of one VIP and protocol must not overlap: each packet has one destination.
+    spans: dict[tuple[str, str], list[tuple[int, int, str]]] = {}
+    for p in state.port_forwardings:
+        spans.setdefault((str(p.vip_ip), p.protocol), []).append((p.vip_port_start, p.vip_port_end, p.uuid))
+    for (vip, proto), ranges in spans.items():
+        ranges.sort()
+        for (_, end, first), (start, _, second) in itertools.pairwise(ranges):
+            if start <= end:
+                raise ValueError(f"port forwardings {first} and {second} overlap on {vip} {proto}")
+
+
+def _unique(what: str, values: list[str]) -> None:
+    seen: set[str] = set()
+    for v in values:
+        if v in seen:
+            raise ValueError(f"duplicate {what} {v}")
+        seen.add(v)
+
+
+# ---------------------------------------------------------------------- commands
+
+
+class VrCommand(HostCommand):
+    """``hostUuid`` is the VR's uuid: the agent's identity on the bus."""
+
+
+class ConnectCommand(VrCommand):
+    protocol_version: int = PROTOCOL_VERSION
+    management_node_uuid: Uuid | None = None
+
+
+class NicFacts(WireModel):
+    name: str
+    mac: str
+    addresses: list[str]
+    role: NicRole | None = None
+
+
+class VrCounts(WireModel):
+    """What the VR holds now, counted from its desired state (the simulator keeps the same)."""
+
+    snats: int = 0
+    vips: int = 0
+    eips: int = 0
+    port_forwardings: int = 0
+    dhcp_entries: int = 0
+    nat_rules: int = 0
+    filter_rules: int = 0
+
+
+class VrFacts(WireModel):
+    agent_version: str
+    firewall: Literal["iptables-nft", "iptables-legacy", "simulator"]
+    dnsmasq_pid: int | None = None
+    dnsmasq_restarts: int = 0  # since the agent started; entries change by SIGHUP, not restarts
+    dnsmasq_reloads: int = 0
+    # processes the agent spawned since it started, per program (one iptables-restore per table
+    # and change, never one iptables per rule)
+    processes: dict[str, int] = Field(default_factory=dict)
+    nics: list[NicFacts] = Field(default_factory=list)
+    counts: VrCounts = Field(default_factory=VrCounts)
+
+
+class ConnectReply(WireModel):
+    host_uuid: Uuid
+    protocol_version: int
+    agent_version: str
+    facts: VrFacts
+
+
+class PingCommand(VrCommand):
+    pass
+
+
+class PingReply(WireModel):
+    host_uuid: Uuid
+    agent_version: str
+    uptime: float
+
+
+class FactsCommand(VrCommand):
+    pass
+
+
+class ConfigureNicsCommand(VrCommand):
+    """Set each NIC (found by MAC) up with its address; the public NIC's gateway becomes the
+    default route. NICs not named are left as they are."""
+
+    nics: list[NicConfig] = Field(min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _roles(self) -> ConfigureNicsCommand:
+        _unique("NIC MAC", [n.mac for n in self.nics])
+        for role in ("Management", "Public"):
+            if sum(n.role == role for n in self.nics) > 1:
+                raise ValueError(f"more than one {role} NIC")
+        return self
+
+
+class SyncCommand(VrCommand):
+    state: VrState
+
+
+class SnatCommand(VrCommand):
+    snat: Snat
+
+
+class VipCommand(VrCommand):
+    vip: Vip
+
+
+class EipCommand(VrCommand):
+    eip: Eip
+
+
+class PortForwardingCommand(VrCommand):
+    rule: PortForwarding
+
+
+class DhcpCommand(VrCommand):
+    entries: list[DhcpEntry] = Field(min_length=1)
+
+
+class DhcpRemoveCommand(VrCommand):
+    macs: list[Mac] = Field(min_length=1)
+
+
+class DnsCommand(VrCommand):
+    dns: DnsSettings
+
+
+class ChangeReply(WireModel):
+    changed: bool
+    counts: VrCounts
+
+
+COMMANDS: dict[str, tuple[type[VrCommand], type[WireModel]]] = {
+    "vrouter.connect": (ConnectCommand, ConnectReply),
+    "vrouter.ping": (PingCommand, PingReply),
+    "vrouter.facts": (FactsCommand, VrFacts),
+    "vrouter.configure_nics": (ConfigureNicsCommand, ChangeReply),
+    "vrouter.sync": (SyncCommand, ChangeReply),
+    "vrouter.snat.set": (SnatCommand, ChangeReply),
+    "vrouter.snat.remove": (SnatCommand, ChangeReply),
+    "vrouter.vip.create": (VipCommand, ChangeReply),
+    "vrouter.vip.remove": (VipCommand, ChangeReply),
+    "vrouter.eip.create": (EipCommand, ChangeReply),
+    "vrouter.eip.remove": (EipCommand, ChangeReply),
+    "vrouter.pf.create": (PortForwardingCommand, ChangeReply),
+    "vrouter.pf.remove": (PortForwardingCommand, ChangeReply),
+    "vrouter.dhcp.add": (DhcpCommand, ChangeReply),
+    "vrouter.dhcp.remove": (DhcpRemoveCommand, ChangeReply),
+    "vrouter.dns.set": (DnsCommand, ChangeReply),
+}
+
+COMMAND_PREFIX = "vrouter."
