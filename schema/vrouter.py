@@ -263,31 +263,47 @@ class SyncCommand(VrCommand):
     state: VrState
 
 
-class SnatCommand(VrCommand):
-    snat: Snat
+class SnatSetCommand(VrCommand):
+    snat: Snat  # replaces the SNAT of the same guest CIDR
 
 
-class VipCommand(VrCommand):
+class SnatRemoveCommand(VrCommand):
+    guest_cidr: IPv4Network
+
+
+class VipCreateCommand(VrCommand):
     vip: Vip
 
 
-class EipCommand(VrCommand):
-    eip: Eip
+class VipRemoveCommand(VrCommand):
+    ip: IPv4Address
 
 
-class PortForwardingCommand(VrCommand):
-    rule: PortForwarding
+class EipCreateCommand(VrCommand):
+    eip: Eip  # replaces the EIP of the same uuid (a move to another guest, or VIP)
 
 
-class DhcpCommand(VrCommand):
-    entries: list[DhcpEntry] = Field(min_length=1)
+class EipRemoveCommand(VrCommand):
+    uuid: Uuid
+
+
+class PortForwardingCreateCommand(VrCommand):
+    rule: PortForwarding  # replaces the rule of the same uuid
+
+
+class PortForwardingRemoveCommand(VrCommand):
+    uuid: Uuid
+
+
+class DhcpAddCommand(VrCommand):
+    entries: list[DhcpEntry] = Field(min_length=1)  # replace the entries of the same MACs
 
 
 class DhcpRemoveCommand(VrCommand):
     macs: list[Mac] = Field(min_length=1)
 
 
-class DnsCommand(VrCommand):
+class DnsSetCommand(VrCommand):
     dns: DnsSettings
 
 
@@ -302,17 +318,17 @@ COMMANDS: dict[str, tuple[type[VrCommand], type[WireModel]]] = {
     "vrouter.facts": (FactsCommand, VrFacts),
     "vrouter.configure_nics": (ConfigureNicsCommand, ChangeReply),
     "vrouter.sync": (SyncCommand, ChangeReply),
-    "vrouter.snat.set": (SnatCommand, ChangeReply),
-    "vrouter.snat.remove": (SnatCommand, ChangeReply),
-    "vrouter.vip.create": (VipCommand, ChangeReply),
-    "vrouter.vip.remove": (VipCommand, ChangeReply),
-    "vrouter.eip.create": (EipCommand, ChangeReply),
-    "vrouter.eip.remove": (EipCommand, ChangeReply),
-    "vrouter.pf.create": (PortForwardingCommand, ChangeReply),
-    "vrouter.pf.remove": (PortForwardingCommand, ChangeReply),
-    "vrouter.dhcp.add": (DhcpCommand, ChangeReply),
+    "vrouter.snat.set": (SnatSetCommand, ChangeReply),
+    "vrouter.snat.remove": (SnatRemoveCommand, ChangeReply),
+    "vrouter.vip.create": (VipCreateCommand, ChangeReply),
+    "vrouter.vip.remove": (VipRemoveCommand, ChangeReply),
+    "vrouter.eip.create": (EipCreateCommand, ChangeReply),
+    "vrouter.eip.remove": (EipRemoveCommand, ChangeReply),
+    "vrouter.pf.create": (PortForwardingCreateCommand, ChangeReply),
+    "vrouter.pf.remove": (PortForwardingRemoveCommand, ChangeReply),
+    "vrouter.dhcp.add": (DhcpAddCommand, ChangeReply),
     "vrouter.dhcp.remove": (DhcpRemoveCommand, ChangeReply),
-    "vrouter.dns.set": (DnsCommand, ChangeReply),
+    "vrouter.dns.set": (DnsSetCommand, ChangeReply),
 }
 
 COMMAND_PREFIX = "vrouter."

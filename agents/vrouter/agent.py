@@ -40,19 +40,23 @@ from schema.vrouter import (
     ConfigureNicsCommand,
     ConnectCommand,
     ConnectReply,
-    DhcpCommand,
+    DhcpAddCommand,
     DhcpRemoveCommand,
-    DnsCommand,
-    EipCommand,
+    DnsSetCommand,
+    EipCreateCommand,
+    EipRemoveCommand,
     FactsCommand,
     NicConfig,
     NicFacts,
     PingCommand,
     PingReply,
-    PortForwardingCommand,
-    SnatCommand,
+    PortForwardingCreateCommand,
+    PortForwardingRemoveCommand,
+    SnatRemoveCommand,
+    SnatSetCommand,
     SyncCommand,
-    VipCommand,
+    VipCreateCommand,
+    VipRemoveCommand,
     VrCounts,
     VrErrors,
     VrFacts,
@@ -175,43 +179,41 @@ class VrouterAgent:
 
     # ------------------------------------------------------------------ commands: incremental
 
-    async def snat_set(self, cmd: SnatCommand) -> ChangeReply:
+    async def snat_set(self, cmd: SnatSetCommand) -> ChangeReply:
+        cidr = cmd.snat.guest_cidr
         return await self._change(
-            lambda s: {"snats": [x for x in s.snats if x.guest_cidr != cmd.snat.guest_cidr] + [cmd.snat]}
+            lambda s: {"snats": [x for x in s.snats if x.guest_cidr != cidr] + [cmd.snat]}
         )
 
-    async def snat_remove(self, cmd: SnatCommand) -> ChangeReply:
-        return await self._change(
-            lambda s: {"snats": [x for x in s.snats if x.guest_cidr != cmd.snat.guest_cidr]}
-        )
+    async def snat_remove(self, cmd: SnatRemoveCommand) -> ChangeReply:
+        return await self._change(lambda s: {"snats": [x for x in s.snats if x.guest_cidr != cmd.guest_cidr]})
 
-    async def vip_create(self, cmd: VipCommand) -> ChangeReply:
+    async def vip_create(self, cmd: VipCreateCommand) -> ChangeReply:
         return await self._change(lambda s: {"vips": [x for x in s.vips if x.ip != cmd.vip.ip] + [cmd.vip]})
 
-    async def vip_remove(self, cmd: VipCommand) -> ChangeReply:
-        return await self._change(lambda s: {"vips": [x for x in s.vips if x.ip != cmd.vip.ip]})
+    async def vip_remove(self, cmd: VipRemoveCommand) -> ChangeReply:
+        return await self._change(lambda s: {"vips": [x for x in s.vips if x.ip != cmd.ip]})
 
-    async def eip_create(self, cmd: EipCommand) -> ChangeReply:
+    async def eip_create(self, cmd: EipCreateCommand) -> ChangeReply:
         return await self._change(
             lambda s: {"eips": [x for x in s.eips if x.uuid != cmd.eip.uuid] + [cmd.eip]}
         )
 
-    async def eip_remove(self, cmd: EipCommand) -> ChangeReply:
-        return await self._change(lambda s: {"eips": [x for x in s.eips if x.uuid != cmd.eip.uuid]})
+    async def eip_remove(self, cmd: EipRemoveCommand) -> ChangeReply:
+        return await self._change(lambda s: {"eips": [x for x in s.eips if x.uuid != cmd.uuid]})
 
-    async def pf_create(self, cmd: PortForwardingCommand) -> ChangeReply:
+    async def pf_create(self, cmd: PortForwardingCreateCommand) -> ChangeReply:
+        uuid = cmd.rule.uuid
         return await self._change(
-            lambda s: {
-                "port_forwardings": [x for x in s.port_forwardings if x.uuid != cmd.rule.uuid] + [cmd.rule]
-            }
+            lambda s: {"port_forwardings": [x for x in s.port_forwardings if x.uuid != uuid] + [cmd.rule]}
         )
 
-    async def pf_remove(self, cmd: PortForwardingCommand) -> ChangeReply:
+    async def pf_remove(self, cmd: PortForwardingRemoveCommand) -> ChangeReply:
         return await self._change(
-            lambda s: {"port_forwardings": [x for x in s.port_forwardings if x.uuid != cmd.rule.uuid]}
+            lambda s: {"port_forwardings": [x for x in s.port_forwardings if x.uuid != cmd.uuid]}
         )
 
-    async def dhcp_add(self, cmd: DhcpCommand) -> ChangeReply:
+    async def dhcp_add(self, cmd: DhcpAddCommand) -> ChangeReply:
         macs = {e.mac for e in cmd.entries}
         return await self._change(lambda s: {"dhcp": [x for x in s.dhcp if x.mac not in macs] + cmd.entries})
 
@@ -219,7 +221,7 @@ class VrouterAgent:
         macs = set(cmd.macs)
         return await self._change(lambda s: {"dhcp": [x for x in s.dhcp if x.mac not in macs]})
 
-    async def dns_set(self, cmd: DnsCommand) -> ChangeReply:
+    async def dns_set(self, cmd: DnsSetCommand) -> ChangeReply:
         return await self._change(lambda s: {"dns": cmd.dns})
 
     # ------------------------------------------------------------------ applying

@@ -49,7 +49,9 @@ class NotConfigured(Exception):
 
 
 def _comment(text: str) -> str:
-    return f'-m comment --comment "{text}"'
+    # Never quoted: our comments have no spaces, and iptables-save quotes some (``rs-eip-…``) and
+    # not others (``ringstack``); ``parse_save`` drops its quotes so both sides compare equal.
+    return f"-m comment --comment {text}"
 
 
 def eip_dnat(eip: Eip) -> str:
@@ -135,7 +137,7 @@ def parse_save(text: str) -> TableDump:
             dump.chains.setdefault(line[1:].split(" ", 1)[0], [])
         elif line.startswith("-A "):
             chain, _, spec = line[3:].partition(" ")
-            dump.chains.setdefault(chain, []).append(spec)
+            dump.chains.setdefault(chain, []).append(spec.replace('"', ""))
     return dump
 
 
