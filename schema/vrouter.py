@@ -310,6 +310,7 @@ class DnsSetCommand(VrCommand):
 class ChangeReply(WireModel):
     changed: bool
     counts: VrCounts
+    duration: float = Field(default=0.0, ge=0, description="seconds the agent spent applying")
 
 
 COMMANDS: dict[str, tuple[type[VrCommand], type[WireModel]]] = {

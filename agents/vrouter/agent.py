@@ -61,6 +61,7 @@ from schema.vrouter import (
     VrErrors,
     VrFacts,
     VrState,
+    check_consistent,
 )
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,10 @@ class VrouterAgent:
         self.lock = asyncio.Lock()
         self.started = time.monotonic()
         self.state, self.nics = self._load()
-        self._tables: dict[str, rules.TableDump] = {}  # the kernel's tables as we last saw or made them
+        # The kernel as we last saw or made it: tables, links (names, VIP addresses), dnsmasq.
+        self._tables: dict[str, rules.TableDump] = {}
+        self._links_seen: dict[str, Link] | None = None
+        self._dhcp_applied: bool | None = None
         self._reconciler: asyncio.Task[None] | None = None
         self.drift_repairs = 0
 
@@ -141,6 +145,7 @@ class VrouterAgent:
 
     async def configure_nics(self, cmd: ConfigureNicsCommand) -> ChangeReply:
         async with self.lock:
+            started = time.monotonic()
             links = await self._links()
             batch: list[str] = []
             nics = dict(self.nics)
@@ -168,14 +173,15 @@ class VrouterAgent:
             self.nics = nics
             changed = await self._apply(self.state, reread=True) or bool(batch)
             self._save()
-            return self._reply(changed)
+            return self._reply(changed, started)
 
     async def sync(self, cmd: SyncCommand) -> ChangeReply:
         """The whole desired state: afterwards the VR holds exactly this. The kernel is re-read
         first (a rebooted VR, rules deleted by hand), so the diff is against the truth."""
         async with self.lock:
+            started = time.monotonic()
             changed = await self._apply(cmd.state, reread=True)
-            return self._reply(changed)
+            return self._reply(changed, started)
 
     # ------------------------------------------------------------------ commands: incremental
 
@@ -228,16 +234,17 @@ class VrouterAgent:
 
     async def _change(self, update: Callable[[VrState], dict[str, object]]) -> ChangeReply:
         async with self.lock:
-            fields = {**dict(self.state), **update(self.state)}
+            started = time.monotonic()
+            # Every item was validated on arrival; only the rules across items need checking.
+            new = self.state.model_copy(update=update(self.state))
             try:
-                new = VrState.model_validate(fields)
-            except ValidationError as exc:
-                problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+                check_consistent(new)
+            except ValueError as exc:
                 raise RingstackError(
-                    VrErrors.CONFLICT, f"the change conflicts with the VR's state: {problems}"
+                    VrErrors.CONFLICT, f"the change conflicts with the VR's state: {exc}"
                 ) from None
             changed = await self._apply(new, reread=False)
-            return self._reply(changed)
+            return self._reply(changed, started)
 
     def _interfaces(self, links: dict[str, Link]) -> rules.Interfaces:
         by_mac = {v.mac: name for name, v in links.items()}
@@ -254,7 +261,12 @@ class VrouterAgent:
         )
 
     async def _apply(self, state: VrState, *, reread: bool) -> bool:
-        links = await self._links()
+        """Bring the data plane to ``state``. ``reread``: look at the kernel first (sync, NIC
+        changes, reconcile); otherwise trust what we last saw and did (incremental changes: no
+        ``iptables-save``, no ``ip address show`` of thousands of VIPs)."""
+        if reread or self._links_seen is None:
+            self._links_seen = await self._links()
+        links = self._links_seen
         nics = self._interfaces(links)
         try:
             desired = rules.render(state, nics)
@@ -268,10 +280,13 @@ class VrouterAgent:
             changed_vips |= _vips_touched(lines)
         # The state is saved once the rules hold it: an incremental change after an agent restart
         # starts from it, and a crash before this point is repaired by the next sync.
-        self.state = state
+        previous, self.state = self.state, state
         self._save()
         changed |= await self._apply_vips(state, links, nics)
-        changed |= await self._apply_dhcp(state)
+        dhcp_same = (previous.dhcp, previous.dns) == (state.dhcp, state.dns)
+        if reread or not dhcp_same or self._dhcp_applied is None:
+            changed |= await self._apply_dhcp(state, links)
+            self._dhcp_applied = True
         if changed_vips:
             await self._forget_connections(changed_vips)
         return changed
@@ -321,16 +336,25 @@ class VrouterAgent:
         want |= {str(e.vip_ip) for e in state.eips} | {str(p.vip_ip) for p in state.port_forwardings}
         want |= {str(s.public_ip) for s in state.snats}
         want.discard(str(public.address.ip))
-        addresses = links[nics.public].addresses
-        have = {a.removesuffix("/32") for a in addresses if a.endswith("/32") and a != str(public.address)}
-        batch = [f"address add {ip}/32 dev {nics.public}" for ip in sorted(want - have)]
-        batch += [f"address del {ip}/32 dev {nics.public}" for ip in sorted(have - want)]
-        if batch:
+        link = links[nics.public]
+        have = {
+            a.removesuffix("/32") for a in link.addresses if a.endswith("/32") and a != str(public.address)
+        }
+        added, gone = sorted(want - have), sorted(have - want)
+        batch = [f"address add {ip}/32 dev {nics.public}" for ip in added]
+        batch += [f"address del {ip}/32 dev {nics.public}" for ip in gone]
+        if not batch:
+            return False
+        try:
             await self._ip_batch(batch)
-        return bool(batch)
+        except RingstackError:
+            self._links_seen = None  # we no longer know what the NIC holds: look next time
+            raise
+        dropped = {f"{ip}/32" for ip in gone}
+        link.addresses[:] = [a for a in link.addresses if a not in dropped] + [f"{ip}/32" for ip in added]
+        return True
 
-    async def _apply_dhcp(self, state: VrState) -> bool:
-        links = await self._links() if any(n.role == "Guest" for n in self.nics.values()) else {}
+    async def _apply_dhcp(self, state: VrState, links: dict[str, Link]) -> bool:
         by_mac = {v.mac: name for name, v in links.items()}
         nets = [
             GuestNet(by_mac[n.mac], n.address)
@@ -425,8 +449,8 @@ class VrouterAgent:
             guests=tuple(f"g{i}" for i, n in enumerate(self.nics.values()) if n.role == "Guest"),
         )
 
-    def _reply(self, changed: bool) -> ChangeReply:
-        return ChangeReply(changed=changed, counts=self._counts())
+    def _reply(self, changed: bool, started: float) -> ChangeReply:
+        return ChangeReply(changed=changed, counts=self._counts(), duration=time.monotonic() - started)
 
     async def _facts(self) -> VrFacts:
         links = await self._links()

@@ -99,7 +99,16 @@ class AgentProcess:
 
 
 class VrLab:
-    def __init__(self, tmp: Path, namespace: str, broker_url: str, *, reconcile_interval: float = 0) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        namespace: str,
+        broker_url: str,
+        *,
+        reconcile_interval: float = 0,
+        firewall: str = "nft",
+    ) -> None:
+        self.firewall = firewall
         self.tmp = tmp
         self.namespace = namespace
         self.broker_url = broker_url
@@ -211,6 +220,7 @@ class VrLab:
             f'namespace = "{self.namespace}"\n'
             f'state_dir = "{self.state_dir}"\n'
             f"reconcile_interval = {self.reconcile_interval}\n"
+            f'firewall = "{self.firewall}"\n'
             'log_level = "INFO"\n'
         )
         self.agent = AgentProcess(self.vr, config)
