@@ -158,6 +158,13 @@ class Dnsmasq:
         result = await self.runner.run([self.binary, f"--conf-file={self.conf}"])
         if not result.ok:
             raise RuntimeError(f"dnsmasq did not start: {result.stderr.strip() or result.stdout.strip()}")
+        # The daemonised child writes its pid file after the parent has exited: wait for it, or
+        # the next change would not find the dnsmasq it must signal and would start a second one.
+        for _ in range(500):
+            if self.pid() is not None:
+                return
+            await asyncio.sleep(0.01)
+        raise RuntimeError("dnsmasq started but wrote no pid file within 5 s")
 
     async def _stop(self, pid: int) -> None:
         with contextlib.suppress(ProcessLookupError):

@@ -87,33 +87,69 @@ def snat(rule: Snat, public: str) -> str:
     return f"-s {rule.guest_cidr} -o {public} {_comment('rs-snat')} -j SNAT --to-source {rule.public_ip}"
 
 
+class Renderer:
+    """Renders states, remembering each item's rules: a VR with 10,000s of entries re-renders its
+    whole state on every change, and formatting addresses is most of that cost. The memo keeps
+    only the items of the last state rendered."""
+
+    def __init__(self) -> None:
+        self._nics: Interfaces | None = None
+        self._memo: dict[str, tuple[object, tuple[str, ...]]] = {}  # uuid -> (item, its rules)
+
+    def render(self, state: VrState, nics: Interfaces) -> dict[str, Chains]:
+        """The complete desired content of every ringstack chain, per table."""
+        if (state.eips or state.snats) and nics.public is None:
+            raise NotConfigured("EIPs and SNAT need the public NIC configured first")
+        if nics != self._nics:
+            self._memo, self._nics = {}, nics
+        public = nics.public or ""
+        old: dict[str, tuple[object, tuple[str, ...]]] = self._memo
+        memo: dict[str, tuple[object, tuple[str, ...]]] = {}
+        eip_dnats, eip_snats, pf_dnats = [], [], []
+        for e in state.eips:
+            hit = old.get(e.uuid)
+            # The same object (an unchanged entry of an incremental change) or an equal one (a
+            # sync repeating it) keeps its rules; formatting addresses is the expensive part.
+            pair = (
+                hit[1]
+                if hit is not None and (hit[0] is e or hit[0] == e)
+                else (eip_dnat(e), eip_snat(e, public))
+            )
+            memo[e.uuid] = (e, pair)
+            eip_dnats.append(pair[0])
+            eip_snats.append(pair[1])
+        for p in state.port_forwardings:
+            hit = old.get(p.uuid)
+            one = hit[1] if hit is not None and (hit[0] is p or hit[0] == p) else (pf_dnat(p),)
+            memo[p.uuid] = (p, one)
+            pf_dnats.append(one[0])
+        self._memo = memo
+        forward = [
+            "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            # Packets our DNAT rules let in (EIP, port forwarding within its allowed CIDR).
+            "-m conntrack --ctstate DNAT -j ACCEPT",
+        ]
+        for guest in nics.guests:
+            if nics.management is not None:
+                forward.append(f"-i {guest} -o {nics.management} -j DROP")  # guests never reach management
+            forward.append(f"-i {guest} -j ACCEPT")
+        # Anything else towards a guest network (from outside, not asked for) is dropped.
+        forward.extend(f"-o {guest} -j DROP" for guest in nics.guests)
+        return {
+            "nat": {
+                "rs-PREROUTING": ["-j rs-eip-dnat", "-j rs-pf-dnat"],
+                "rs-POSTROUTING": ["-j rs-eip-snat", "-j rs-snat"],
+                "rs-eip-dnat": eip_dnats,
+                "rs-pf-dnat": pf_dnats,
+                "rs-eip-snat": eip_snats,
+                "rs-snat": [snat(s, public) for s in state.snats],
+            },
+            "filter": {"rs-FORWARD": forward},
+        }
+
+
 def render(state: VrState, nics: Interfaces) -> dict[str, Chains]:
-    """The complete desired content of every ringstack chain, per table."""
-    if (state.eips or state.snats) and nics.public is None:
-        raise NotConfigured("EIPs and SNAT need the public NIC configured first")
-    public = nics.public or ""
-    forward = [
-        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-        # Packets our DNAT rules let in (EIP, port forwarding within its allowed CIDR).
-        "-m conntrack --ctstate DNAT -j ACCEPT",
-    ]
-    for guest in nics.guests:
-        if nics.management is not None:
-            forward.append(f"-i {guest} -o {nics.management} -j DROP")  # guests never reach management
-        forward.append(f"-i {guest} -j ACCEPT")
-    # Anything else towards a guest network (from outside, not asked for) is dropped.
-    forward.extend(f"-o {guest} -j DROP" for guest in nics.guests)
-    return {
-        "nat": {
-            "rs-PREROUTING": ["-j rs-eip-dnat", "-j rs-pf-dnat"],
-            "rs-POSTROUTING": ["-j rs-eip-snat", "-j rs-snat"],
-            "rs-eip-dnat": [eip_dnat(e) for e in state.eips],
-            "rs-pf-dnat": [pf_dnat(p) for p in state.port_forwardings],
-            "rs-eip-snat": [eip_snat(e, public) for e in state.eips],
-            "rs-snat": [snat(s, public) for s in state.snats],
-        },
-        "filter": {"rs-FORWARD": forward},
-    }
+    return Renderer().render(state, nics)
 
 
 def jump_spec(chain: str) -> str:
