@@ -94,8 +94,7 @@ def big_state(eips: int, pfs: int, dhcp: int) -> vr.VrState:
             ],
             "dhcp": [
                 {
-                    "mac": "02:10:%02x:%02x:%02x:%02x"
-                    % (i >> 24 & 255, i >> 16 & 255, i >> 8 & 255, i & 255),
+                    "mac": f"02:10:{i >> 24 & 255:02x}:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}",
                     "ip": f"10.9.{i // 250}.{i % 250 + 2}",
                     "hostname": f"vm-{i}",
                 }
@@ -148,6 +147,7 @@ def per_rule(state: vr.VrState, firewall: str, limit: int) -> dict[str, Any]:
 async def measure(args: argparse.Namespace, firewall: str) -> dict[str, Any]:
     from bus.aio import AsyncBus
     from bus.topology import Topology
+    from mgmt.core.agents import sync_vrouter
     from tests.support import infra
     from tests.support.vrlab import VrLab
 
@@ -164,10 +164,9 @@ async def measure(args: argparse.Namespace, firewall: str) -> dict[str, Any]:
         agents = lab.client(client)
         await agents.call(nics(lab), vr.ChangeReply)
         state = big_state(args.eips, args.pfs, args.dhcp)
+        before_sync = await agents.call(vr.FactsCommand(host_uuid=lab.vr_uuid), vr.VrFacts)
         t = time.perf_counter()
-        reply = await agents.call(
-            vr.SyncCommand(host_uuid=lab.vr_uuid, state=state), vr.ChangeReply, timeout=300
-        )
+        reply = await sync_vrouter(agents, lab.vr_uuid, state, timeout=300)
         round_trip = time.perf_counter() - t
         facts = await agents.call(vr.FactsCommand(host_uuid=lab.vr_uuid), vr.VrFacts)
         out["full_sync"] = {
@@ -177,18 +176,18 @@ async def measure(args: argparse.Namespace, firewall: str) -> dict[str, Any]:
             "nat_rules": reply.counts.nat_rules,
             "agent_s": round(reply.duration, 3),
             "round_trip_s": round(round_trip, 3),
-            "iptables_restores": facts.processes.get(f"iptables-{firewall}-restore", 0),
+            "messages": len(vr.split_state(state)),
+            "iptables_restores": facts.processes.get(f"iptables-{firewall}-restore", 0)
+            - before_sync.processes.get(f"iptables-{firewall}-restore", 0),
             "iptables_calls": facts.processes.get(f"iptables-{firewall}", 0),
         }
-        again = await agents.call(
-            vr.SyncCommand(host_uuid=lab.vr_uuid, state=state), vr.ChangeReply, timeout=300
-        )
+        again = await sync_vrouter(agents, lab.vr_uuid, state, timeout=300)
         facts2 = await agents.call(vr.FactsCommand(host_uuid=lab.vr_uuid), vr.VrFacts)
         out["resync_unchanged"] = {
             "changed": again.changed,
             "agent_s": round(again.duration, 3),
             "iptables_restores": facts2.processes.get(f"iptables-{firewall}-restore", 0)
-            - out["full_sync"]["iptables_restores"],
+            - facts.processes.get(f"iptables-{firewall}-restore", 0),
         }
         agent_side, trips = [], []
         for i in range(args.eip_creates):
@@ -210,7 +209,7 @@ async def measure(args: argparse.Namespace, firewall: str) -> dict[str, Any]:
         agent_side, trips = [], []
         for i in range(args.dhcp_changes):
             entry = vr.DhcpEntry(
-                mac="02:20:00:00:%02x:%02x" % (i >> 8, i & 255),
+                mac=f"02:20:00:00:{i >> 8:02x}:{i & 255:02x}",
                 ip=f"10.9.220.{i % 250 + 2}" if i < 250 else f"10.9.{221 + i // 250}.{i % 250 + 2}",
                 hostname=f"new-{i}",
             )  # type: ignore[arg-type]

@@ -200,7 +200,8 @@ class ConnectCommand(VrCommand):
 class NicFacts(WireModel):
     name: str
     mac: str
-    addresses: list[str]
+    addresses: list[str]  # but the VIPs' /32s: a public NIC may hold 10,000s, counted in ``vips``
+    vips: int = 0
     role: NicRole | None = None
 
 
@@ -266,7 +267,61 @@ class ConfigureNicsCommand(VrCommand):
 
 
 class SyncCommand(VrCommand):
+    """The whole desired state, in one message or (a big VR: a bus message is at most 1 MiB,
+    and 15,000 entries take about 2) in ``parts`` messages sharing a ``syncId``. The agent applies
+    nothing until it holds every part; a part of a sync it no longer holds (it restarted) leaves
+    that sync incomplete, and the sender starts again. ``split_state`` cuts a state into parts."""
+
     state: VrState
+    sync_id: Uuid | None = None
+    part: int = Field(default=0, ge=0)
+    parts: int = Field(default=1, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _part(self) -> SyncCommand:
+        if self.part >= self.parts:
+            raise ValueError(f"part {self.part} of {self.parts}")
+        if self.parts > 1 and self.sync_id is None:
+            raise ValueError("a sync in parts needs a syncId")
+        return self
+
+
+SYNC_PART_ITEMS = 2000  # entries per part: each part stays well under the bus's 1 MiB
+
+
+def split_state(state: VrState, items: int = SYNC_PART_ITEMS) -> list[VrState]:
+    """``state`` cut into parts of at most ``items`` entries; the DNS settings ride in the first."""
+    entries: list[tuple[str, object]] = [
+        (name, item)
+        for name in ("snats", "vips", "eips", "port_forwardings", "dhcp")
+        for item in getattr(state, name)
+    ]
+    parts: list[VrState] = []
+    for start in range(0, max(len(entries), 1), items):
+        fields: dict[str, list[object]] = {
+            "snats": [],
+            "vips": [],
+            "eips": [],
+            "port_forwardings": [],
+            "dhcp": [],
+        }
+        for name, item in entries[start : start + items]:
+            fields[name].append(item)
+        part = VrState.model_construct(**fields, dns=state.dns if not parts else DnsSettings())  # type: ignore[arg-type]
+        parts.append(part)
+    return parts
+
+
+def join_states(parts: list[VrState]) -> VrState:
+    """The parts of a sync put back together (checked across parts by the caller)."""
+    return VrState.model_construct(
+        snats=[x for p in parts for x in p.snats],
+        vips=[x for p in parts for x in p.vips],
+        eips=[x for p in parts for x in p.eips],
+        port_forwardings=[x for p in parts for x in p.port_forwardings],
+        dhcp=[x for p in parts for x in p.dhcp],
+        dns=parts[0].dns,
+    )
 
 
 class SnatSetCommand(VrCommand):
@@ -315,6 +370,8 @@ class DnsSetCommand(VrCommand):
 
 class ChangeReply(WireModel):
     changed: bool
+    # False: a part of a sync was taken and the rest is awaited; nothing was applied yet.
+    complete: bool = True
     counts: VrCounts
     duration: float = Field(default=0.0, ge=0, description="seconds the agent spent applying")
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,10 +23,13 @@ from typing import Any, Literal, TypeVar
 from pydantic import Field
 
 from agents.common.server import AgentServer
+from agents.simulator.faults import Fault, enter_faults
+from agents.simulator.vrouter import SimVrouter
 from bus.aio import AsyncBus
 from bus.envelope import Envelope
 from bus.errors import RingstackError, Sys
 from bus.topology import QueueSpec
+from schema import vrouter as vrouter_protocol
 from schema.agent import (
     PROTOCOL_VERSION,
     REPORT_VM_STATE,
@@ -68,16 +70,6 @@ log = logging.getLogger(__name__)
 
 AGENT_VERSION = "ringstack-simulator/1"
 R = TypeVar("R")
-
-
-class Fault(WireModel):
-    """What to do to one command on one host."""
-
-    latency: float = Field(default=0.0, ge=0, le=600)
-    fail_nth: list[int] = Field(default_factory=list, description="fail these call numbers (1-based)")
-    fail_always: bool = False
-    hang: bool = False  # never answer
-    crash_nth: int | None = Field(default=None, ge=1, description="exit the process on this call")
 
 
 @dataclass
@@ -134,21 +126,7 @@ class SimHost:
     # ------------------------------------------------------------------ faults
 
     async def _enter(self, command: str) -> None:
-        n = self.calls[command] = self.calls.get(command, 0) + 1
-        fault = self.faults.get(command) or self.faults.get("*")
-        if fault is None:
-            return
-        if fault.crash_nth is not None and n == fault.crash_nth:
-            log.error(
-                "simulator: crashing on %s call %d of host %s, as configured", command, n, self.host_uuid
-            )
-            os._exit(17)
-        if fault.latency:
-            await asyncio.sleep(fault.latency)
-        if fault.hang:
-            await asyncio.Event().wait()
-        if fault.fail_always or n in fault.fail_nth:
-            raise RingstackError(AgentErrors.INJECTED_FAILURE, f"injected failure of {command} call {n}")
+        await enter_faults(self, command)
 
     def _used(self) -> tuple[int, int]:
         running = [vm.spec for vm in self.vms.values() if vm.state in ("Running", "Paused")]
@@ -348,6 +326,10 @@ class AddHosts(WireModel):
     hosts: list[SimHostSpec] = Field(max_length=10_000)
 
 
+class AddVrouters(WireModel):
+    vrouters: list[str] = Field(max_length=10_000, description="VR uuids")
+
+
 class RemoveHost(WireModel):
     uuid: str = Field(pattern=UUID_PATTERN)
 
@@ -373,6 +355,11 @@ class Simulator:
         self.name = name
         self.server = AgentServer(bus)
         self.hosts: dict[str, SimHost] = {}
+        # Virtual routers speak their own protocol on the same kind of queue.
+        self.vr_server = AgentServer(
+            bus, commands=vrouter_protocol.COMMANDS, prefix=vrouter_protocol.COMMAND_PREFIX
+        )
+        self.vrouters: dict[str, SimVrouter] = {}
 
     @property
     def control_queue(self) -> QueueSpec:
@@ -389,6 +376,13 @@ class Simulator:
         await self.server.serve(host)
         return host
 
+    async def add_vrouter(self, uuid: str) -> SimVrouter:
+        vr = self.vrouters.get(uuid)
+        if vr is None:
+            vr = self.vrouters[uuid] = SimVrouter(uuid)
+        await self.vr_server.serve(vr)
+        return vr
+
     async def _on_control(self, env: Envelope) -> dict[str, Any]:
         return await self._on_control_body(env.name.removeprefix("simulator."), env.body)
 
@@ -403,7 +397,13 @@ class Simulator:
             uuid = parse_wire(RemoveHost, env.body).uuid
             await self.server.stop_serving(uuid)
             self.hosts.pop(uuid, None)
+            await self.vr_server.stop_serving(uuid)
+            self.vrouters.pop(uuid, None)
             return {}
+        if env.name == "simulator.add_vrouters":
+            for uuid in parse_wire(AddVrouters, env.body).vrouters:
+                await self.add_vrouter(uuid)
+            return {"vrouters": len(self.vrouters)}
         if env.name == "simulator.configure":
             return self._configure(parse_wire(Configure, env.body))
         if env.name == "simulator.set_vm_state":
@@ -418,19 +418,25 @@ class Simulator:
                         "volumes": len(h.volumes),
                     }
                     for uuid, h in self.hosts.items()
-                }
+                },
+                "vrouters": {
+                    uuid: {"counts": v.counts().to_wire(), "calls": v.calls}
+                    for uuid, v in self.vrouters.items()
+                },
             }
         raise RingstackError(Sys.UNKNOWN_MESSAGE, f"the simulator does not know {env.name!r}")
 
     def _configure(self, cfg: Configure) -> dict[str, Any]:
-        targets = list(self.hosts.values()) if cfg.host_uuid == "*" else [self.hosts[cfg.host_uuid]]
+        everyone: dict[str, SimHost | SimVrouter] = {**self.hosts, **self.vrouters}
+        targets = list(everyone.values()) if cfg.host_uuid == "*" else [everyone[cfg.host_uuid]]
         for host in targets:
             if cfg.fault is None:
                 host.faults.pop(cfg.command, None)
             else:
                 host.faults[cfg.command] = cfg.fault
                 host.calls.pop(cfg.command, None)  # fail_nth counts from now
-            host.pretend_uuid = cfg.pretend_uuid
+            if isinstance(host, SimHost):
+                host.pretend_uuid = cfg.pretend_uuid
         return {"configured": len(targets)}
 
     async def _set_vm_state(self, cmd: SetVmState) -> None:

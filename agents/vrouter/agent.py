@@ -64,6 +64,7 @@ from schema.vrouter import (
     VrFacts,
     VrState,
     check_consistent,
+    join_states,
 )
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,32 @@ def updated(state: VrState, op: str, cmd: VrCommand) -> VrState:
     return state.model_copy(update=change)
 
 
+class SyncParts:
+    """The parts of syncs sent in several messages, until each is whole."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, dict[int, VrState]] = {}
+
+    def take(self, cmd: SyncCommand) -> VrState | None:
+        """The whole state once every part is in (checked across parts), else None."""
+        if cmd.parts == 1:
+            return cmd.state
+        assert cmd.sync_id is not None  # the command's validator insists
+        held = self._held.setdefault(cmd.sync_id, {})
+        held[cmd.part] = cmd.state
+        for other in list(self._held)[:-2]:  # an abandoned sync is forgotten
+            del self._held[other]
+        if len(held) < cmd.parts:
+            return None
+        del self._held[cmd.sync_id]
+        state = join_states([held[i] for i in range(cmd.parts)])
+        try:
+            check_consistent(state)
+        except ValueError as exc:
+            raise RingstackError(Sys.INVALID_ARGUMENT, f"invalid sync {cmd.sync_id}: {exc}") from None
+        return state
+
+
 JOURNAL_LIMIT = 1000  # journal lines before the state is written whole again
 
 
@@ -131,6 +158,7 @@ class VrouterAgent:
         self.lock = asyncio.Lock()
         self.started = time.monotonic()
         self._journal_lines = 0
+        self._sync_parts = SyncParts()
         self.state, self.nics = self._load()
         # The kernel as we last saw or made it: tables, links (names, VIP addresses), dnsmasq.
         self._tables: dict[str, rules.TableDump] = {}
@@ -223,7 +251,10 @@ class VrouterAgent:
         first (a rebooted VR, rules deleted by hand), so the diff is against the truth."""
         async with self.lock:
             started = time.monotonic()
-            changed = await self._apply(cmd.state, reread=True)
+            state = self._sync_parts.take(cmd)
+            if state is None:
+                return self._reply(False, started).model_copy(update={"complete": False})
+            changed = await self._apply(state, reread=True)
             return self._reply(changed, started)
 
     # ------------------------------------------------------------------ commands: incremental
@@ -493,7 +524,8 @@ class VrouterAgent:
                 NicFacts(
                     name=name,
                     mac=link.mac,
-                    addresses=list(link.addresses),
+                    addresses=[a for a in link.addresses if not a.endswith("/32")],
+                    vips=sum(a.endswith("/32") for a in link.addresses),
                     role=roles.get(link.mac),
                 )
                 for name, link in sorted(links.items())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from bus.aio import AsyncBus
 from bus.errors import RingstackError, Sys
@@ -48,3 +48,20 @@ class AgentClient:
                 f"the agent of host {command.host_uuid} sent a bad {name} reply",
                 details=exc.details,
             ) from None
+
+
+async def sync_vrouter(agents: AgentClient, vr_uuid: str, state: Any, *, timeout: float | None = None) -> Any:
+    """Send a virtual router its whole desired state (``schema.vrouter.VrState``), in as many
+    ``vrouter.sync`` parts as the bus's message limit needs; the reply of the last part."""
+    import uuid
+
+    from schema.vrouter import ChangeReply, SyncCommand, split_state
+
+    parts = split_state(state)
+    sync_id = uuid.uuid4().hex if len(parts) > 1 else None
+    reply: ChangeReply | None = None
+    for i, part in enumerate(parts):
+        command = SyncCommand(host_uuid=vr_uuid, state=part, sync_id=sync_id, part=i, parts=len(parts))
+        reply = await agents.call(command, ChangeReply, timeout=timeout)
+    assert reply is not None and reply.complete
+    return reply
