@@ -12,7 +12,7 @@ import pytest
 
 from bus.errors import RingstackError
 from schema import vrouter as vr
-from tests.support.netns import await_until
+from tests.support.netns import await_until, wait_until
 from tests.support.vrlab import OUTSIDE_2, PUBLIC_GW, VrLab
 
 G1 = "02:00:00:00:0a:01"
@@ -343,3 +343,85 @@ async def test_bad_input_is_a_structured_error_and_the_agent_lives_on(lab, clien
     assert err.value.code == "AGENT.WRONG_HOST"
     done = await lab.agents.call(vr.FactsCommand(host_uuid=lab.vr_uuid), vr.VrFacts)
     assert done.counts.port_forwardings == 1 and done.counts.eips == 0
+
+
+async def test_concurrent_changes_end_in_exactly_the_desired_state(lab):
+    """50 EIP and port-forwarding creates and removes at once on one VR: the agent takes them one
+    at a time, and the kernel ends with exactly what the last of each asked for."""
+    eips = [vr.Eip(uuid=uid(), vip_ip=f"203.0.113.{50 + i}", guest_ip=f"10.9.0.{50 + i}") for i in range(25)]  # type: ignore[arg-type]
+    pfs = [
+        vr.PortForwarding(
+            uuid=uid(), vip_ip="203.0.113.200", protocol="TCP", vip_port_start=1000 + i, vip_port_end=1000 + i,  # type: ignore[arg-type]
+            private_port_start=22, private_port_end=22, guest_ip=f"10.9.0.{50 + i}",  # type: ignore[arg-type]
+        )
+        for i in range(25)
+    ]  # fmt: skip
+    await sync(lab, base_state())
+    calls = [lab.agents.call(vr.EipCreateCommand(host_uuid=lab.vr_uuid, eip=e), vr.ChangeReply) for e in eips]
+    calls += [
+        lab.agents.call(vr.PortForwardingCreateCommand(host_uuid=lab.vr_uuid, rule=p), vr.ChangeReply)
+        for p in pfs
+    ]
+    replies = await asyncio.gather(*calls)
+    assert all(r.changed for r in replies)
+    # Remove every other one, again all at once.
+    gone = [vr.EipRemoveCommand(host_uuid=lab.vr_uuid, uuid=e.uuid) for e in eips[::2]]
+    gone_pf = [vr.PortForwardingRemoveCommand(host_uuid=lab.vr_uuid, uuid=p.uuid) for p in pfs[::2]]
+    await asyncio.gather(*[lab.agents.call(c, vr.ChangeReply) for c in [*gone, *gone_pf]])
+    final = await facts(lab)
+    assert final.counts.eips == 12 and final.counts.port_forwardings == 12
+    nat = lab.save("nat")
+    for e in eips:
+        assert (e.uuid in nat) == (e not in eips[::2])
+    for p in pfs:
+        assert (p.uuid in nat) == (p not in pfs[::2])
+    # A full sync of what the VR should hold now changes nothing: incremental and full agree.
+    expected = base_state(eips=eips[1::2], port_forwardings=pfs[1::2])
+    assert not (await sync(lab, expected)).changed
+
+
+async def test_dns_changes_reach_guests_on_renew_and_queries_go_upstream(lab):
+    g1 = lab.add_guest(G1)
+    # An upstream DNS server in the outside namespace (the L3's DNS), answering one name.
+    server = await asyncio.to_thread(lab.upstream_dns, {"www.outside.example": "198.51.100.80"})
+    try:
+        await sync(lab, base_state(dns=vr.DnsSettings(servers=[PUBLIC_GW], domain="tenant.example")))  # type: ignore[list-item]
+        lease = await asyncio.to_thread(lab.dhcp, g1)
+        assert lease["domain"] == "tenant.example"
+        out = await asyncio.to_thread(
+            await_until_output,
+            g1,
+            ["busybox", "nslookup", "www.outside.example", "10.9.0.1"],
+            "198.51.100.80",
+        )
+        assert "198.51.100.80" in out
+        # The L3's domain changes: the next renew carries it, with no dnsmasq restart.
+        before = await facts(lab)
+        dns = vr.DnsSetCommand(
+            host_uuid=lab.vr_uuid, dns=vr.DnsSettings(servers=[PUBLIC_GW], domain="renamed.example")
+        )  # type: ignore[list-item]
+        assert (await lab.agents.call(dns, vr.ChangeReply)).changed
+        assert (await asyncio.to_thread(lab.dhcp, g1))["domain"] == "renamed.example"
+        after = await facts(lab)
+        assert after.dnsmasq_pid == before.dnsmasq_pid and after.dnsmasq_restarts == 0
+        # Upstream gone from the L3: the VR no longer forwards there.
+        none = vr.DnsSetCommand(host_uuid=lab.vr_uuid, dns=vr.DnsSettings(domain="renamed.example"))
+        await lab.agents.call(none, vr.ChangeReply)
+        done = await asyncio.to_thread(
+            g1.run, "busybox", "nslookup", "www.outside.example", "10.9.0.1", check=False
+        )
+        assert "198.51.100.80" not in done.stdout
+    finally:
+        server.kill()
+        server.wait(10)
+
+
+def await_until_output(ns, argv: list[str], wanted: str, timeout: float = 10) -> str:
+    """Run ``argv`` in ``ns`` until its output holds ``wanted`` (the upstream server may still be
+    binding its socket)."""
+
+    def attempt() -> str | None:
+        out = ns.run(*argv, check=False).stdout
+        return out if wanted in out else None
+
+    return wait_until(attempt, timeout, wanted)

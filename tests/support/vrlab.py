@@ -267,6 +267,18 @@ class VrLab:
             ],
         )
 
+    def upstream_dns(self, names: dict[str, str]) -> subprocess.Popen[bytes]:
+        """A DNS server on the outside (an L3's DNS server) answering ``names``; kill it after."""
+        argv = ["ip", "netns", "exec", self.outside.name, "dnsmasq", "--keep-in-foreground", "--no-resolv"]
+        argv += [
+            "--no-hosts",
+            f"--listen-address={PUBLIC_GW}",
+            "--bind-interfaces",
+            f"--pid-file={self.tmp}/up.pid",
+        ]
+        argv += [f"--address=/{name}/{ip}" for name, ip in names.items()]
+        return subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+
     # ------------------------------------------------------------------ looking
 
     def save(self, table: str, tool: str = "iptables-nft-save") -> str:
