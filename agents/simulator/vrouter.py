@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from agents.simulator.faults import Fault, enter_faults
 from agents.vrouter import rules
-from agents.vrouter.agent import SyncParts, updated
+from agents.vrouter.agent import SyncParts, check_change, updated
 from bus.errors import RingstackError
 from schema.agent import AgentErrors
 from schema.vrouter import (
@@ -44,7 +44,6 @@ from schema.vrouter import (
     VrErrors,
     VrFacts,
     VrState,
-    check_consistent,
 )
 
 AGENT_VERSION = "ringstack-vrouter-simulator/1"
@@ -109,14 +108,13 @@ class SimVrouter:
     async def _change(self, op: str, cmd: VrCommand) -> ChangeReply:
         await self._enter(f"vrouter.{op}")
         started = time.monotonic()
-        new = updated(self.state, op, cmd)
         try:
-            check_consistent(new)
+            check_change(self.state, op, cmd)
         except ValueError as exc:
             raise RingstackError(
                 VrErrors.CONFLICT, f"the change conflicts with the VR's state: {exc}"
             ) from None
-        return self._set(new, started)
+        return self._set(updated(self.state, op, cmd), started)
 
     # ------------------------------------------------------------------ the protocol
 

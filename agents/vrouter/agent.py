@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from ipaddress import IPv4Address
@@ -142,6 +143,52 @@ class SyncParts:
         except ValueError as exc:
             raise RingstackError(Sys.INVALID_ARGUMENT, f"invalid sync {cmd.sync_id}: {exc}") from None
         return state
+
+
+def check_change(state: VrState, op: str, cmd: VrCommand) -> None:
+    """Raise ValueError when applying ``cmd`` to ``state`` (consistent) would break one of the
+    rules of ``check_consistent``; the same verdict, but looking only at what the change touches
+    (checking a 15,000-entry state whole on every change cost more than the change)."""
+    match op, cmd:
+        case "vip.create", VipCreateCommand() | ("snat.set", SnatSetCommand()):
+            return  # replaced by key; nothing else can clash
+        case "eip.create", EipCreateCommand(eip=new):
+            vip = new.vip_ip
+            if any(e.vip_ip == vip and e.uuid != new.uuid for e in state.eips):
+                raise ValueError(f"duplicate EIP VIP {vip}")
+            if any(p.vip_ip == vip for p in state.port_forwardings):
+                raise ValueError(f"VIP {vip} is used by an EIP and by port forwarding")
+        case "pf.create", PortForwardingCreateCommand(rule=new):
+            vip = new.vip_ip
+            if any(e.vip_ip == vip for e in state.eips):
+                raise ValueError(f"VIP {vip} is used by an EIP and by port forwarding")
+            for p in state.port_forwardings:
+                if (
+                    p.vip_ip == vip
+                    and p.protocol == new.protocol
+                    and p.uuid != new.uuid
+                    and p.vip_port_start <= new.vip_port_end
+                    and new.vip_port_start <= p.vip_port_end
+                ):
+                    raise ValueError(
+                        f"port forwardings {p.uuid} and {new.uuid} overlap on {vip} {new.protocol}"
+                    )
+        case "dhcp.add", DhcpAddCommand(entries=entries):
+            macs = {e.mac for e in entries}
+            ips = [int(e.ip) for e in entries]
+            _unique_values("DHCP MAC", [e.mac for e in entries])
+            _unique_values("DHCP IP", ips)
+            kept = {int(d.ip) for d in state.dhcp if d.mac not in macs}
+            clash = kept.intersection(ips)
+            if clash:
+                raise ValueError(f"duplicate DHCP IP {IPv4Address(min(clash))}")
+        case _:
+            return  # removals and DNS settings cannot clash
+
+
+def _unique_values(what: str, values: Sequence[Hashable]) -> None:
+    if len(set(values)) != len(values):
+        raise ValueError(f"duplicate {what} in one change")
 
 
 JOURNAL_LIMIT = 1000  # journal lines before the state is written whole again
@@ -297,15 +344,15 @@ class VrouterAgent:
     async def _change(self, op: str, cmd: VrCommand) -> ChangeReply:
         async with self.lock:
             started = time.monotonic()
-            # Every item was validated on arrival; only the rules across items need checking.
-            new = updated(self.state, op, cmd)
+            # Every item was validated on arrival; only the rules across items need checking, and
+            # only where the change lands.
             try:
-                check_consistent(new)
+                check_change(self.state, op, cmd)
             except ValueError as exc:
                 raise RingstackError(
                     VrErrors.CONFLICT, f"the change conflicts with the VR's state: {exc}"
                 ) from None
-            changed = await self._apply(new, reread=False, journal=(op, cmd))
+            changed = await self._apply(updated(self.state, op, cmd), reread=False, journal=(op, cmd))
             return self._reply(changed, started)
 
     def _interfaces(self, links: dict[str, Link]) -> rules.Interfaces:

@@ -87,6 +87,9 @@ def snat(rule: Snat, public: str) -> str:
     return f"-s {rule.guest_cidr} -o {public} {_comment('rs-snat')} -j SNAT --to-source {rule.public_ip}"
 
 
+Memo = dict[str, tuple[object, tuple[str, ...]]]
+
+
 class Renderer:
     """Renders states, remembering each item's rules: a VR with 10,000s of entries re-renders its
     whole state on every change, and formatting addresses is most of that cost. The memo keeps
@@ -94,36 +97,48 @@ class Renderer:
 
     def __init__(self) -> None:
         self._nics: Interfaces | None = None
-        self._memo: dict[str, tuple[object, tuple[str, ...]]] = {}  # uuid -> (item, its rules)
+        # (the list rendered, its DNAT rules, its SNAT rules, uuid -> (item, its rules))
+        self._eips: tuple[list[Eip], list[str], list[str], Memo] | None = None
+        self._pfs: tuple[list[PortForwarding], list[str], Memo] | None = None
 
     def render(self, state: VrState, nics: Interfaces) -> dict[str, Chains]:
         """The complete desired content of every ringstack chain, per table."""
         if (state.eips or state.snats) and nics.public is None:
             raise NotConfigured("EIPs and SNAT need the public NIC configured first")
         if nics != self._nics:
-            self._memo, self._nics = {}, nics
+            self._eips = self._pfs = None
+            self._nics = nics
         public = nics.public or ""
-        old: dict[str, tuple[object, tuple[str, ...]]] = self._memo
-        memo: dict[str, tuple[object, tuple[str, ...]]] = {}
-        eip_dnats, eip_snats, pf_dnats = [], [], []
-        for e in state.eips:
-            hit = old.get(e.uuid)
-            # The same object (an unchanged entry of an incremental change) or an equal one (a
-            # sync repeating it) keeps its rules; formatting addresses is the expensive part.
-            pair = (
-                hit[1]
-                if hit is not None and (hit[0] is e or hit[0] == e)
-                else (eip_dnat(e), eip_snat(e, public))
-            )
-            memo[e.uuid] = (e, pair)
-            eip_dnats.append(pair[0])
-            eip_snats.append(pair[1])
-        for p in state.port_forwardings:
-            hit = old.get(p.uuid)
-            one = hit[1] if hit is not None and (hit[0] is p or hit[0] == p) else (pf_dnat(p),)
-            memo[p.uuid] = (p, one)
-            pf_dnats.append(one[0])
-        self._memo = memo
+        # An incremental change replaces one list of the state and keeps the others (the same
+        # objects): their chains are reused as they are.
+        if self._eips is None or self._eips[0] is not state.eips:
+            memo = self._eips[3] if self._eips is not None else {}
+            fresh: dict[str, tuple[object, tuple[str, ...]]] = {}
+            eip_dnats, eip_snats = [], []
+            for e in state.eips:
+                hit = memo.get(e.uuid)
+                # The same object (an unchanged entry) or an equal one (a sync repeating it) keeps
+                # its rules; formatting addresses is the expensive part.
+                pair = (
+                    hit[1]
+                    if hit is not None and (hit[0] is e or hit[0] == e)
+                    else (eip_dnat(e), eip_snat(e, public))
+                )
+                fresh[e.uuid] = (e, pair)
+                eip_dnats.append(pair[0])
+                eip_snats.append(pair[1])
+            self._eips = (state.eips, eip_dnats, eip_snats, fresh)
+        if self._pfs is None or self._pfs[0] is not state.port_forwardings:
+            memo = self._pfs[2] if self._pfs is not None else {}
+            fresh = {}
+            pf_dnats = []
+            for p in state.port_forwardings:
+                hit = memo.get(p.uuid)
+                one = hit[1] if hit is not None and (hit[0] is p or hit[0] == p) else (pf_dnat(p),)
+                fresh[p.uuid] = (p, one)
+                pf_dnats.append(one[0])
+            self._pfs = (state.port_forwardings, pf_dnats, fresh)
+        eip_dnats, eip_snats, pf_dnats = self._eips[1], self._eips[2], self._pfs[1]
         forward = [
             "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
             # Packets our DNAT rules let in (EIP, port forwarding within its allowed CIDR).
@@ -139,7 +154,7 @@ class Renderer:
             "nat": {
                 "rs-PREROUTING": ["-j rs-eip-dnat", "-j rs-pf-dnat"],
                 "rs-POSTROUTING": ["-j rs-eip-snat", "-j rs-snat"],
-                "rs-eip-dnat": eip_dnats,
+                "rs-eip-dnat": eip_dnats,  # shared with the cache: callers only read them
                 "rs-pf-dnat": pf_dnats,
                 "rs-eip-snat": eip_snats,
                 "rs-snat": [snat(s, public) for s in state.snats],
@@ -192,17 +207,20 @@ def diff_table(table: str, desired: Chains, current: TableDump) -> list[str]:
             declare.append(f":{chain} - [0:0]")  # creates, or (with --noflush) flushes, the chain
             edits.extend(f"-A {chain} {r}" for r in rules)
             continue
-        want = Counter(rules)
-        extra = Counter(have) - want
-        missing = want - Counter(have)
-        if sum(extra.values()) > len(rules):  # mostly gone: rewriting is shorter than deleting
+        have_set, want_set = set(have), set(rules)
+        if len(have_set) == len(have) and len(want_set) == len(rules):  # no duplicates: sets will do
+            extra_rules = [r for r in have if r not in want_set]
+            missing_rules = [r for r in rules if r not in have_set]
+        else:
+            extra_c, missing_c = Counter(have) - Counter(rules), Counter(rules) - Counter(have)
+            extra_rules = [spec for spec, n in extra_c.items() for _ in range(n)]
+            missing_rules = [spec for spec, n in missing_c.items() for _ in range(n)]
+        if len(extra_rules) > len(rules):  # mostly gone: rewriting is shorter than deleting
             declare.append(f":{chain} - [0:0]")
             edits.extend(f"-A {chain} {r}" for r in rules)
             continue
-        for spec, n in extra.items():
-            edits.extend([f"-D {chain} {spec}"] * n)
-        for spec, n in missing.items():
-            edits.extend([f"-A {chain} {spec}"] * n)
+        edits.extend(f"-D {chain} {spec}" for spec in extra_rules)
+        edits.extend(f"-A {chain} {spec}" for spec in missing_rules)
     for chain in own:
         if chain not in desired:  # a chain of ours no longer wanted: flush, then delete below
             declare.append(f":{chain} - [0:0]")

@@ -171,3 +171,56 @@ def test_the_diff_touches_only_what_changed_and_never_foreign_chains():
     lines = rules.diff_table("nat", fewer, stale)
     assert ":rs-old - [0:0]" in lines and lines[-1] == "-X rs-old"
     assert lines.count(f"-D PREROUTING {rules.jump_spec('rs-PREROUTING')}") == 1
+
+
+# ---------------------------------------------------------------- incremental checks
+
+_ips = st.sampled_from([f"203.0.113.{i}" for i in range(1, 5)])
+_guest = st.sampled_from([f"10.0.0.{i}" for i in range(1, 5)])
+_uuids = st.sampled_from([f"{i:032x}" for i in range(4)])
+_macs = st.sampled_from([f"02:00:00:00:00:0{i}" for i in range(4)])
+_eip_ops = st.builds(
+    lambda u, v, g: ("eip.create", {"eip": {"uuid": u, "vipIp": v, "guestIp": g}}), _uuids, _ips, _guest
+)
+_pf_ops = st.builds(
+    lambda u, v, proto, start, n: (
+        "pf.create",
+        {"rule": pf(uuid=u, vipIp=v, protocol=proto, vipPortStart=start, vipPortEnd=start + n,
+                    privatePortStart=start, privatePortEnd=start + n)},
+    ),
+    _uuids, _ips, st.sampled_from(["TCP", "UDP"]), st.integers(1, 6), st.integers(0, 3),
+)  # fmt: skip
+_dhcp_ops = st.builds(
+    lambda entries: ("dhcp.add", {"entries": [{"mac": m, "ip": ip} for m, ip in entries]}),
+    st.lists(st.tuples(_macs, _guest), min_size=1, max_size=3),
+)
+_remove_ops = st.one_of(
+    st.builds(lambda u: ("eip.remove", {"uuid": u}), _uuids),
+    st.builds(lambda u: ("pf.remove", {"uuid": u}), _uuids),
+    st.builds(lambda m: ("dhcp.remove", {"macs": [m]}), _macs),
+)
+
+
+@given(st.lists(st.one_of(_eip_ops, _pf_ops, _dhcp_ops, _remove_ops), max_size=25))
+def test_the_incremental_check_agrees_with_the_whole_state_check(ops):
+    """``check_change`` (what a change touches) refuses exactly what ``check_consistent`` (the
+    whole resulting state) would, over random sequences of changes."""
+    from agents.vrouter.agent import check_change
+
+    state = vr.VrState()
+    for op, body in ops:
+        cmd = parse_wire(vr.COMMANDS[f"vrouter.{op}"][0], {"hostUuid": VR, **body})
+        after = updated(state, op, cmd)
+        try:
+            vr.check_consistent(after)
+            whole_ok = True
+        except ValueError:
+            whole_ok = False
+        try:
+            check_change(state, op, cmd)
+            delta_ok = True
+        except ValueError:
+            delta_ok = False
+        assert delta_ok == whole_ok, (op, body, state)
+        if whole_ok:
+            state = after
