@@ -106,3 +106,12 @@ ensure_ldap_test_deps() {
     as_root systemctl disable --now slapd >/dev/null 2>&1 || true
   fi
 }
+
+# The virtual-router agent's tests and benchmark (tests/integration/test_vrouter_*.py,
+# bench/vrouter.py): iptables (both backends), dnsmasq (the agent runs its own, reloaded by SIGHUP;
+# dnsmasq-base brings no system service), dhcp_release (dnsmasq-utils), conntrack, iproute2,
+# busybox (udhcpc and nslookup in guest namespaces) and socat (the agent in its namespace reaches
+# the broker through a unix-socket relay).
+ensure_vrouter_test_deps() {
+  apt_install iptables dnsmasq-base dnsmasq-utils conntrack iproute2 busybox socat
+}
