@@ -399,7 +399,7 @@ class VrouterAgent:
         changed |= await self._apply_vips(state, links, nics)
         dhcp_same = previous.dhcp is state.dhcp and previous.dns is state.dns
         if reread or not dhcp_same or self._dhcp_applied is None:
-            changed |= await self._apply_dhcp(state, links)
+            changed |= await self._apply_dhcp(state, links, reread=reread)
             self._dhcp_applied = True
         if changed_vips:
             await self._forget_connections(changed_vips)
@@ -471,7 +471,7 @@ class VrouterAgent:
         self._vips_seen = want
         return True
 
-    async def _apply_dhcp(self, state: VrState, links: dict[str, Link]) -> bool:
+    async def _apply_dhcp(self, state: VrState, links: dict[str, Link], *, reread: bool) -> bool:
         by_mac = {v.mac: name for name, v in links.items()}
         nets = [
             GuestNet(by_mac[n.mac], n.address)
@@ -479,7 +479,7 @@ class VrouterAgent:
             if n.role == "Guest" and n.mac in by_mac
         ]
         try:
-            return await self.dnsmasq.apply(nets, state.dhcp, state.dns)
+            return await self.dnsmasq.apply(nets, state.dhcp, state.dns, reread=reread)
         except RuntimeError as exc:
             raise RingstackError(VrErrors.APPLY_FAILED, str(exc)) from None
 

@@ -100,6 +100,15 @@ def _write(path: Path, text: str) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class Rendered:
+    entry: DhcpEntry
+    hosts: str  # its dhcp-hostsfile line
+    names: str  # its addn-hosts line ("" without a host name)
+    domain: str
+    ip: str
+
+
 class Dnsmasq:
     def __init__(
         self, base: Path, runner: Runner, *, binary: str = "dnsmasq", lease_time: int = 3600
@@ -110,6 +119,11 @@ class Dnsmasq:
         self.lease_time = lease_time
         self.restarts = 0
         self.reloads = 0
+        # What we last wrote (file -> text) and rendered (mac -> entry, its hosts and names
+        # lines): a change of one entry among thousands formats and compares only what changed.
+        self._written: dict[Path, str] = {}
+        self._lines: dict[str, Rendered] = {}
+        self._leased_macs: dict[str, str] | None = None  # mac -> ip of the entries last applied
         base.mkdir(parents=True, exist_ok=True)
         os.chmod(base, 0o755)
 
@@ -126,16 +140,23 @@ class Dnsmasq:
             return None
         return pid if f"--conf-file={self.conf}".encode() in cmdline else None
 
-    async def apply(self, nets: list[GuestNet], entries: list[DhcpEntry], dns: DnsSettings) -> bool:
-        """Bring dnsmasq to serve exactly ``entries``; True when anything changed."""
-        old = _read_hosts(self.base / "hosts")
+    async def apply(
+        self, nets: list[GuestNet], entries: list[DhcpEntry], dns: DnsSettings, *, reread: bool = False
+    ) -> bool:
+        """Bring dnsmasq to serve exactly ``entries``; True when anything changed. ``reread``:
+        compare with the files on disk, not with what we last wrote (a sync, a reconcile)."""
+        if reread:
+            self._written.clear()
+        old = self._leased_macs if self._leased_macs is not None else _read_hosts(self.base / "hosts")
+        hosts, names = self._render(entries, dns)
         files = [
-            _write(self.base / "hosts", render_hosts(entries)),
-            _write(self.base / "opts", render_opts(dns)),
-            _write(self.base / "names", render_names(entries, dns)),
-            _write(self.base / "servers", render_servers(dns)),
+            self._write(self.base / "hosts", hosts),
+            self._write(self.base / "opts", render_opts(dns)),
+            self._write(self.base / "names", names),
+            self._write(self.base / "servers", render_servers(dns)),
         ]
-        conf_changed = _write(self.conf, render_conf(self.base, nets, self.lease_time))
+        conf_changed = self._write(self.conf, render_conf(self.base, nets, self.lease_time))
+        self._leased_macs = {mac: r.ip for mac, r in self._lines.items()}
         pid = self.pid()
         if not nets:
             if pid is not None:
@@ -153,6 +174,27 @@ class Dnsmasq:
             self.reloads += 1
             await self._release(nets, old, entries)
         return any(files)
+
+    def _render(self, entries: list[DhcpEntry], dns: DnsSettings) -> tuple[str, str]:
+        """The hosts and names files, as ``render_hosts``/``render_names`` write them, reusing
+        the lines of entries unchanged since the last time."""
+        domain = dns.domain or ""
+        old: dict[str, Rendered] = self._lines
+        fresh: dict[str, Rendered] = {}
+        for e in entries:
+            hit = old.get(e.mac)
+            if hit is None or hit.domain != domain or not (hit.entry is e or hit.entry == e):
+                hit = Rendered(e, render_hosts([e]), render_names([e], dns), domain, str(e.ip))
+            fresh[e.mac] = hit
+        self._lines = fresh
+        return "".join(r.hosts for r in fresh.values()), "".join(r.names for r in fresh.values())
+
+    def _write(self, path: Path, text: str) -> bool:
+        if self._written.get(path) == text:
+            return False
+        changed = _write(path, text)
+        self._written[path] = text
+        return changed
 
     async def _start(self) -> None:
         result = await self.runner.run([self.binary, f"--conf-file={self.conf}"])
