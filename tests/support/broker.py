@@ -18,6 +18,7 @@ of an Erlang VM's boot time. ``restart`` stops and starts the whole process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -97,7 +98,12 @@ class PrivateBroker:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"RabbitMQ node {self.nodename} exited at start:\n{self.log_tail()}")
             try:
-                self.ctl("await_startup", "--timeout", str(int(self.start_timeout)), timeout=self.start_timeout + 10)
+                self.ctl(
+                    "await_startup",
+                    "--timeout",
+                    str(int(self.start_timeout)),
+                    timeout=self.start_timeout + 10,
+                )
                 return self
             except RuntimeError:
                 if time.monotonic() > deadline:
@@ -115,7 +121,9 @@ class PrivateBroker:
             check=False,
         )
         if done.returncode != 0:
-            raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr or done.stdout}\n{self.log_tail()}")
+            raise RuntimeError(
+                f"rabbitmqctl {' '.join(args)} failed: {done.stderr or done.stdout}\n{self.log_tail()}"
+            )
         return done.stdout
 
     def stop_app(self) -> None:
@@ -144,10 +152,8 @@ class PrivateBroker:
     def _stop_process(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        try:
+        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
             self.ctl("stop", timeout=60)
-        except (RuntimeError, subprocess.TimeoutExpired):
-            pass
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
@@ -168,5 +174,7 @@ class PrivateBroker:
     def __enter__(self) -> PrivateBroker:
         return self.start()
 
-    def __exit__(self, *exc: tuple[type[BaseException], BaseException, TracebackType] | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
