@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from bus.errors import RingstackError, Sys
-from mgmt.core.db import ownership_lost
+from mgmt.core.db import CURRENT_FENCE, ownership_lost
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,13 @@ class FlowChain(Generic[C]):
         cause = exc if isinstance(exc, RingstackError) else None
         code = cause.code if cause else Sys.INTERNAL
         message = cause.message if cause else f"internal error in {self.name}/{flow.name}"
+        if self.outcome.abandoned:
+            # Not a failure of the request: its undo is left to the next owner, who can do it only
+            # by resuming the job, so the job must not end here (the runner leaves it running).
+            code = Sys.NOT_OWNER
+            message = (
+                f"{self.name}: ownership lost at step {flow.name}; the next owner resumes it ({message})"
+            )
         details: dict[str, Any] = {
             "chain": self.name,
             "failedStep": flow.name,
@@ -113,6 +120,9 @@ class FlowChain(Generic[C]):
             details["rollbackFailures"] = list(self.outcome.rollback_failures)
         if self.outcome.abandoned:
             details["leftToNextOwner"] = list(self.outcome.abandoned)
+            fence = CURRENT_FENCE.get()
+            if fence is not None:
+                details["partition"] = fence.partition
         if cause is None:
             log.error("%s: step %s failed", self.name, flow.name, exc_info=exc)
         return RingstackError(

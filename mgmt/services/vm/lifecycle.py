@@ -118,28 +118,36 @@ class Transitions:
         await self.db.run(finish)
         return result
 
-    async def settle(self, vm_uuid: str) -> None:
-        """After a crash mid-operation: set a VM left in a transitional state to what its host says."""
+    async def settle(self, vm_uuid: str, *, strict: bool = False) -> str | None:
+        """After a crash mid-operation: set a VM left in a transitional state to what its host says.
+        Returns the state it settled in (None: it was not in a transitional state). ``strict``:
+        a host that cannot be asked raises (the caller retries later) rather than counting as
+        "not running there"."""
 
         def read(session: Session) -> tuple[str, str | None] | None:
             vm = session.get(VmInstance, vm_uuid)
             return None if vm is None else (vm.state, vm.host_uuid or vm.last_host_uuid)
 
         found = await self.db.run(read)
-        if found is None or found[0] not in _TRANSITIONAL or found[1] is None:
-            return
+        if found is None or found[0] not in _TRANSITIONAL:
+            return None
         host = found[1]
-        try:
-            sync = await self.agents.call(VmSyncCommand(host_uuid=host), VmSyncReply)
-            actual = {v.uuid: v.state for v in sync.vms}.get(vm_uuid)
-        except RingstackError:
-            actual = None
+        actual: str | None = None
+        if host is not None:
+            try:
+                sync = await self.agents.call(VmSyncCommand(host_uuid=host), VmSyncReply)
+                actual = {v.uuid: v.state for v in sync.vms}.get(vm_uuid)
+            except RingstackError:
+                if strict:
+                    raise
 
-        def apply(session: Session) -> None:
+        def apply(session: Session) -> str | None:
             vm = session.get(VmInstance, vm_uuid)
             if vm is None or vm.state not in _TRANSITIONAL:
-                return
-            if actual == "Running":
+                return None
+            if vm.state == VmState.EXPUNGING:
+                vm.state = VmState.DESTROYED  # an expunge not done: it may be asked for again
+            elif actual == "Running" and host is not None:
                 if vm.host_uuid is None:
                     hold_host(session, vm, host)
                 vm.state = VmState.RUNNING
@@ -151,8 +159,9 @@ class Transitions:
                 vm.state = VmState.STOPPED
             else:
                 vm.state = VmState.UNKNOWN
+            return vm.state
 
-        await self.db.run(apply)
+        return await self.db.run(apply)
 
 
 _TRANSITIONAL = frozenset(

@@ -18,12 +18,13 @@ from mgmt.core.extensions import ExtensionRegistry
 from mgmt.core.query import QueryTarget, Relation, run_query
 from mgmt.core.quota import check_quota, register_usage
 from mgmt.core.service import CallContext, Service, handler
+from mgmt.core.stuck import StuckResourceFinder, live_jobs
 from mgmt.services.network.ipam import allocate_ip, release_ips_for
 from mgmt.services.vm import allocator
 from mgmt.services.vm import plan as plans
 from mgmt.services.vm.create import CreateVm
 from mgmt.services.vm.lifecycle import Snapshot, Transitions, free_host, hold_host
-from mgmt.services.vm.reconcile import Drift, reconcile_vm
+from mgmt.services.vm.reconcile import TRANSITIONAL, Drift, StuckVms, interrupted_create, reconcile_vm
 from mgmt.services.vm.states import VmState
 from schema.agent import (
     BridgeReply,
@@ -71,6 +72,8 @@ from schema.api.vm import (
     QueryVolume,
     RebootVmInstance,
     RecoverVmInstance,
+    SettleVmInstance,
+    SettleVmInstanceReply,
     StartVmInstance,
     StopVmInstance,
     UpdateVmInstance,
@@ -154,6 +157,7 @@ class VmService(Service):
         register_usage("volume.num", plans.usage_volumes)
         self.creator = CreateVm(self.db, self.agents, self.extensions)
         self.transitions = Transitions(self.db, self.agents)
+        self.extensions.register(StuckResourceFinder, StuckVms())
 
     async def _reply(self, uuid: str, action: str) -> VmReply:
         inv = await self.db.run(inventory, uuid)
@@ -183,9 +187,12 @@ class VmService(Service):
         await self.events.resource_event("vm", vm_uuid, "created", plan.inventory.to_wire())
         return VmReply(inventory=plan.inventory)
 
-    async def _clean_interrupted_create(self, vm_uuid: str) -> VmInstanceInventory | None:
+    async def _clean_interrupted_create(
+        self, vm_uuid: str, *, strict: bool = False
+    ) -> VmInstanceInventory | None:
         """A create whose node died (or lost its ownership): finished already (return it), or undo
-        what it left, on the host and in the database, so that it can run again from the start."""
+        what it left, on the host and in the database, so that it can run again from the start.
+        ``strict``: if the host cannot undo its part, raise and keep the rows (a later try does it)."""
 
         def read(session: Session) -> tuple[str, str | None, list[DeleteVolumeCommand]] | None:
             vm = session.get(VmInstance, vm_uuid)
@@ -207,9 +214,56 @@ class VmService(Service):
                 for command in volumes:
                     await self.agents.call(command, EmptyReply)
             except RingstackError as exc:
+                if strict:
+                    raise
                 log.warning("cleaning interrupted create of %s: undo on %s failed: %s", vm_uuid, host, exc)
         await self.db.run(plans.release, vm_uuid)
         return None
+
+    # ------------------------------------------------------------------ stuck VMs
+
+    @handler(SettleVmInstance)
+    async def settle_vm(self, msg: SettleVmInstance, ctx: CallContext) -> SettleVmInstanceReply:
+        """See ``SettleVmInstance``: runs on the VM's owner, in its serial lane, like any job."""
+
+        def read(session: Session) -> tuple[str, list[str], bool]:
+            vm = load_owned(session, VmInstance, msg.uuid, ctx.account, "VM")
+            others = live_jobs(session, msg.uuid, besides=ctx.request_id)
+            return vm.state, others, interrupted_create(session, vm)
+
+        before, others, creating = await self.db.run(read)
+        if before not in TRANSITIONAL:
+            inv = await self.db.run(inventory, msg.uuid)
+            return SettleVmInstanceReply(
+                from_state=before, to_state=before, action="unchanged", inventory=inv
+            )
+        if others:
+            raise RingstackError(
+                Sys.CONFLICT,
+                f"VM {msg.uuid} is {before} and job {others[0]} is acting on it: wait for it, or cancel it",
+                details={"uuid": msg.uuid, "jobs": others},
+            )
+        if creating:
+            # Its create ended without finishing (its caller was told so): undo it all.
+            await self._clean_interrupted_create(msg.uuid, strict=True)
+            log.warning("VM %s was left %s by an unfinished create: rolled back", msg.uuid, before)
+            await self.events.resource_event("vm", msg.uuid, "settled", {"from": before, "to": "Deleted"})
+            return SettleVmInstanceReply(from_state=before, to_state="Deleted", action="rolledBack")
+        after = await self.transitions.settle(msg.uuid, strict=True) or before
+        inv = await self.db.run(inventory, msg.uuid)
+        forward = {
+            VmState.STARTING: VmState.RUNNING,
+            VmState.REBOOTING: VmState.RUNNING,
+            VmState.MIGRATING: VmState.RUNNING,
+            VmState.STOPPING: VmState.STOPPED,
+            VmState.DESTROYING: VmState.DESTROYED,
+        }
+        action = "rolledForward" if forward.get(VmState(before)) == after else "rolledBack"
+        log.warning(
+            "VM %s was left %s with no job acting on it: now %s (%s)", msg.uuid, before, after, action
+        )
+        await self.events.resource_event("vm", msg.uuid, "settled", {**inv.to_wire(), "from": before})
+        return SettleVmInstanceReply(from_state=before, to_state=after, action=action, inventory=inv)
 
     # ------------------------------------------------------------------ lifecycle
 
