@@ -32,6 +32,13 @@ class AgentClient:
             spec.request: spec for spec in commands_of(protocol).values()
         }
 
+    async def send(self, command: HostCommand, *, timeout: float | None = None) -> AgentReply:
+        """``call`` for a command whose reply's content does not matter (a cleanup's)."""
+        spec = self._specs.get(type(command))
+        if spec is None:
+            raise TypeError(f"{type(command).__name__} is not a command of this protocol")
+        return await self.call(command, spec.reply, timeout=timeout)
+
     async def call(self, command: HostCommand, reply: type[R], *, timeout: float | None = None) -> R:
         """Send ``command`` to its host's agent and return the checked reply.
 
