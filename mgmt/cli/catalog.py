@@ -13,8 +13,8 @@ APIs are commands too.
 
 from __future__ import annotations
 
-import hashlib
 import os
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -85,14 +85,14 @@ def _plugin_modules(extra_services: str) -> list[str]:
 
 
 def _key(extra_services: str) -> str:
-    h = hashlib.sha256(f"{FORMAT_VERSION}\0{SCHEMA_DIR}\0{extra_services}".encode())
+    # A plain string, compared whole (hashlib's import alone costs more than the comparison).
     own = os.stat(__file__)  # how the catalogue is built is part of what it holds
-    h.update(f"{own.st_mtime_ns}\0{own.st_size}\0".encode())
+    parts = [str(FORMAT_VERSION), str(SCHEMA_DIR), extra_services, f"{own.st_mtime_ns}:{own.st_size}"]
     for folder in (SCHEMA_DIR, SCHEMA_DIR / "api"):
         for entry in sorted(os.scandir(folder), key=lambda e: e.name):
             if entry.name.endswith(".py"):
                 st = entry.stat()
-                h.update(f"{entry.name}\0{st.st_mtime_ns}\0{st.st_size}\0".encode())
+                parts.append(f"{entry.name}:{st.st_mtime_ns}:{st.st_size}")
     if extra_services:
         import importlib.util
 
@@ -103,8 +103,8 @@ def _key(extra_services: str) -> str:
                 spec = None
             if spec is not None and spec.origin and os.path.exists(spec.origin):
                 st = os.stat(spec.origin)
-                h.update(f"{spec.origin}\0{st.st_mtime_ns}\0{st.st_size}\0".encode())
-    return h.hexdigest()[:20]
+                parts.append(f"{spec.origin}:{st.st_mtime_ns}:{st.st_size}")
+    return "|".join(parts)
 
 
 def _type_of(prop: dict[str, Any], defs: dict[str, Any]) -> tuple[str, bool]:
@@ -226,7 +226,7 @@ def _build(extra_services: str) -> dict[str, Any]:
 def load_catalog(extra_services: str = "") -> Catalog:
     # One file per source tree and plugin set (its "slot"), overwritten when the key changes, so
     # edits do not pile up files and several trees on one machine do not evict each other.
-    slot = hashlib.sha256(f"{SCHEMA_DIR}\0{extra_services}".encode()).hexdigest()[:16]
+    slot = f"{zlib.crc32(f'{SCHEMA_DIR}|{extra_services}'.encode()):08x}"
     path = cache_dir() / f"cli-catalog-{slot}.json"
     key = _key(extra_services)
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tomllib
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +39,8 @@ def setting(name: str, flag: str | None = None) -> str:
     if env:
         return env
     if CONFIG_PATH.exists():
+        import tomllib
+
         try:
             value = tomllib.loads(CONFIG_PATH.read_text()).get(name)
         except tomllib.TOMLDecodeError as exc:

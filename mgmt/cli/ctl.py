@@ -89,10 +89,13 @@ def schema() -> None:
 @schema.command("export")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None)
 def export(output: str | None) -> None:
-    """Write the JSON Schema of every API message and reply (stdout by default)."""
+    """Write the JSON Schema of every API message and reply, keyed by API name, and of the
+    canonical events under "events" (names, kinds, actions, bodies); stdout by default."""
+    from schema.events import events_schema
     from schema.registry import load_all
 
-    data = orjson.dumps(load_all().json_schema(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+    exported = {**load_all().json_schema(), "events": events_schema()}
+    data = orjson.dumps(exported, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
     if output:
         Path(output).write_bytes(data + b"\n")
     else:
