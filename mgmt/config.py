@@ -71,6 +71,11 @@ class NodeConfig(BaseModel):
     host_ping_misses: int = Field(default=3, ge=1, description="missed pings before a host is Disconnected")
     extra_services: list[str] = Field(default_factory=list, description="'module:Class' services to load too")
     disabled_services: list[str] = Field(default_factory=list)
+    ops_address: str = Field(
+        default="127.0.0.1:0",
+        pattern=r"^$|^[^:]*:\d{1,5}$",
+        description="host:port of /healthz, /readyz and /metrics (port 0: any free one, logged; empty: none)",
+    )
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     # identity: the bootstrap admin's first password (used only when the node creates the admin
     # account), login session lifetime, and per-quota default limits (mgmt/core/quota.py names)
