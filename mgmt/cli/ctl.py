@@ -143,6 +143,54 @@ def stop(config_path: str | None, nodes: tuple[str, ...], timeout: float) -> Non
         click.echo(f"node {uuid}: stopped in {time.monotonic() - started:.1f} s")
 
 
+@main.command("backup")
+@_CONFIG
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    required=True,
+    help="the archive (.tar.gz)",
+)
+def backup_command(config_path: str | None, output: str) -> None:
+    """Write the database and the config file to one archive (nodes may keep running)."""
+    import os
+
+    from mgmt.cli.backup import BackupError, backup
+
+    config = _config(config_path)
+    path = config_path or os.environ.get("RINGSTACK_CONFIG") or "/etc/ringstack/ringstack.toml"
+    try:
+        manifest = backup(config.database_url, Path(path), Path(output))
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"backup of {manifest['database']} at revision {manifest['revision']} written to {output}")
+
+
+@main.command("restore")
+@_CONFIG
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False))
+@click.option("--force", is_flag=True, help="restore although nodes are recorded alive (they must be dead)")
+@click.option(
+    "--config-to",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="write the backup's config file here",
+)
+def restore_command(config_path: str | None, archive: str, force: bool, config_to: str | None) -> None:
+    """Replace the database's contents with a backup's (all or nothing); every node must be stopped."""
+    from mgmt.cli.backup import BackupError, restore
+
+    config = _config(config_path)
+    try:
+        manifest = restore(
+            config.database_url, Path(archive), force=force, config_to=Path(config_to) if config_to else None
+        )
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"restored the backup of {manifest['createdAt']} (revision {manifest['revision']})")
+
+
 @main.group()
 def db() -> None:
     """Database schema."""
