@@ -23,7 +23,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/ringstack/ringstack.toml")
 # Agent config keys (agents/kvm/config.py) a node may set for every KVM host it deploys: all but
 # those the deployment writes itself for each host.
 KVM_AGENT_KEYS = frozenset(AgentConfig.model_fields) - {"host_uuid", "namespace", "broker_url", "domain_type"}
-# Variables of the KVM host playbook's role (mgmt/deploy/ansible/roles/kvm_agent/defaults/main.yml).
+# Variables of the KVM host playbook's role (ansible/roles/kvm_agent/defaults/main.yml).
 KVM_PLAYBOOK_VARS = frozenset(
     {
         "agent_root",
