@@ -48,3 +48,31 @@ def test_wheel_builds_cleanly_and_its_playbooks_are_found(tmp_path):
     where, exists = found.stdout.split()
     assert Path(where) == venv / "share" / "ringstack" / "ansible" and exists == "True"
     assert (Path(where) / "roles/kvm_agent/tasks/main.yml").is_file()
+
+
+def test_editable_install_is_quiet(tmp_path):
+    """scripts/lib.sh installs the tree editable with -q: nothing may be printed (it used to print
+    setuptools' warnings about mgmt.deploy.ansible and the editable import hook)."""
+    src = tmp_path / "src"
+    for name in run("git", "ls-files", "-co", "--exclude-standard").stdout.split():
+        if (ROOT / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            (src / name).write_bytes((ROOT / name).read_bytes())
+    done = run(
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-deps",
+        "-e",
+        src,
+        "--prefix",
+        tmp_path / "p",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    printed = [
+        line for line in (done.stdout + done.stderr).splitlines() if not line.startswith("WARNING: Location")
+    ]
+    assert printed == []
