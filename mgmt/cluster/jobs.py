@@ -433,6 +433,8 @@ class JobRunner:
             if job["state"] == "cancelled":
                 await self._event(job_uuid, job["name"], resource_uuid, "cancelled")
             return
+        # Clients show it (the CLI's progress line): the job left the queue and its work began.
+        await self._event(job_uuid, job["name"], resource_uuid, "running")
         state, result, error = await self._run_handler(job_uuid, job, resource_uuid, partition, fence)
         if state is None:
             return  # ownership lost mid-way: the next owner runs it again
