@@ -1,13 +1,15 @@
 """The virtual-router agent protocol, version 1: every command, its reply, the desired-state model.
 
 Spoken between management nodes and the agent inside each virtual-router (VR) appliance VM (and
-the simulator). Transport and conventions are those of ``schema.agent``:
+the simulator). Transport and conventions are those of every agent (``schema.agent_base``):
 
 - a ringstack envelope of kind ``call`` on the VR's own queue ``<ns>.agent.<vr_uuid>``; replies
   through ``<ns>.replies``. Every command carries ``hostUuid``: the VR's uuid (the VR is tracked
   like a host, and the shared agent server refuses a command meant for another one with
   ``AGENT.WRONG_HOST``);
-- ``vrouter.connect`` carries the protocol version (``AGENT.PROTOCOL_MISMATCH`` otherwise);
+- every command and reply carries the protocol version (``AGENT.PROTOCOL_MISMATCH`` otherwise);
+  ``agent.connect`` and ``agent.ping`` are the shared ones; ``VirtualRouterAgent`` at the end is
+  the protocol as a typed interface;
 - every mutating command is idempotent and its reply says whether it ``changed`` anything;
 - ``vrouter.sync`` carries the whole desired state: afterwards the VR holds exactly that (every
   SNAT, VIP, EIP, port forwarding, DHCP entry and DNS setting) and nothing else of ringstack's.
@@ -22,13 +24,14 @@ entries with one MAC or IP, port ranges of equal length) are checked here too.
 from __future__ import annotations
 
 import itertools
+from abc import abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from schema.agent import HostCommand
+from schema.agent_base import AgentInterface, AgentReply, HostCommand, command, commands_of
 from schema.api.base import UUID_PATTERN, WireModel
 
 PROTOCOL_VERSION = 1
@@ -192,11 +195,6 @@ class VrCommand(HostCommand):
     """``hostUuid`` is the VR's uuid: the agent's identity on the bus."""
 
 
-class ConnectCommand(VrCommand):
-    protocol_version: int = PROTOCOL_VERSION
-    management_node_uuid: Uuid | None = None
-
-
 class NicFacts(WireModel):
     name: str
     mac: str
@@ -217,7 +215,7 @@ class VrCounts(WireModel):
     filter_rules: int = 0
 
 
-class VrFacts(WireModel):
+class VrFacts(AgentReply):
     agent_version: str
     firewall: Literal["iptables-nft", "iptables-legacy", "simulator"]
     dnsmasq_pid: int | None = None
@@ -228,23 +226,6 @@ class VrFacts(WireModel):
     processes: dict[str, int] = Field(default_factory=dict)
     nics: list[NicFacts] = Field(default_factory=list)
     counts: VrCounts = Field(default_factory=VrCounts)
-
-
-class ConnectReply(WireModel):
-    host_uuid: Uuid
-    protocol_version: int
-    agent_version: str
-    facts: VrFacts
-
-
-class PingCommand(VrCommand):
-    pass
-
-
-class PingReply(WireModel):
-    host_uuid: Uuid
-    agent_version: str
-    uptime: float
 
 
 class FactsCommand(VrCommand):
@@ -368,31 +349,79 @@ class DnsSetCommand(VrCommand):
     dns: DnsSettings
 
 
-class ChangeReply(WireModel):
-    changed: bool
+class ChangeReply(AgentReply):
     # False: a part of a sync was taken and the rest is awaited; nothing was applied yet.
     complete: bool = True
     counts: VrCounts
     duration: float = Field(default=0.0, ge=0, description="seconds the agent spent applying")
 
 
-COMMANDS: dict[str, tuple[type[VrCommand], type[WireModel]]] = {
-    "vrouter.connect": (ConnectCommand, ConnectReply),
-    "vrouter.ping": (PingCommand, PingReply),
-    "vrouter.facts": (FactsCommand, VrFacts),
-    "vrouter.configure_nics": (ConfigureNicsCommand, ChangeReply),
-    "vrouter.sync": (SyncCommand, ChangeReply),
-    "vrouter.snat.set": (SnatSetCommand, ChangeReply),
-    "vrouter.snat.remove": (SnatRemoveCommand, ChangeReply),
-    "vrouter.vip.create": (VipCreateCommand, ChangeReply),
-    "vrouter.vip.remove": (VipRemoveCommand, ChangeReply),
-    "vrouter.eip.create": (EipCreateCommand, ChangeReply),
-    "vrouter.eip.remove": (EipRemoveCommand, ChangeReply),
-    "vrouter.pf.create": (PortForwardingCreateCommand, ChangeReply),
-    "vrouter.pf.remove": (PortForwardingRemoveCommand, ChangeReply),
-    "vrouter.dhcp.add": (DhcpAddCommand, ChangeReply),
-    "vrouter.dhcp.remove": (DhcpRemoveCommand, ChangeReply),
-    "vrouter.dns.set": (DnsSetCommand, ChangeReply),
-}
+class VirtualRouterAgent(AgentInterface):
+    """The virtual-router protocol as a typed interface (``schema.agent_base``): connect and ping
+    are inherited (``agent.connect`` answers host facts with ``hypervisor: vrouter``); the VR's own
+    facts (NICs, rule and entry counts, dnsmasq) are ``vrouter.facts``. The agent in the appliance
+    (``agents.vrouter``) and the simulator's VRs subclass it."""
 
-COMMAND_PREFIX = "vrouter."
+    PROTOCOL: ClassVar[str] = "vrouter"
+    VERSION: ClassVar[int] = PROTOCOL_VERSION
+
+    @command("vrouter.facts", mutating=False)
+    @abstractmethod
+    async def facts(self, cmd: FactsCommand) -> VrFacts: ...
+
+    @command("vrouter.configure_nics")
+    @abstractmethod
+    async def configure_nics(self, cmd: ConfigureNicsCommand) -> ChangeReply: ...
+
+    @command("vrouter.sync")
+    @abstractmethod
+    async def sync(self, cmd: SyncCommand) -> ChangeReply: ...
+
+    @command("vrouter.snat.set")
+    @abstractmethod
+    async def snat_set(self, cmd: SnatSetCommand) -> ChangeReply: ...
+
+    @command("vrouter.snat.remove")
+    @abstractmethod
+    async def snat_remove(self, cmd: SnatRemoveCommand) -> ChangeReply: ...
+
+    @command("vrouter.vip.create")
+    @abstractmethod
+    async def vip_create(self, cmd: VipCreateCommand) -> ChangeReply: ...
+
+    @command("vrouter.vip.remove")
+    @abstractmethod
+    async def vip_remove(self, cmd: VipRemoveCommand) -> ChangeReply: ...
+
+    @command("vrouter.eip.create")
+    @abstractmethod
+    async def eip_create(self, cmd: EipCreateCommand) -> ChangeReply: ...
+
+    @command("vrouter.eip.remove")
+    @abstractmethod
+    async def eip_remove(self, cmd: EipRemoveCommand) -> ChangeReply: ...
+
+    @command("vrouter.pf.create")
+    @abstractmethod
+    async def pf_create(self, cmd: PortForwardingCreateCommand) -> ChangeReply: ...
+
+    @command("vrouter.pf.remove")
+    @abstractmethod
+    async def pf_remove(self, cmd: PortForwardingRemoveCommand) -> ChangeReply: ...
+
+    @command("vrouter.dhcp.add")
+    @abstractmethod
+    async def dhcp_add(self, cmd: DhcpAddCommand) -> ChangeReply: ...
+
+    @command("vrouter.dhcp.remove")
+    @abstractmethod
+    async def dhcp_remove(self, cmd: DhcpRemoveCommand) -> ChangeReply: ...
+
+    @command("vrouter.dns.set")
+    @abstractmethod
+    async def dns_set(self, cmd: DnsSetCommand) -> ChangeReply: ...
+
+
+def request_of(name: str) -> type[HostCommand]:
+    """The command model of ``vrouter.<name>`` (the agent's journal replays commands by name)."""
+    return commands_of(VirtualRouterAgent)[name].request

@@ -15,13 +15,10 @@ from agents.simulator.faults import Fault, enter_faults
 from agents.vrouter import rules
 from agents.vrouter.agent import SyncParts, check_change, updated
 from bus.errors import RingstackError
-from schema.agent import AgentErrors
+from schema.agent_base import ConnectCommand, ConnectReply, HostFacts, PingCommand, PingReply
 from schema.vrouter import (
-    PROTOCOL_VERSION,
     ChangeReply,
     ConfigureNicsCommand,
-    ConnectCommand,
-    ConnectReply,
     DhcpAddCommand,
     DhcpRemoveCommand,
     DnsSetCommand,
@@ -30,8 +27,6 @@ from schema.vrouter import (
     FactsCommand,
     NicConfig,
     NicFacts,
-    PingCommand,
-    PingReply,
     PortForwardingCreateCommand,
     PortForwardingRemoveCommand,
     SnatRemoveCommand,
@@ -39,6 +34,7 @@ from schema.vrouter import (
     SyncCommand,
     VipCreateCommand,
     VipRemoveCommand,
+    VirtualRouterAgent,
     VrCommand,
     VrCounts,
     VrErrors,
@@ -50,7 +46,7 @@ AGENT_VERSION = "ringstack-vrouter-simulator/1"
 
 
 @dataclass
-class SimVrouter:
+class SimVrouter(VirtualRouterAgent):
     host_uuid: str
     state: VrState = field(default_factory=VrState)
     nics: dict[str, NicConfig] = field(default_factory=dict)
@@ -119,21 +115,14 @@ class SimVrouter:
     # ------------------------------------------------------------------ the protocol
 
     async def connect(self, cmd: ConnectCommand) -> ConnectReply:
-        await self._enter("vrouter.connect")
-        if cmd.protocol_version != PROTOCOL_VERSION:
-            raise RingstackError(
-                AgentErrors.PROTOCOL_MISMATCH,
-                f"this agent speaks virtual-router protocol {PROTOCOL_VERSION}, not {cmd.protocol_version}",
-            )
-        return ConnectReply(
-            host_uuid=self.host_uuid,
-            protocol_version=PROTOCOL_VERSION,
-            agent_version=AGENT_VERSION,
-            facts=self.facts_now(),
+        await self._enter("agent.connect")
+        facts = HostFacts(
+            hypervisor="vrouter", cpu_num=1, memory_size=256 << 20, hostname=f"vr-{self.host_uuid[:8]}"
         )
+        return ConnectReply(host_uuid=self.host_uuid, agent_version=AGENT_VERSION, facts=facts)
 
     async def ping(self, cmd: PingCommand) -> PingReply:
-        await self._enter("vrouter.ping")
+        await self._enter("agent.ping")
         return PingReply(
             host_uuid=self.host_uuid, agent_version=AGENT_VERSION, uptime=time.monotonic() - self.started
         )

@@ -22,7 +22,6 @@ async def run(config_path: str | None) -> int:
     from agents.vrouter.agent import VrouterAgent
     from agents.vrouter.config import load_config
     from bus.topology import Topology
-    from schema.vrouter import COMMAND_PREFIX, COMMANDS
 
     config = load_config(config_path)
     logging.getLogger().setLevel(config.log_level)
@@ -33,7 +32,7 @@ async def run(config_path: str | None) -> int:
         config.host_uuid,
         process_name=f"ringstack-vrouter-agent-{config.host_uuid}",
     )
-    server = AgentServer(bus, prefetch=config.prefetch, commands=COMMANDS, prefix=COMMAND_PREFIX)
+    server = AgentServer(bus, prefetch=config.prefetch)
     agent = VrouterAgent(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import platform
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -34,14 +35,10 @@ from agents.vrouter.config import VrouterConfig
 from agents.vrouter.dhcp import Dnsmasq, GuestNet
 from agents.vrouter.proc import Result, Runner
 from bus.errors import RingstackError, Sys
-from schema.agent import AgentErrors
+from schema.agent_base import ConnectCommand, ConnectReply, HostCommand, HostFacts, PingCommand, PingReply
 from schema.vrouter import (
-    COMMANDS,
-    PROTOCOL_VERSION,
     ChangeReply,
     ConfigureNicsCommand,
-    ConnectCommand,
-    ConnectReply,
     DhcpAddCommand,
     DhcpRemoveCommand,
     DnsSetCommand,
@@ -50,8 +47,6 @@ from schema.vrouter import (
     FactsCommand,
     NicConfig,
     NicFacts,
-    PingCommand,
-    PingReply,
     PortForwardingCreateCommand,
     PortForwardingRemoveCommand,
     SnatRemoveCommand,
@@ -59,6 +54,7 @@ from schema.vrouter import (
     SyncCommand,
     VipCreateCommand,
     VipRemoveCommand,
+    VirtualRouterAgent,
     VrCommand,
     VrCounts,
     VrErrors,
@@ -66,6 +62,7 @@ from schema.vrouter import (
     VrState,
     check_consistent,
     join_states,
+    request_of,
 )
 
 log = logging.getLogger(__name__)
@@ -85,7 +82,7 @@ def agent_version() -> str:
         return "ringstack-vrouter-agent/unknown"
 
 
-def updated(state: VrState, op: str, cmd: VrCommand) -> VrState:
+def updated(state: VrState, op: str, cmd: HostCommand) -> VrState:
     """``state`` with one incremental command applied (not yet checked for consistency)."""
     match op, cmd:
         case "snat.set", SnatSetCommand(snat=new):
@@ -145,7 +142,7 @@ class SyncParts:
         return state
 
 
-def check_change(state: VrState, op: str, cmd: VrCommand) -> None:
+def check_change(state: VrState, op: str, cmd: HostCommand) -> None:
     """Raise ValueError when applying ``cmd`` to ``state`` (consistent) would break one of the
     rules of ``check_consistent``; the same verdict, but looking only at what the change touches
     (checking a 15,000-entry state whole on every change cost more than the change)."""
@@ -194,7 +191,21 @@ def _unique_values(what: str, values: Sequence[Hashable]) -> None:
 JOURNAL_LIMIT = 1000  # journal lines before the state is written whole again
 
 
-class VrouterAgent:
+def host_facts() -> HostFacts:
+    """What ``agent.connect`` tells of the appliance itself."""
+    memory = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        memory = int(Path("/proc/meminfo").read_text().split()[1]) * 1024  # MemTotal, kB
+    return HostFacts(
+        hypervisor="vrouter",
+        cpu_num=os.cpu_count() or 1,
+        memory_size=memory,
+        hostname=platform.node(),
+        os=platform.platform(),
+    )
+
+
+class VrouterAgent(VirtualRouterAgent):
     def __init__(self, config: VrouterConfig, runner: Runner | None = None) -> None:
         self.config = config
         self.host_uuid = config.host_uuid
@@ -239,17 +250,8 @@ class VrouterAgent:
     # ------------------------------------------------------------------ commands: identity
 
     async def connect(self, cmd: ConnectCommand) -> ConnectReply:
-        if cmd.protocol_version != PROTOCOL_VERSION:
-            raise RingstackError(
-                AgentErrors.PROTOCOL_MISMATCH,
-                f"this agent speaks virtual-router protocol {PROTOCOL_VERSION}, not {cmd.protocol_version}",
-            )
-        return ConnectReply(
-            host_uuid=self.host_uuid,
-            protocol_version=PROTOCOL_VERSION,
-            agent_version=agent_version(),
-            facts=await self._facts(),
-        )
+        # The protocol version was checked by the server before this runs.
+        return ConnectReply(host_uuid=self.host_uuid, agent_version=agent_version(), facts=host_facts())
 
     async def ping(self, cmd: PingCommand) -> PingReply:
         return PingReply(
@@ -620,7 +622,7 @@ class VrouterAgent:
             with open(self.base / "journal.jsonl") as f:
                 for line in f:
                     entry = json.loads(line)
-                    command_model = COMMANDS[f"vrouter.{entry['op']}"][0]
+                    command_model = request_of(f"vrouter.{entry['op']}")
                     state = updated(state, entry["op"], command_model.from_wire(entry["command"]))
                     self._journal_lines += 1
         except FileNotFoundError:

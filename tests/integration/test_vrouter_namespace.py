@@ -311,7 +311,9 @@ async def test_bad_input_is_a_structured_error_and_the_agent_lives_on(lab, clien
     ]
     for name, body in bad_bodies:
         with pytest.raises(RingstackError) as err:
-            await client.call(queue, name, {"hostUuid": lab.vr_uuid, **body}, timeout=30)
+            await client.call(
+                queue, name, {"hostUuid": lab.vr_uuid, "protocolVersion": 1, **body}, timeout=30
+            )
         assert err.value.code == "SYS.INVALID_ARGUMENT", (name, err.value)
     # A VIP serves one service: an EIP on a port-forwarding VIP is a conflict, and nothing changes.
     pf = vr.PortForwarding(
@@ -337,9 +339,13 @@ async def test_bad_input_is_a_structured_error_and_the_agent_lives_on(lab, clien
     with pytest.raises(RingstackError) as err:
         await lab.agents.call(missing, vr.ChangeReply)
     assert err.value.code == vr.VrErrors.NIC_NOT_FOUND
+    # A command of another protocol version is refused before its body is read.
+    with pytest.raises(RingstackError) as err:
+        await client.call(queue, "vrouter.facts", {"hostUuid": lab.vr_uuid, "protocolVersion": 2}, timeout=30)
+    assert err.value.code == "AGENT.PROTOCOL_MISMATCH"
     # Another VR's command is refused, and the agent still answers.
     with pytest.raises(RingstackError) as err:
-        await client.call(queue, "vrouter.ping", {"hostUuid": uid()}, timeout=30)
+        await client.call(queue, "agent.ping", {"hostUuid": uid(), "protocolVersion": 1}, timeout=30)
     assert err.value.code == "AGENT.WRONG_HOST"
     done = await lab.agents.call(vr.FactsCommand(host_uuid=lab.vr_uuid), vr.VrFacts)
     assert done.counts.port_forwardings == 1 and done.counts.eips == 0

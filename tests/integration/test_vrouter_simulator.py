@@ -10,6 +10,7 @@ import pytest
 from bus.errors import RingstackError
 from mgmt.core.agents import AgentClient, sync_vrouter
 from schema import vrouter as vr
+from schema.agent_base import ConnectCommand, ConnectReply
 
 
 def uid() -> str:
@@ -21,7 +22,7 @@ async def vrouter(simulator, client):
     vr_uuid = uid()
     reply = await client.call(simulator.control_queue.name, "simulator.add_vrouters", {"vrouters": [vr_uuid]})
     assert reply == {"vrouters": 1}
-    agents = AgentClient(client, default_timeout=20, commands=vr.COMMANDS)
+    agents = AgentClient(client, default_timeout=20, protocol=vr.VirtualRouterAgent)
     await agents.call(
         vr.ConfigureNicsCommand(
             host_uuid=vr_uuid,
@@ -37,8 +38,10 @@ async def vrouter(simulator, client):
 
 async def test_a_big_sync_in_parts_then_incremental_changes_are_counted(vrouter, simulator):
     vr_uuid, agents = vrouter
-    connected = await agents.call(vr.ConnectCommand(host_uuid=vr_uuid), vr.ConnectReply)
-    assert connected.facts.firewall == "simulator"
+    connected = await agents.call(ConnectCommand(host_uuid=vr_uuid), ConnectReply)
+    assert connected.facts.hypervisor == "vrouter"
+    facts = await agents.call(vr.FactsCommand(host_uuid=vr_uuid), vr.VrFacts)
+    assert facts.firewall == "simulator"
     state = vr.VrState(
         eips=[
             vr.Eip(

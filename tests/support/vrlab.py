@@ -256,7 +256,7 @@ class VrLab:
             self.agent.kill()
 
     def client(self, bus) -> AgentClient:  # type: ignore[no-untyped-def]
-        return AgentClient(bus, default_timeout=60, commands=vr.COMMANDS)
+        return AgentClient(bus, default_timeout=60, protocol=vr.VirtualRouterAgent)
 
     def nics(self) -> vr.ConfigureNicsCommand:
         return vr.ConfigureNicsCommand(

@@ -209,7 +209,7 @@ def test_the_incremental_check_agrees_with_the_whole_state_check(ops):
 
     state = vr.VrState()
     for op, body in ops:
-        cmd = parse_wire(vr.COMMANDS[f"vrouter.{op}"][0], {"hostUuid": VR, **body})
+        cmd = parse_wire(vr.request_of(f"vrouter.{op}"), {"hostUuid": VR, **body})
         after = updated(state, op, cmd)
         try:
             vr.check_consistent(after)
