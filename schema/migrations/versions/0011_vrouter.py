@@ -1,14 +1,14 @@
 """vrouter (virtual-router offerings and VIPs)
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0013 (0009 in the brief; after main took 0013 on 0009, chained here so there is one head)
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0009"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
