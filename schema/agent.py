@@ -22,6 +22,8 @@ Field names are camelCase on the wire, as everywhere in ringstack.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -262,6 +264,113 @@ class DeleteBridgeCommand(HostCommand):
     l2: L2Spec
 
 
+# ---------------------------------------------------------------------- security groups
+# The agent is told a host's whole desired state (every NIC in a security group there, its groups'
+# rules, the members of every group a rule names as remote) and makes the host's tables match it,
+# changing only what differs. Member changes alone go as ``securitygroup.update_members``: sets
+# change, no rule does. Ingress is denied unless a rule allows it; egress is allowed unless a group
+# of the NIC has egress rules, then only what they allow (ZStack's defaults).
+
+SecurityGroupRuleType = Literal["Ingress", "Egress"]
+SecurityGroupProtocol = Literal["TCP", "UDP", "ICMP", "ALL"]
+MAC_PATTERN = r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$"
+
+
+class SecurityGroupRuleSpec(WireModel):
+    type: SecurityGroupRuleType
+    protocol: SecurityGroupProtocol
+    start_port: int | None = Field(default=None, ge=0, le=65535)
+    end_port: int | None = Field(default=None, ge=0, le=65535)
+    allowed_cidr: str | None = None  # the peer's addresses; None and no remote group: anyone
+    remote_security_group_uuid: Uuid | None = Field(default=None, pattern=UUID_PATTERN)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SecurityGroupRuleSpec:
+        check_rule(
+            self.protocol, self.start_port, self.end_port, self.allowed_cidr, self.remote_security_group_uuid
+        )
+        return self
+
+
+def check_rule(
+    protocol: str, start_port: int | None, end_port: int | None, cidr: str | None, remote: str | None
+) -> None:
+    """The one validation of a rule, shared by the API and the agent protocol."""
+    if protocol in ("TCP", "UDP"):
+        if start_port is None or end_port is None:
+            raise ValueError(f"a {protocol} rule needs startPort and endPort")
+        if start_port > end_port:
+            raise ValueError(f"startPort {start_port} is above endPort {end_port}")
+    elif start_port is not None or end_port is not None:
+        raise ValueError(f"an {protocol} rule takes no ports")
+    if cidr is not None and remote is not None:
+        raise ValueError("a rule names allowedCidr or remoteSecurityGroupUuid, not both")
+    if cidr is not None:
+        ipaddress.IPv4Network(cidr, strict=True)  # ValueError says what is wrong
+
+
+class SecurityGroupSpec(WireModel):
+    uuid: Uuid = Field(pattern=UUID_PATTERN)
+    rules: list[SecurityGroupRuleSpec] = Field(default_factory=list, max_length=1000)
+
+
+class VmNicSecuritySpec(WireModel):
+    nic_uuid: Uuid = Field(pattern=UUID_PATTERN)
+    mac: str = Field(pattern=MAC_PATTERN)
+    ips: list[str] = Field(max_length=64)  # the only source addresses the NIC may send from
+    security_group_uuids: list[Uuid] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _ipv4(self) -> VmNicSecuritySpec:
+        for ip in self.ips:
+            ipaddress.IPv4Address(ip)
+        return self
+
+
+def _check_members(members: dict[str, list[str]]) -> None:
+    for group, ips in members.items():
+        if not re.fullmatch(UUID_PATTERN, group):
+            raise ValueError(f"{group!r} is not a security group uuid")
+        for ip in ips:
+            ipaddress.IPv4Address(ip)
+
+
+class ApplySecurityGroupRulesCommand(HostCommand):
+    """The host's whole security-group state; NICs and groups not in it lose their chains."""
+
+    nics: list[VmNicSecuritySpec] = Field(default_factory=list)
+    groups: list[SecurityGroupSpec] = Field(default_factory=list)
+    members: dict[Uuid, list[str]] = Field(default_factory=dict)  # group -> member IPs
+
+    @model_validator(mode="after")
+    def _complete(self) -> ApplySecurityGroupRulesCommand:
+        _check_members(self.members)
+        known = {g.uuid for g in self.groups}
+        for nic in self.nics:
+            missing = set(nic.security_group_uuids) - known
+            if missing:
+                raise ValueError(f"NIC {nic.nic_uuid} is in groups not sent: {sorted(missing)}")
+        return self
+
+
+class UpdateSecurityGroupMembersCommand(HostCommand):
+    """Replace the members of these groups' sets (sets the host does not use are skipped)."""
+
+    members: dict[Uuid, list[str]]
+
+    @model_validator(mode="after")
+    def _valid(self) -> UpdateSecurityGroupMembersCommand:
+        _check_members(self.members)
+        return self
+
+
+class SecurityGroupReply(WireModel):
+    changed: bool
+    rules_changed: int = 0  # iptables and ebtables rules added plus removed
+    set_members_changed: int = 0
+    restores: int = 0  # iptables-restore/ebtables-restore runs (each one atomic)
+
+
 # ---------------------------------------------------------------------- reports
 
 
@@ -295,6 +404,8 @@ COMMANDS: dict[str, tuple[type[HostCommand], type[WireModel]]] = {
     "agent.volume.delete": (DeleteVolumeCommand, EmptyReply),
     "agent.network.ensure_bridge": (EnsureBridgeCommand, BridgeReply),
     "agent.network.delete_bridge": (DeleteBridgeCommand, EmptyReply),
+    "agent.securitygroup.apply": (ApplySecurityGroupRulesCommand, SecurityGroupReply),
+    "agent.securitygroup.update_members": (UpdateSecurityGroupMembersCommand, SecurityGroupReply),
 }
 
 REPORT_VM_STATE = "vm_state"

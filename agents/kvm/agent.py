@@ -29,11 +29,13 @@ from agents.kvm import domxml, facts, vms
 from agents.kvm.config import AgentConfig
 from agents.kvm.hypervisor import Hypervisor
 from agents.kvm.network import Bridges
+from agents.kvm.secgroup import SecurityGroups
 from agents.kvm.storage import Storage
 from bus.errors import RingstackError
 from schema.agent import (
     PROTOCOL_VERSION,
     AgentErrors,
+    ApplySecurityGroupRulesCommand,
     BridgeReply,
     ConnectCommand,
     ConnectReply,
@@ -51,8 +53,10 @@ from schema.agent import (
     PingCommand,
     PingReply,
     RebootVmCommand,
+    SecurityGroupReply,
     StartVmCommand,
     StopVmCommand,
+    UpdateSecurityGroupMembersCommand,
     VmStateReply,
     VmStateReport,
     VmSyncCommand,
@@ -80,6 +84,8 @@ class KvmAgent:
         )
         self.storage = Storage(config.mount_dir, download_timeout=config.download_timeout)
         self.bridges = Bridges(config.netns)
+        self.secgroups = SecurityGroups(config.netns)
+        self._secgroup_lock = asyncio.Lock()  # one table read-compare-restore at a time
         self.version = facts.agent_version()
         self.started = time.monotonic()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -372,3 +378,19 @@ class KvmAgent:
         async with self._network_lock:
             await self._blocking(self.bridges.delete, cmd.l2, action=f"delete bridge {cmd.l2.bridge_name}")
         return EmptyReply()
+
+    # ------------------------------------------------------------------ security groups
+
+    async def securitygroup_apply(self, cmd: ApplySecurityGroupRulesCommand) -> SecurityGroupReply:
+        async with self._secgroup_lock:
+            return await self._blocking(
+                self.secgroups.apply, cmd.nics, cmd.groups, cmd.members, action="apply security groups"
+            )
+
+    async def securitygroup_update_members(
+        self, cmd: UpdateSecurityGroupMembersCommand
+    ) -> SecurityGroupReply:
+        async with self._secgroup_lock:
+            return await self._blocking(
+                self.secgroups.update_members, cmd.members, action="update security group members"
+            )

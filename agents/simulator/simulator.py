@@ -32,6 +32,7 @@ from schema.agent import (
     PROTOCOL_VERSION,
     REPORT_VM_STATE,
     AgentErrors,
+    ApplySecurityGroupRulesCommand,
     BridgeReply,
     ConnectCommand,
     ConnectReply,
@@ -50,8 +51,10 @@ from schema.agent import (
     PingCommand,
     PingReply,
     RebootVmCommand,
+    SecurityGroupReply,
     StartVmCommand,
     StopVmCommand,
+    UpdateSecurityGroupMembersCommand,
     VmSpec,
     VmStateReply,
     VmStateReport,
@@ -124,6 +127,10 @@ class SimHost:
     vms: dict[str, SimVm] = field(default_factory=dict)
     volumes: dict[str, int] = field(default_factory=dict)  # install path -> size
     bridges: set[str] = field(default_factory=set)
+    # security groups as a real host would hold them: NIC -> its groups, group -> rules, set -> IPs
+    sg_nics: dict[str, list[str]] = field(default_factory=dict)
+    sg_rules: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    sg_members: dict[str, set[str]] = field(default_factory=dict)
     faults: dict[str, Fault] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
     pretend_uuid: str | None = None
@@ -330,6 +337,41 @@ class SimHost:
         self.bridges.discard(cmd.l2.bridge_name)
         return EmptyReply()
 
+    async def securitygroup_apply(self, cmd: ApplySecurityGroupRulesCommand) -> SecurityGroupReply:
+        await self._enter("agent.securitygroup.apply")
+        nics = {n.nic_uuid: list(n.security_group_uuids) for n in cmd.nics}
+        used = {g for groups in nics.values() for g in groups}
+        rules = {g.uuid: [r.to_wire() for r in g.rules] for g in cmd.groups if g.uuid in used}
+        remotes = {
+            r["remoteSecurityGroupUuid"]
+            for rs in rules.values()
+            for r in rs
+            if "remoteSecurityGroupUuid" in r
+        }
+        members = {g: set(cmd.members.get(g, [])) for g in remotes | set(cmd.members)} if nics else {}
+        rules_changed = nics != self.sg_nics or rules != self.sg_rules
+        member_changes = _set_changes(self.sg_members, members)
+        self.sg_nics, self.sg_rules, self.sg_members = nics, rules, members
+        return SecurityGroupReply(
+            changed=rules_changed or bool(member_changes),
+            rules_changed=int(rules_changed),
+            set_members_changed=member_changes,
+            restores=int(rules_changed),
+        )
+
+    async def securitygroup_update_members(
+        self, cmd: UpdateSecurityGroupMembersCommand
+    ) -> SecurityGroupReply:
+        await self._enter("agent.securitygroup.update_members")
+        wanted = {g: set(ips) for g, ips in cmd.members.items() if g in self.sg_members}
+        changes = _set_changes({g: self.sg_members[g] for g in wanted}, wanted)
+        self.sg_members.update(wanted)
+        return SecurityGroupReply(changed=bool(changes), set_members_changed=changes)
+
+
+def _set_changes(old: dict[str, set[str]], new: dict[str, set[str]]) -> int:
+    return sum(len(old.get(k, set()) ^ new.get(k, set())) for k in old.keys() | new.keys())
+
 
 def _volume_path(primary_storage_url: str, volume_uuid: str) -> str:
     return f"{primary_storage_url.rstrip('/')}/{volume_uuid}.qcow2"
@@ -416,6 +458,11 @@ class Simulator:
                         "vms": {v: vm.state for v, vm in h.vms.items()},
                         "calls": h.calls,
                         "volumes": len(h.volumes),
+                        "securityGroups": {
+                            "nics": h.sg_nics,
+                            "rules": h.sg_rules,
+                            "members": {g: sorted(ips) for g, ips in h.sg_members.items()},
+                        },
                     }
                     for uuid, h in self.hosts.items()
                 }
