@@ -29,6 +29,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from schema.api.base import UUID_PATTERN, WireModel
+from schema.secgroup import SecurityGroupProtocol, SecurityGroupRuleType, check_rule
 
 PROTOCOL_VERSION = 1
 
@@ -96,10 +97,27 @@ class PingReply(WireModel):
 
 class L2Spec(WireModel):
     uuid: Uuid
-    type: Literal["L2NoVlanNetwork", "L2VlanNetwork"]
-    physical_interface: str
+    type: Literal["L2NoVlanNetwork", "L2VlanNetwork", "L2VxlanNetwork"]
+    physical_interface: str  # VXLAN: the underlay interface holding the host's VTEP address
     vlan: int | None = Field(default=None, ge=1, le=4094)
     bridge_name: str
+    # VXLAN only (optional additions to protocol 1, left off the wire for other types): the
+    # network's VNI, this host's VTEP address, and the other hosts' VTEPs, to which broadcast and
+    # unknown frames are copied (head-end replication: no multicast needed in the underlay).
+    vni: int | None = Field(default=None, ge=1, le=16777215)
+    vtep_ip: str | None = None
+    peer_vtep_ips: list[str] | None = Field(default=None, max_length=4096)
+
+    @model_validator(mode="after")
+    def _vxlan(self) -> L2Spec:
+        if self.type == "L2VxlanNetwork":
+            if self.vni is None or self.vtep_ip is None:
+                raise ValueError("an L2VxlanNetwork needs vni and vtepIp")
+            for ip in [self.vtep_ip, *(self.peer_vtep_ips or [])]:
+                ipaddress.IPv4Address(ip)
+        elif self.vni is not None or self.vtep_ip is not None or self.peer_vtep_ips is not None:
+            raise ValueError(f"vni, vtepIp and peerVtepIps are for L2VxlanNetwork, not {self.type}")
+        return self
 
 
 class NicSpec(WireModel):
@@ -271,8 +289,6 @@ class DeleteBridgeCommand(HostCommand):
 # change, no rule does. Ingress is denied unless a rule allows it; egress is allowed unless a group
 # of the NIC has egress rules, then only what they allow (ZStack's defaults).
 
-SecurityGroupRuleType = Literal["Ingress", "Egress"]
-SecurityGroupProtocol = Literal["TCP", "UDP", "ICMP", "ALL"]
 MAC_PATTERN = r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$"
 
 
@@ -290,23 +306,6 @@ class SecurityGroupRuleSpec(WireModel):
             self.protocol, self.start_port, self.end_port, self.allowed_cidr, self.remote_security_group_uuid
         )
         return self
-
-
-def check_rule(
-    protocol: str, start_port: int | None, end_port: int | None, cidr: str | None, remote: str | None
-) -> None:
-    """The one validation of a rule, shared by the API and the agent protocol."""
-    if protocol in ("TCP", "UDP"):
-        if start_port is None or end_port is None:
-            raise ValueError(f"a {protocol} rule needs startPort and endPort")
-        if start_port > end_port:
-            raise ValueError(f"startPort {start_port} is above endPort {end_port}")
-    elif start_port is not None or end_port is not None:
-        raise ValueError(f"an {protocol} rule takes no ports")
-    if cidr is not None and remote is not None:
-        raise ValueError("a rule names allowedCidr or remoteSecurityGroupUuid, not both")
-    if cidr is not None:
-        ipaddress.IPv4Network(cidr, strict=True)  # ValueError says what is wrong
 
 
 class SecurityGroupSpec(WireModel):

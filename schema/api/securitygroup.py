@@ -12,7 +12,6 @@ from typing import ClassVar
 
 from pydantic import ConfigDict, Field, model_validator
 
-from schema.agent import SecurityGroupProtocol, SecurityGroupRuleType, check_rule
 from schema.api.base import (
     ApiMessage,
     CreateMessage,
@@ -27,6 +26,7 @@ from schema.api.base import (
     Uuid,
     WireModel,
 )
+from schema.secgroup import SecurityGroupProtocol, SecurityGroupRuleType, check_rule
 
 SERVICE = "securitygroup"
 

@@ -22,6 +22,18 @@ SG_TABLES = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _events_queue(namespace):
+    """The plugin's durable event queue is shared by nodes (it would expire on its own)."""
+    yield
+    import kombu
+
+    with kombu.Connection(infra.BROKER_URL) as conn:
+        channel = conn.channel()
+        channel.queue_delete(f"{namespace}.events.securitygroup")
+        channel.close()
+
+
 @pytest.fixture
 async def zone(node, client, simulator, tmp_path):
     return await build_zone(client, tmp_path, hosts=3)
