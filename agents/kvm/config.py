@@ -68,4 +68,5 @@ def load_config(
         what="KVM agent configuration",
     )
 
+
 __all__ = ["AgentConfig", "ConfigError", "load_config"]

@@ -9,7 +9,8 @@ Layout (filter table; every chain ringstack owns starts with ``rs-``, nothing el
   frames to a NIC (``--physdev-out``) to ``rs-i-<nic>``. Egress chains RETURN on allow so that the
   destination NIC's ingress chain still judges traffic between two guests of one host.
 - ``rs-o-<nic>``: DHCP requests pass, the NIC's own source addresses go on to ``rs-e-<nic>``
-  (egress policy), anything else is dropped (IP anti-spoofing).
+  (egress policy; only when a group of the NIC has egress rules, else they return at once),
+  anything else is dropped (IP anti-spoofing).
 - ``rs-i-<nic>`` / ``rs-e-<nic>``: established flows pass, then each group chain
   ``rs-g-<group>-i|e`` is called; a matching group rule marks the packet (``rs-ok``), and the NIC
   chain accepts (ingress) or returns (egress) marked packets, dropping the rest.
@@ -147,12 +148,15 @@ def render(
         o, e, i = f"rs-o-{key}", f"rs-e-{key}", f"rs-i-{key}"
         dispatch_out.append(f"-A {DISPATCH} -m physdev --physdev-in {dev} --physdev-is-bridged -j {o}")
         dispatch_in.append(f"-A {DISPATCH} -m physdev --physdev-out {dev} --physdev-is-bridged -j {i}")
-        chains[o] = [f"-A {o} -p udp -m udp --sport 68 --dport 67 -j RETURN"]  # DHCP before an address
-        chains[o] += [f"-A {o} -s {ip}/32 -g {e}" for ip in nic.ips]
-        chains[o].append(f"-A {o} -j DROP")
         egress_limited = any(r.type == "Egress" for g in nic.security_group_uuids for r in by_uuid[g].rules)
-        chains[e] = [f"-A {e} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"]
+        # Its own addresses pass on: to the egress policy chain, or straight back when egress is
+        # open (no chain then: a third fewer chains on a host of open-egress NICs).
+        then = f"-g {e}" if egress_limited else "-j RETURN"
+        chains[o] = [f"-A {o} -p udp -m udp --sport 68 --dport 67 -j RETURN"]  # DHCP before an address
+        chains[o] += [f"-A {o} -s {ip}/32 {then}" for ip in nic.ips]
+        chains[o].append(f"-A {o} -j DROP")
         if egress_limited:
+            chains[e] = [f"-A {e} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"]
             chains[e].append(f"-A {e} -j MARK --set-xmark {CLEAR}")
             chains[e] += [f"-A {e} -j {_group_chain(g, 'e')}" for g in nic.security_group_uuids]
             chains[e] += [f"-A {e} -m mark --mark {MARK} -g {PASS}", f"-A {e} -j DROP"]

@@ -377,3 +377,22 @@ async def test_agent_restart_keeps_established_flows_and_reconverges(
         flow.kill()
         flow.wait()
         server.close()
+
+
+async def test_egress_rules_limit_what_a_guest_may_send(host):
+    g1, g2 = host.guest(), host.guest()
+    open_in = group(rule("Ingress", "ALL"))
+    assert pings(g1, g2)
+    limited = group(rule("Ingress", "ALL"), rule("Egress", "TCP", start_port=7001, end_port=7001))
+    await host.apply([g1.spec(limited.uuid), g2.spec(open_in.uuid)], [limited, open_in])
+    allowed, denied = Listener(g2, 7001), Listener(g2, 7002)
+    try:
+        assert send(g1, g2, 7001, "egress-allowed\n") == 0
+        assert allowed.received(10) == "egress-allowed\n"
+        assert send(g1, g2, 7002, "egress-denied\n") != 0
+        assert denied.received(0.5) == ""
+        assert not pings(g1, g2)  # ICMP out is not allowed either
+        assert pings(g2, g1)  # egress is about what g1 sends; replies to g2's pings are established
+    finally:
+        allowed.close()
+        denied.close()

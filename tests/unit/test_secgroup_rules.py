@@ -166,5 +166,7 @@ def test_render_is_deterministic_and_names_fit_the_kernel(group_rules, n_nics):
     assert one == two
     assert all(len(c) <= 28 for c in one.chains) and all(len(c) <= 31 for c in one.eb_chains)
     egress = [r for r in group_rules if r.type == "Egress"]
-    e_chain = one.chains[f"rs-e-{nics[0].nic_uuid[:16]}"]
-    assert (f"-A rs-e-{nics[0].nic_uuid[:16]} -j DROP" in e_chain) == bool(egress)
+    key = nics[0].nic_uuid[:16]
+    assert (f"rs-e-{key}" in one.chains) == bool(egress)
+    if egress:
+        assert one.chains[f"rs-e-{key}"][-1] == f"-A rs-e-{key} -j DROP"
