@@ -95,6 +95,16 @@ class PingReply(WireModel):
 # ---------------------------------------------------------------------- specs
 
 
+class VtepSpec(WireModel):
+    host_uuid: Uuid
+    vtep_ip: str
+
+    @model_validator(mode="after")
+    def _ipv4(self) -> VtepSpec:
+        ipaddress.IPv4Address(self.vtep_ip)
+        return self
+
+
 class L2Spec(WireModel):
     uuid: Uuid
     type: Literal["L2NoVlanNetwork", "L2VlanNetwork", "L2VxlanNetwork"]
@@ -102,22 +112,28 @@ class L2Spec(WireModel):
     vlan: int | None = Field(default=None, ge=1, le=4094)
     bridge_name: str
     # VXLAN only (optional additions to protocol 1, left off the wire for other types): the
-    # network's VNI, this host's VTEP address, and the other hosts' VTEPs, to which broadcast and
-    # unknown frames are copied (head-end replication: no multicast needed in the underlay).
+    # network's VNI and every VTEP of its pool, one per host. Each agent takes its own host's as
+    # the local address and copies broadcast and unknown frames to all the others (head-end
+    # replication: no multicast needed in the underlay), so one spec serves every host.
     vni: int | None = Field(default=None, ge=1, le=16777215)
-    vtep_ip: str | None = None
-    peer_vtep_ips: list[str] | None = Field(default=None, max_length=4096)
+    vteps: list[VtepSpec] | None = Field(default=None, max_length=4096)
 
     @model_validator(mode="after")
     def _vxlan(self) -> L2Spec:
         if self.type == "L2VxlanNetwork":
-            if self.vni is None or self.vtep_ip is None:
-                raise ValueError("an L2VxlanNetwork needs vni and vtepIp")
-            for ip in [self.vtep_ip, *(self.peer_vtep_ips or [])]:
-                ipaddress.IPv4Address(ip)
-        elif self.vni is not None or self.vtep_ip is not None or self.peer_vtep_ips is not None:
-            raise ValueError(f"vni, vtepIp and peerVtepIps are for L2VxlanNetwork, not {self.type}")
+            if self.vni is None or self.vteps is None:
+                raise ValueError("an L2VxlanNetwork needs vni and vteps")
+        elif self.vni is not None or self.vteps is not None:
+            raise ValueError(f"vni and vteps are for L2VxlanNetwork, not {self.type}")
         return self
+
+    def local_vtep(self, host_uuid: str) -> tuple[str, list[str]]:
+        """This host's VTEP address and the other hosts' (a VXLAN spec only)."""
+        vteps = self.vteps or []
+        mine = [v.vtep_ip for v in vteps if v.host_uuid == host_uuid]
+        if not mine:
+            raise ValueError(f"L2 network {self.uuid} has no VTEP for host {host_uuid}")
+        return mine[0], sorted({v.vtep_ip for v in vteps if v.host_uuid != host_uuid} - {mine[0]})
 
 
 class NicSpec(WireModel):

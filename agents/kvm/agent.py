@@ -153,7 +153,9 @@ class KvmAgent:
 
     async def _ensure_bridge(self, l2: L2Spec) -> None:
         async with self._network_lock:  # ip link changes of two commands must not interleave
-            await self._blocking(self.bridges.ensure, l2, action=f"ensure bridge {l2.bridge_name}")
+            await self._blocking(
+                self.bridges.ensure, l2, self.host_uuid, action=f"ensure bridge {l2.bridge_name}"
+            )
 
     # ------------------------------------------------------------------ lifecycle events
 

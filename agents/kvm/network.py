@@ -125,9 +125,16 @@ class Bridges:
                 )
         return uplink
 
-    def ensure(self, l2: L2Spec) -> bool:
-        """Make the bridge exist with its uplink; True when something changed."""
+    def ensure(self, l2: L2Spec, host_uuid: str | None = None) -> bool:
+        """Make the bridge exist with its uplink; True when something changed. ``host_uuid``: the
+        host this is, which picks a VXLAN's local VTEP out of its pool's."""
         uplink = self._check_names(l2)
+        vtep: tuple[str, list[str]] | None = None
+        if l2.type == "L2VxlanNetwork":
+            try:
+                vtep = l2.local_vtep(host_uuid or "")
+            except ValueError as exc:
+                raise RingstackError(Sys.INVALID_ARGUMENT, str(exc)) from None
         links = self.links()
         phys = links.get(l2.physical_interface)
         if phys is None:
@@ -141,8 +148,8 @@ class Bridges:
         changed = False
         if l2.type == "L2VlanNetwork":  # first: a kernel without 802.1Q must leave no bridge behind
             changed |= self._ensure_vlan(links, l2, uplink)
-        if l2.type == "L2VxlanNetwork":
-            changed |= self._ensure_vxlan(links, l2, uplink)
+        if vtep is not None:
+            changed |= self._ensure_vxlan(links, l2, uplink, vtep[0])
         if bridge is None:
             self.ip("link", "add", "name", l2.bridge_name, "type", "bridge")
             changed = True
@@ -162,22 +169,22 @@ class Bridges:
             if not self.links()[name].up:
                 self.ip("link", "set", name, "up")
                 changed = True
-        if l2.type == "L2VxlanNetwork":
-            changed |= self._ensure_flood(uplink, set(l2.peer_vtep_ips or []))
+        if vtep is not None:
+            changed |= self._ensure_flood(uplink, set(vtep[1]))
         self._check(l2, uplink)
         return changed
 
-    def _ensure_vxlan(self, links: dict[str, Link], l2: L2Spec, uplink: str) -> bool:
+    def _ensure_vxlan(self, links: dict[str, Link], l2: L2Spec, uplink: str, local: str) -> bool:
         existing = links.get(uplink)
         if existing is not None:
-            if existing.kind == "vxlan" and existing.vlan_id == l2.vni and existing.local == l2.vtep_ip:
+            if existing.kind == "vxlan" and existing.vlan_id == l2.vni and existing.local == local:
                 return False
             if existing.kind != "vxlan" or existing.master not in (None, l2.bridge_name):
-                raise network_error(f"{uplink} exists and is not VXLAN {l2.vni} from {l2.vtep_ip}")
+                raise network_error(f"{uplink} exists and is not VXLAN {l2.vni} from {local}")
             self.ip("link", "del", uplink)  # ours, from another VTEP address: made again
         self.ip(
             "link", "add", uplink, "type", "vxlan", "id", str(l2.vni),
-            "local", str(l2.vtep_ip), "dev", l2.physical_interface, "dstport", str(VXLAN_PORT),
+            "local", local, "dev", l2.physical_interface, "dstport", str(VXLAN_PORT),
         )  # fmt: skip
         return True
 

@@ -12,22 +12,22 @@ import uuid as uuidlib
 
 import pytest
 
-from schema.agent import BridgeReply, DeleteBridgeCommand, EmptyReply, EnsureBridgeCommand, L2Spec
+from schema.agent import BridgeReply, DeleteBridgeCommand, EmptyReply, EnsureBridgeCommand, L2Spec, VtepSpec
 from tests.system.kvmsupport import InProcessAgent, Netns, delete_agent_queues, libvirt_test_uri
 from tests.system.test_security_groups import agent_config
 
 VTEPS = ("192.168.77.1", "192.168.77.2")
 
 
-def vxlan(vni: int, vtep: str, peers: list[str], uuid: str) -> L2Spec:
+def vxlan(vni: int, vteps: dict[str, str], uuid: str) -> L2Spec:
+    """``vteps``: host uuid -> VTEP address, the whole pool (each agent picks its own)."""
     return L2Spec(
         uuid=uuid,
         type="L2VxlanNetwork",
         physical_interface="eth0",
         bridge_name=f"br_vx{vni}",
         vni=vni,
-        vtep_ip=vtep,
-        peer_vtep_ips=peers,
+        vteps=[VtepSpec(host_uuid=h, vtep_ip=ip) for h, ip in vteps.items()],
     )
 
 
@@ -75,11 +75,11 @@ async def test_guests_on_one_vni_reach_each_other_across_hosts_and_not_across_vn
     pairs, spaces = hosts
     (a, agent_a), (b, _) = pairs
     nets = {100: uuidlib.uuid4().hex, 200: uuidlib.uuid4().hex}
+    pool = {agent.host_uuid: vtep for (_, agent), vtep in zip(pairs, VTEPS, strict=True)}
     for vni, l2_uuid in nets.items():
-        for (ns, agent), vtep, peer in ((pairs[0], VTEPS[0], VTEPS[1]), (pairs[1], VTEPS[1], VTEPS[0])):
+        for ns, agent in pairs:  # one spec for both hosts: each picks its own VTEP
             reply = await agent.client.call(
-                EnsureBridgeCommand(host_uuid=agent.host_uuid, l2=vxlan(vni, vtep, [peer], l2_uuid)),
-                BridgeReply,
+                EnsureBridgeCommand(host_uuid=agent.host_uuid, l2=vxlan(vni, pool, l2_uuid)), BridgeReply
             )
             assert reply.bridge_name == f"br_vx{vni}"
             assert ns.master(f"vxlan{vni}") == f"br_vx{vni}"
@@ -95,8 +95,8 @@ async def test_guests_on_one_vni_reach_each_other_across_hosts_and_not_across_vn
     assert not pings(g200b, "10.50.0.1")
 
     # Ensuring again changes nothing; a peer list change rewrites only the flood entries.
-    again = vxlan(100, VTEPS[0], [VTEPS[1]], nets[100])
-    assert not agent_a.agent.bridges.ensure(again)
+    again = vxlan(100, pool, nets[100])
+    assert not agent_a.agent.bridges.ensure(again, agent_a.host_uuid)
 
     def flood() -> list[str]:
         out = a.run("bridge", "fdb", "show", "dev", "vxlan100").stdout.splitlines()
@@ -105,9 +105,10 @@ async def test_guests_on_one_vni_reach_each_other_across_hosts_and_not_across_vn
         )
 
     assert flood() == [VTEPS[1]]
-    assert agent_a.agent.bridges.ensure(vxlan(100, VTEPS[0], ["192.168.77.9"], nets[100]))
-    assert flood() == ["192.168.77.9"]
-    assert agent_a.agent.bridges.ensure(again)
+    grown = vxlan(100, {**pool, "c" * 32: "192.168.77.9"}, nets[100])  # a third host joins the pool
+    assert agent_a.agent.bridges.ensure(grown, agent_a.host_uuid)
+    assert flood() == sorted([VTEPS[1], "192.168.77.9"])
+    assert agent_a.agent.bridges.ensure(again, agent_a.host_uuid)
     assert flood() == [VTEPS[1]]
     assert pings(g100a, "10.50.0.2")
 
@@ -115,7 +116,7 @@ async def test_guests_on_one_vni_reach_each_other_across_hosts_and_not_across_vn
 async def test_a_vxlan_bridge_in_use_is_kept_and_an_unused_one_deleted(hosts):
     pairs, spaces = hosts
     (a, agent_a), _ = pairs
-    l2 = vxlan(300, VTEPS[0], [VTEPS[1]], uuidlib.uuid4().hex)
+    l2 = vxlan(300, {agent_a.host_uuid: VTEPS[0]}, uuidlib.uuid4().hex)
     await agent_a.client.call(EnsureBridgeCommand(host_uuid=agent_a.host_uuid, l2=l2), BridgeReply)
     g = guest(a, "br_vx300", "10.60.0.1", spaces)
     with pytest.raises(Exception) as err:
@@ -132,4 +133,10 @@ def test_vxlan_specs_are_checked():
     with pytest.raises(ValueError):
         L2Spec(uuid="a" * 32, type="L2NoVlanNetwork", physical_interface="eth0", bridge_name="b", vni=5)
     with pytest.raises(ValueError):
-        vxlan(5, "not-an-ip", [], "a" * 32)
+        vxlan(5, {"a" * 32: "not-an-ip"}, "a" * 32)
+    with pytest.raises(ValueError):  # no VTEP for this host in the pool
+        vxlan(5, {"a" * 32: "10.0.0.1"}, "a" * 32).local_vtep("b" * 32)
+    assert vxlan(5, {"a" * 32: "10.0.0.1", "b" * 32: "10.0.0.2"}, "a" * 32).local_vtep("b" * 32) == (
+        "10.0.0.2",
+        ["10.0.0.1"],
+    )
