@@ -33,7 +33,9 @@ def _recorded(config: NodeConfig) -> list[dict[str, Any]]:
 
 def cluster_status(config: NodeConfig, timeout: float = 3.0) -> list[dict[str, Any]]:
     nodes = _recorded(config)
-    with SyncClient(config.broker_url, Topology(config.namespace), process_name="ringstack-ctl-status") as client:
+    with SyncClient(
+        config.broker_url, Topology(config.namespace), process_name="ringstack-ctl-status"
+    ) as client:
         for node in nodes:
             entry = {
                 "uuid": node["uuid"],
@@ -44,7 +46,9 @@ def cluster_status(config: NodeConfig, timeout: float = 3.0) -> list[dict[str, A
             }
             if node["state"] == "alive":
                 try:
-                    live = client.call(client.topology.node_queue(node["uuid"]).name, NODE_STATUS, {}, timeout=timeout)
+                    live = client.call(
+                        client.topology.node_queue(node["uuid"]).name, NODE_STATUS, {}, timeout=timeout
+                    )
                     entry.update(
                         epoch=live["epoch"],
                         members=len(live["members"]),

@@ -19,6 +19,8 @@ SG_TABLES = {
     "vm_nic_security_group_ref",
     "security_group_host_nic",
     "security_group_failed_host",
+    "vni_range",
+    "l2_vxlan_network",
 }
 
 

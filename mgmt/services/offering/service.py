@@ -54,7 +54,9 @@ INSTANCE = Kind(
         InstanceOffering,
         InstanceOfferingInventory,
         name="instanceOffering",
-        relations={"vmInstance": Relation("vmInstance", InstanceOffering.uuid, VmInstance.instance_offering_uuid)},
+        relations={
+            "vmInstance": Relation("vmInstance", InstanceOffering.uuid, VmInstance.instance_offering_uuid)
+        },
     ),
 )
 DISK = Kind(

@@ -1,4 +1,5 @@
 """security groups (groups, rules, L3 and NIC references, what each host last applied, failed hosts)
+and VXLAN (VNI ranges of pools, the VNI of each VXLAN network)
 
 Revision ID: 0012
 Revises: 0009
@@ -217,9 +218,42 @@ def upgrade() -> None:
         ["security_group_uuid"],
         unique=False,
     )
+    op.create_table("l2_vxlan_network",
+    sa.Column("uuid", sa.String(length=32), nullable=False),
+    sa.Column("pool_uuid", sa.String(length=32), nullable=False),
+    sa.Column("vni", sa.Integer(), nullable=False),
+    sa.ForeignKeyConstraint(["pool_uuid"], ["l2_network.uuid"], name=op.f("fk_l2_vxlan_network_pool_uuid_l2_network")),
+    sa.ForeignKeyConstraint(["uuid"], ["l2_network.uuid"], name=op.f("fk_l2_vxlan_network_uuid_l2_network"), ondelete="CASCADE"),
+    sa.PrimaryKeyConstraint("uuid", name=op.f("pk_l2_vxlan_network")),
+    sa.UniqueConstraint("pool_uuid", "vni", name=op.f("uq_l2_vxlan_network_pool_uuid_vni"))
+    )
+    op.create_index(op.f("ix_l2_vxlan_network_pool_uuid"), "l2_vxlan_network", ["pool_uuid"], unique=False)
+    op.create_table("vni_range",
+    sa.Column("l2_network_uuid", sa.String(length=32), nullable=False),
+    sa.Column("start_vni", sa.Integer(), nullable=False),
+    sa.Column("end_vni", sa.Integer(), nullable=False),
+    sa.Column("uuid", sa.String(length=32), nullable=False),
+    sa.Column("name", sa.String(length=255), nullable=False),
+    sa.Column("description", sa.Text(), nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+    sa.Column("owner_account_uuid", sa.String(length=32), nullable=True),
+    sa.Column("version", sa.Integer(), nullable=False),
+    sa.ForeignKeyConstraint(["l2_network_uuid"], ["l2_network.uuid"], name=op.f("fk_vni_range_l2_network_uuid_l2_network"), ondelete="CASCADE"),
+    sa.PrimaryKeyConstraint("uuid", name=op.f("pk_vni_range"))
+    )
+    op.create_index(op.f("ix_vni_range_l2_network_uuid"), "vni_range", ["l2_network_uuid"], unique=False)
+    op.create_index(op.f("ix_vni_range_name"), "vni_range", ["name"], unique=False)
+    op.create_index(op.f("ix_vni_range_owner_account_uuid"), "vni_range", ["owner_account_uuid"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_vni_range_owner_account_uuid"), table_name="vni_range")
+    op.drop_index(op.f("ix_vni_range_name"), table_name="vni_range")
+    op.drop_index(op.f("ix_vni_range_l2_network_uuid"), table_name="vni_range")
+    op.drop_table("vni_range")
+    op.drop_index(op.f("ix_l2_vxlan_network_pool_uuid"), table_name="l2_vxlan_network")
+    op.drop_table("l2_vxlan_network")
     op.drop_index(
         op.f("ix_security_group_l3_network_ref_security_group_uuid"),
         table_name="security_group_l3_network_ref",
