@@ -386,6 +386,52 @@ class SecurityGroupReply(WireModel):
     restores: int = 0  # iptables-restore/ebtables-restore runs (each one atomic)
 
 
+# ---------------------------------------------------------------------- flat networks
+# The host's whole flat DHCP state: per L3 network of this host's VMs, the server (same address on
+# every host), its options and the entries of this host's VM NICs only.
+
+
+class FlatDhcpEntry(WireModel):
+    mac: str = Field(pattern=MAC_PATTERN)
+    ip: str
+    hostname: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
+    default: bool = True  # only the default NIC gets router and DNS options
+
+    @model_validator(mode="after")
+    def _ipv4(self) -> FlatDhcpEntry:
+        ipaddress.IPv4Address(self.ip)
+        return self
+
+
+class FlatDhcpL3Spec(WireModel):
+    l3_network_uuid: Uuid = Field(pattern=UUID_PATTERN)
+    bridge_name: str
+    uplink: str  # the bridge's port toward other hosts (physical interface, VLAN or VXLAN device)
+    dhcp_server_ip: str
+    netmask: str
+    gateway: str | None = None
+    dns: list[str] = Field(default_factory=list, max_length=8)
+    dns_domain: str | None = None
+    lease_time: int = Field(default=86400, ge=120)
+    entries: list[FlatDhcpEntry] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _addresses(self) -> FlatDhcpL3Spec:
+        for ip in [self.dhcp_server_ip, self.netmask, *([self.gateway] if self.gateway else []), *self.dns]:
+            ipaddress.IPv4Address(ip)
+        ipaddress.IPv4Network(f"0.0.0.0/{self.netmask}")
+        return self
+
+
+class ApplyFlatDhcpCommand(HostCommand):
+    l3_networks: list[FlatDhcpL3Spec] = Field(default_factory=list)
+
+
+class FlatDhcpReply(WireModel):
+    changed: bool
+    servers: int
+
+
 # ---------------------------------------------------------------------- reports
 
 
@@ -421,6 +467,7 @@ COMMANDS: dict[str, tuple[type[HostCommand], type[WireModel]]] = {
     "agent.network.delete_bridge": (DeleteBridgeCommand, EmptyReply),
     "agent.securitygroup.apply": (ApplySecurityGroupRulesCommand, SecurityGroupReply),
     "agent.securitygroup.update_members": (UpdateSecurityGroupMembersCommand, SecurityGroupReply),
+    "agent.flat.apply_dhcp": (ApplyFlatDhcpCommand, FlatDhcpReply),
 }
 
 REPORT_VM_STATE = "vm_state"

@@ -27,6 +27,7 @@ import libvirt
 
 from agents.kvm import domxml, facts, vms
 from agents.kvm.config import AgentConfig
+from agents.kvm.flat import FlatDhcp
 from agents.kvm.hypervisor import Hypervisor
 from agents.kvm.network import Bridges
 from agents.kvm.secgroup import SecurityGroups
@@ -35,6 +36,7 @@ from bus.errors import RingstackError
 from schema.agent import (
     PROTOCOL_VERSION,
     AgentErrors,
+    ApplyFlatDhcpCommand,
     ApplySecurityGroupRulesCommand,
     BridgeReply,
     ConnectCommand,
@@ -47,6 +49,7 @@ from schema.agent import (
     DestroyVmCommand,
     EmptyReply,
     EnsureBridgeCommand,
+    FlatDhcpReply,
     L2Spec,
     MigrateVmCommand,
     NicAttachCommand,
@@ -85,6 +88,7 @@ class KvmAgent:
         self.storage = Storage(config.mount_dir, download_timeout=config.download_timeout)
         self.bridges = Bridges(config.netns)
         self.secgroups = SecurityGroups(config.netns)
+        self.flat = FlatDhcp(config.flat_dir, config.netns)
         self._secgroup_lock = asyncio.Lock()  # one table read-compare-restore at a time
         self.version = facts.agent_version()
         self.started = time.monotonic()
@@ -396,3 +400,18 @@ class KvmAgent:
             return await self._blocking(
                 self.secgroups.update_members, cmd.members, action="update security group members"
             )
+
+    # ------------------------------------------------------------------ flat networks
+
+    async def flat_apply_dhcp(self, cmd: ApplyFlatDhcpCommand) -> FlatDhcpReply:
+        async with self._network_lock:
+            for l3 in cmd.l3_networks:
+                if not await self._blocking(self._has_bridge, l3.bridge_name, action="read links"):
+                    raise RingstackError(
+                        AgentErrors.HYPERVISOR_ERROR,
+                        f"bridge {l3.bridge_name} of L3 {l3.l3_network_uuid} is missing",
+                    )
+            return await self._blocking(self.flat.apply, cmd.l3_networks, action="apply flat DHCP")
+
+    def _has_bridge(self, name: str) -> bool:
+        return name in self.bridges.links()

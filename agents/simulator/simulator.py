@@ -32,6 +32,7 @@ from schema.agent import (
     PROTOCOL_VERSION,
     REPORT_VM_STATE,
     AgentErrors,
+    ApplyFlatDhcpCommand,
     ApplySecurityGroupRulesCommand,
     BridgeReply,
     ConnectCommand,
@@ -44,6 +45,7 @@ from schema.agent import (
     DestroyVmCommand,
     EmptyReply,
     EnsureBridgeCommand,
+    FlatDhcpReply,
     HostFacts,
     MigrateVmCommand,
     NicAttachCommand,
@@ -131,6 +133,7 @@ class SimHost:
     sg_nics: dict[str, list[str]] = field(default_factory=dict)
     sg_rules: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     sg_members: dict[str, set[str]] = field(default_factory=dict)
+    flat_dhcp: dict[str, dict[str, str]] = field(default_factory=dict)  # L3 -> MAC -> IP served here
     faults: dict[str, Fault] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
     pretend_uuid: str | None = None
@@ -367,6 +370,12 @@ class SimHost:
         changes = _set_changes({g: self.sg_members[g] for g in wanted}, wanted)
         self.sg_members.update(wanted)
         return SecurityGroupReply(changed=bool(changes), set_members_changed=changes)
+
+    async def flat_apply_dhcp(self, cmd: ApplyFlatDhcpCommand) -> FlatDhcpReply:
+        await self._enter("agent.flat.apply_dhcp")
+        wanted = {l3.l3_network_uuid: {e.mac: e.ip for e in l3.entries} for l3 in cmd.l3_networks}
+        changed, self.flat_dhcp = wanted != self.flat_dhcp, wanted
+        return FlatDhcpReply(changed=changed, servers=len(wanted))
 
 
 def _set_changes(old: dict[str, set[str]], new: dict[str, set[str]]) -> int:

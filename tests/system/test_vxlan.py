@@ -44,11 +44,17 @@ async def hosts(tmp_path, client, broker_url, namespace):
         for i, ns in enumerate((a, b)):
             (tmp_path / str(i)).mkdir()
             config = agent_config(tmp_path / str(i), broker_url, namespace, ns.name, uuidlib.uuid4().hex)
-            config = config.model_copy(update={"libvirt_uri": libvirt_test_uri(tmp_path / str(i))})
+            config = config.model_copy(
+                update={
+                    "libvirt_uri": libvirt_test_uri(tmp_path / str(i)),
+                    "flat_dir": str(tmp_path / str(i) / "flat"),
+                }
+            )
             made.append(await InProcessAgent.start(config, client))
         yield list(zip((a, b), made, strict=True)), spaces
     finally:
         for agent in made:
+            agent.agent.flat.apply([])  # no DHCP namespace or dnsmasq left behind
             await agent.close()
             delete_agent_queues(namespace, agent.host_uuid)
         for ns in spaces:
