@@ -21,6 +21,7 @@ SG_TABLES = {
     "security_group_failed_host",
     "vni_range",
     "l2_vxlan_network",
+    "flat_dhcp_host_vm",
 }
 
 

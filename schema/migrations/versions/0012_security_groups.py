@@ -1,5 +1,5 @@
 """security groups (groups, rules, L3 and NIC references, what each host last applied, failed hosts)
-and VXLAN (VNI ranges of pools, the VNI of each VXLAN network)
+and VXLAN (VNI ranges of pools, the VNI of each VXLAN network) and the Flat provider (VMs served per host)
 
 Revision ID: 0012
 Revises: 0009
@@ -245,9 +245,18 @@ def upgrade() -> None:
     op.create_index(op.f("ix_vni_range_l2_network_uuid"), "vni_range", ["l2_network_uuid"], unique=False)
     op.create_index(op.f("ix_vni_range_name"), "vni_range", ["name"], unique=False)
     op.create_index(op.f("ix_vni_range_owner_account_uuid"), "vni_range", ["owner_account_uuid"], unique=False)
+    op.create_table("flat_dhcp_host_vm",
+    sa.Column("host_uuid", sa.String(length=32), nullable=False),
+    sa.Column("vm_instance_uuid", sa.String(length=32), nullable=False),
+    sa.ForeignKeyConstraint(["host_uuid"], ["host.uuid"], name=op.f("fk_flat_dhcp_host_vm_host_uuid_host"), ondelete="CASCADE"),
+    sa.PrimaryKeyConstraint("host_uuid", "vm_instance_uuid", name=op.f("pk_flat_dhcp_host_vm"))
+    )
+    op.create_index(op.f("ix_flat_dhcp_host_vm_vm_instance_uuid"), "flat_dhcp_host_vm", ["vm_instance_uuid"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_flat_dhcp_host_vm_vm_instance_uuid"), table_name="flat_dhcp_host_vm")
+    op.drop_table("flat_dhcp_host_vm")
     op.drop_index(op.f("ix_vni_range_owner_account_uuid"), table_name="vni_range")
     op.drop_index(op.f("ix_vni_range_name"), table_name="vni_range")
     op.drop_index(op.f("ix_vni_range_l2_network_uuid"), table_name="vni_range")
