@@ -54,9 +54,7 @@ INSTANCE = Kind(
         InstanceOffering,
         InstanceOfferingInventory,
         name="instanceOffering",
-        relations={
-            "vmInstance": Relation("vmInstance", InstanceOffering.uuid, VmInstance.instance_offering_uuid)
-        },
+        relations={"vmInstance": Relation("vmInstance", InstanceOffering.uuid, VmInstance.instance_offering_uuid)},
     ),
 )
 DISK = Kind(
