@@ -293,7 +293,7 @@ async def test_disabled_plugin_leaves_every_vm_operation_working_and_pushes_noth
         await node.stop()
 
 
-def test_migration_0012_matches_the_models_and_downgrades():
+def test_migration_0012_matches_the_models_and_downgrades_to_0013():
     from alembic import command
 
     name = infra.unique("rs_sgmig_")
@@ -301,7 +301,7 @@ def test_migration_0012_matches_the_models_and_downgrades():
     try:
         migrate.upgrade(url, "0012")
         assert infra.schema_diffs(url, SG_TABLES) == []
-        command.downgrade(migrate.alembic_config(url), "0009")
+        command.downgrade(migrate.alembic_config(url), "0013")
         diffs = infra.schema_diffs(url, SG_TABLES)
         assert {d[1].name for d in diffs if d[0] == "add_table"} == SG_TABLES
     finally:
