@@ -60,6 +60,8 @@ KINDS: dict[str, str] = {
     "l2_network": "L2 networks",
     "l3_network": "L3 networks",
     "ip_range": "IP ranges",
+    "vni_range": "VNI ranges of VXLAN pools",
+    "security_group": "security groups (updated: rules, L3 networks)",
     "vm": "VM instances",
     "volume": "volumes",
     "account": "accounts",
