@@ -28,7 +28,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import orjson
 
@@ -196,12 +196,12 @@ def malformed(reason: str, *, field: str | None = None) -> RingstackError:
     return RingstackError(Sys.MALFORMED_MESSAGE, reason, details={"field": field} if field else None)
 
 
-def is_token(value: Any, max_length: int) -> bool:
+def is_token(value: Any, max_length: int) -> TypeGuard[str]:
     """A message name or id: a short run of printable ASCII without spaces."""
     return isinstance(value, str) and len(value) <= max_length and _TOKEN.fullmatch(value) is not None
 
 
-def is_short_str(value: Any) -> bool:
+def is_short_str(value: Any) -> TypeGuard[str]:
     """Whether ``value`` can travel as an AMQP short string: text of at most 255 UTF-8 bytes, no NUL
     (and no surrogates, which is how ``bus.amqp_decode`` keeps bytes that were not UTF-8)."""
     if not isinstance(value, str) or len(value) > MAX_SHORT_STR_BYTES or "\x00" in value:

@@ -247,7 +247,9 @@ def test_a_bad_field_is_named(field: str, wire: dict[str, Any]) -> None:
 
 def test_short_strings_at_their_limits_are_accepted() -> None:
     env = Envelope.decode(
-        orjson.dumps(valid_wire(id="i" * MAX_ID_LENGTH, reply_to="\u00e9" * 127 + "r", correlation_id="c" * 255))
+        orjson.dumps(
+            valid_wire(id="i" * MAX_ID_LENGTH, reply_to="\u00e9" * 127 + "r", correlation_id="c" * 255)
+        )
     )
     assert len(env.id) == MAX_ID_LENGTH
 
