@@ -27,6 +27,7 @@ from typing import Any, Final
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
+from aio_pika.connection import make_url
 from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import PublishError
 from pamqp.commands import Basic
@@ -188,8 +189,14 @@ class AsyncBus:
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
         self._lost = loop.create_future()
-        conn = await aio_pika.connect(self.url, client_properties={"connection_name": self.process_name})
+        # Not aio_pika.connect(): when connecting fails it drops a Connection that is not closed,
+        # whose __del__ later makes a close() coroutine it cannot run when collected off the loop
+        # ("coroutine 'Connection.close' was never awaited"). Ours is closed on every failure.
+        conn = aio_pika.Connection(
+            make_url(self.url), client_properties={"connection_name": self.process_name}
+        )
         self._connection = conn
+        await conn.connect()
         conn.close_callbacks.add(self._on_closed)
         confirm = await conn.channel(publisher_confirms=True, on_return_raises=True)
         fast = await conn.channel(publisher_confirms=False)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import socket
 import time
 from collections import Counter
 
+import aio_pika
 import kombu
 import orjson
 import pytest
@@ -253,3 +256,21 @@ async def test_events_reach_subscribers_by_topic(pair, namespace):
     await client.publish_event("vm.v1.state", "vm.state", {"n": 1})
     assert await asyncio.wait_for(got.get(), 5) == ("vm.state", {"n": 1})
     assert got.empty()
+
+
+async def test_failed_connects_leave_no_connection_for_the_garbage_collector_to_close():
+    """aio-pika's Connection closes itself in __del__ with ensure_future(self.close()); collected
+    in a thread without a loop, that was 'coroutine Connection.close was never awaited'."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there
+    bus = AsyncBus(f"amqp://guest:guest@127.0.0.1:{port}/", reconnect_initial=0.01, reconnect_max=0.01)
+    gc.disable()  # keep what the failed attempts leave, to look at it
+    try:
+        with pytest.raises(RingstackError):
+            await bus.start(timeout=0.5)
+        await bus.close()
+        unclosed = [o for o in gc.get_objects() if isinstance(o, aio_pika.Connection) and not o.is_closed]
+    finally:
+        gc.enable()
+    assert unclosed == []
