@@ -15,7 +15,7 @@ from bus.aio import AsyncBus, Consumer
 from bus.envelope import Envelope
 from bus.errors import RingstackError, Sys
 from schema.agent import COMMANDS, AgentErrors, HostCommand, report_routing_key
-from schema.api.base import WireModel, parse_wire
+from schema.api.base import WireModel, check_input, parse_wire
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,10 @@ class AgentServer:
         if entry is None:
             raise RingstackError(Sys.UNKNOWN_MESSAGE, f"the agent does not know {env.name!r}")
         command_model, reply_model = entry
+        # Bounded like client input (no NUL, no 65-bit integers, no deep nesting): whoever can
+        # publish to the queue, nothing reaches libvirt or the disk that they would refuse with
+        # an exception rather than an answer.
+        check_input(env.body)
         command: HostCommand = parse_wire(command_model, env.body)
         if command.host_uuid != agent.host_uuid:
             raise RingstackError(

@@ -122,20 +122,50 @@ def _plausible(annotation: Any) -> st.SearchStrategy[Any]:
         return st.floats(allow_nan=False, allow_infinity=False)
     if "0-9a-f" in text:
         return UUID
-    return TEXT
+    return st.text("abcxyz-09", min_size=1, max_size=12)
+
+
+# Values at the edges of what columns and comparisons take: what most often became SYS.INTERNAL.
+EDGES = st.sampled_from(
+    ["\x00", "a\x00b", "%\x00", "x" * 300, "é" * 3000, 2**63, -(2**63) - 1, 10**30, 2**63 - 1]
+)
 
 
 def body_strategy(model: type[BaseModel]) -> st.SearchStrategy[dict[str, Any]]:
-    """A body for ``model``: some of its fields, each plausible or hostile, sometimes extra keys."""
+    """A body for ``model``: some of its fields, each plausible or hostile, sometimes extra keys,
+    often one field (or a query condition's value) set to an edge value."""
+    names = [info.alias or name for name, info in model.model_fields.items()]
     fields = {
         (info.alias or name): st.one_of(*[_plausible(info.annotation)] * 3, JSON_VALUE)
         for name, info in model.model_fields.items()
     }
-    return st.builds(
-        lambda chosen, extra: {**chosen, **extra},
-        st.fixed_dictionaries({}, optional=fields),
-        st.dictionaries(TEXT, JSON_VALUE, max_size=2) | st.just({}),
-    )
+
+    required = {
+        (info.alias or name): _plausible(info.annotation)
+        for name, info in model.model_fields.items()
+        if info.is_required()
+    }
+
+    @st.composite
+    def build(draw: st.DrawFn) -> dict[str, Any]:
+        if draw(st.booleans()):
+            # Aimed: only the required fields, plausible, and one edge value where a column or a
+            # comparison will meet it, so validation has nothing else to refuse first.
+            body = draw(st.fixed_dictionaries(required))
+            if "conditions" in names and draw(st.booleans()):
+                op = draw(st.sampled_from(["=", "~=", "?=", ">", "!="]))
+                value = draw(EDGES)
+                field = draw(st.sampled_from(["name", "uuid", "state", "description"]))
+                body["conditions"] = [{"name": field, "op": op, "value": [value] if op == "?=" else value}]
+            elif names:
+                body[draw(st.sampled_from(names))] = draw(EDGES)
+            return body
+        body = draw(st.fixed_dictionaries({}, optional=fields))
+        if draw(st.integers(0, 4)) == 4:
+            body.update(draw(st.dictionaries(TEXT, JSON_VALUE, min_size=1, max_size=2)))
+        return body
+
+    return build()
 
 
 # ---------------------------------------------------------------- messages
