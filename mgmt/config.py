@@ -23,7 +23,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/ringstack/ringstack.toml")
 # Agent config keys (agents/kvm/config.py) a node may set for every KVM host it deploys: all but
 # those the deployment writes itself for each host.
 KVM_AGENT_KEYS = frozenset(AgentConfig.model_fields) - {"host_uuid", "namespace", "broker_url", "domain_type"}
-# Variables of the KVM host playbook's role (mgmt/deploy/ansible/roles/kvm_agent/defaults/main.yml).
+# Variables of the KVM host playbook's role (ansible/roles/kvm_agent/defaults/main.yml).
 KVM_PLAYBOOK_VARS = frozenset(
     {
         "agent_root",
@@ -67,10 +67,21 @@ class NodeConfig(BaseModel):
         default=600.0, gt=0, description="budget of a job whose caller's deadline passed"
     )
     agent_timeout: float = Field(default=120.0, gt=0, description="deadline of one agent command")
+    stuck_scan_interval: float = Field(
+        default=60.0,
+        gt=0,
+        description="how often a node looks for resources it owns left in a transitional state with no"
+        " job acting on them, and settles them (also on every takeover)",
+    )
     host_ping_interval: float = Field(default=5.0, gt=0, description="how often a host's owner pings it")
     host_ping_misses: int = Field(default=3, ge=1, description="missed pings before a host is Disconnected")
     extra_services: list[str] = Field(default_factory=list, description="'module:Class' services to load too")
     disabled_services: list[str] = Field(default_factory=list)
+    ops_address: str = Field(
+        default="127.0.0.1:0",
+        pattern=r"^$|^[^:]*:\d{1,5}$",
+        description="host:port of /healthz, /readyz and /metrics (port 0: any free one, logged; empty: none)",
+    )
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     # identity: the bootstrap admin's first password (used only when the node creates the admin
     # account), login session lifetime, and per-quota default limits (mgmt/core/quota.py names)

@@ -30,8 +30,10 @@ from mgmt.core.db import Database
 from mgmt.core.dispatcher import Dispatcher, validate
 from mgmt.core.events import EventPublisher
 from mgmt.core.extensions import ExtensionRegistry
+from mgmt.core.garbage import GarbageCollector
 from mgmt.core.serial import SerialQueues
 from mgmt.core.service import ANONYMOUS, Service
+from mgmt.ops import NodeOps
 from schema.api.base import CreateMessage
 from schema.registry import load_all
 
@@ -88,6 +90,7 @@ class ManagementNode:
         self.cascade = CascadeRegistry()
         self.extensions = ExtensionRegistry()
         self.agents = AgentClient(self.bus, default_timeout=config.agent_timeout)
+        self.garbage = GarbageCollector(self.db, self.agents)
         self.cluster = Cluster(self)
         self.auth: AuthStrategy = auth or NoAuth()
         self.services: list[Service] = []
@@ -96,6 +99,7 @@ class ManagementNode:
         self._stopping = False
         self._started_cluster = False
         self._stopped = asyncio.Event()
+        self.ops = NodeOps(self)  # health, readiness, metrics, drain (mgmt/ops.py)
 
     def _dependencies(self) -> dict[str, Any]:
         return {
@@ -108,6 +112,7 @@ class ManagementNode:
             "cascade": self.cascade,
             "extensions": self.extensions,
             "agents": self.agents,
+            "garbage": self.garbage,
             "cluster": self.cluster,
         }
 
@@ -135,9 +140,10 @@ class ManagementNode:
         await self.cluster.start()
         self._started_cluster = True
         self._api_consumer = self.bus.consume(
-            self.topology.api_queue, self._on_api, prefetch=self.config.api_prefetch
+            self.topology.api_queue, self.ops.timed_api(self._on_api), prefetch=self.config.api_prefetch
         )
         await self.bus.start_consumer(self._api_consumer)
+        await self.ops.start()
         log.info(
             "node %s ready: ring epoch %d, %d members, services %s",
             self.uuid,
@@ -165,6 +171,8 @@ class ManagementNode:
         return await self.dispatcher.dispatch_parsed(route, msg, env, account)
 
     async def _on_call(self, env: Envelope) -> HandlerResult:
+        if self.ops.handles(env.name):
+            return await self.ops.on_call(env)
         if Cluster.is_internal(env.name):
             return await self.cluster.on_internal(env)
         return await self.cluster.router.serve(env)
@@ -192,6 +200,7 @@ class ManagementNode:
                 await service.stop()
             except Exception:
                 log.exception("service %s failed to stop cleanly", service.name)
+        await self.ops.close()
         await self.bus.close()
         self.db.close()
         self._stopped.set()

@@ -11,82 +11,58 @@ place documents it all:
   another host with ``AGENT.WRONG_HOST`` (a swapped or re-imaged host), and ``agent.ping`` returns
   the uuid the agent believes it is, so the management side notices the swap itself.
 - Every command is idempotent: starting a running VM, stopping a stopped one, destroying a missing
-  one or creating a volume that exists succeed and report the state reached.
+  one or creating a volume that exists succeed, report the state reached and say ``changed: false``.
 - Reports travel on the events exchange with routing key ``agent.<host_uuid>.<report>``, e.g.
   ``agent.<host>.vm_state`` when a VM changes state on its own (shut down from inside, crashed).
-- ``agent.connect`` carries the protocol version; an agent speaking another major version answers
-  ``AGENT.PROTOCOL_MISMATCH``.
+- Every command and reply carries the protocol version; either side refuses another one with
+  ``AGENT.PROTOCOL_MISMATCH`` (``schema.agent_base``, which also declares connect and ping).
+- ``HypervisorAgent`` below is the protocol as a typed interface: one method per command, the
+  command's name on its ``@command``. The KVM agent and the simulator subclass it.
 
 Field names are camelCase on the wire, as everywhere in ringstack.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from abc import abstractmethod
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from schema.api.base import UUID_PATTERN, WireModel
+from schema.agent_base import (
+    AgentErrors,
+    AgentInterface,
+    AgentReply,
+    ConnectCommand,
+    ConnectReply,
+    EmptyReply,
+    HostCommand,
+    HostFacts,
+    PingCommand,
+    PingReply,
+    Uuid,
+    VmStatus,
+    command,
+    report_routing_key,
+)
+from schema.api.base import WireModel
+
+__all__ = [  # the shared base, re-exported: hypervisor code imports its protocol from here
+    "AgentErrors",
+    "ConnectCommand",
+    "ConnectReply",
+    "EmptyReply",
+    "HostCommand",
+    "HostFacts",
+    "PingCommand",
+    "PingReply",
+    "VmStatus",
+    "report_routing_key",
+]
 
 PROTOCOL_VERSION = 1
 
-Uuid = str
 HypervisorVmState = Literal["Running", "Stopped", "Paused", "Crashed"]
-
-
-class AgentErrors:
-    WRONG_HOST = "AGENT.WRONG_HOST"
-    PROTOCOL_MISMATCH = "AGENT.PROTOCOL_MISMATCH"
-    VM_NOT_FOUND = "AGENT.VM_NOT_FOUND"
-    INSUFFICIENT_CAPACITY = "AGENT.INSUFFICIENT_CAPACITY"
-    HYPERVISOR_ERROR = "AGENT.HYPERVISOR_ERROR"  # libvirt (or the simulator) refused; message says why
-    INJECTED_FAILURE = "AGENT.INJECTED_FAILURE"  # the simulator failed on purpose
-
-
-class HostCommand(WireModel):
-    host_uuid: Uuid = Field(pattern=UUID_PATTERN)
-
-
-# ---------------------------------------------------------------------- host
-
-
-class ConnectCommand(HostCommand):
-    protocol_version: int = PROTOCOL_VERSION
-    management_node_uuid: Uuid | None = None
-
-
-class HostFacts(WireModel):
-    hypervisor: Literal["kvm", "qemu", "simulator"]
-    cpu_num: int = Field(ge=1)
-    cpu_model: str = ""
-    memory_size: int = Field(ge=0, description="bytes")
-    hostname: str = ""
-    os: str = ""
-    libvirt_version: str | None = None
-    qemu_version: str | None = None
-
-
-class VmStatus(WireModel):
-    uuid: Uuid
-    state: HypervisorVmState
-
-
-class ConnectReply(WireModel):
-    host_uuid: Uuid
-    protocol_version: int
-    agent_version: str
-    facts: HostFacts
-    vms: list[VmStatus] = Field(default_factory=list)
-
-
-class PingCommand(HostCommand):
-    pass
-
-
-class PingReply(WireModel):
-    host_uuid: Uuid  # the host the agent believes it is
-    agent_version: str
-    uptime: float
 
 
 # ---------------------------------------------------------------------- specs
@@ -143,7 +119,7 @@ class StartVmCommand(HostCommand):
     vm: VmSpec
 
 
-class VmStateReply(WireModel):
+class VmStateReply(AgentReply):
     vm_uuid: Uuid
     state: HypervisorVmState | Literal["Absent"]
 
@@ -195,7 +171,7 @@ class VmSyncCommand(HostCommand):
     pass
 
 
-class VmSyncReply(WireModel):
+class VmSyncReply(AgentReply):
     vms: list[VmStatus]
 
 
@@ -203,7 +179,7 @@ class ConsoleCommand(HostCommand):
     vm_uuid: Uuid
 
 
-class ConsoleReply(WireModel):
+class ConsoleReply(AgentReply):
     protocol: Literal["vnc"]
     hostname: str
     port: int
@@ -223,7 +199,7 @@ class CreateVolumeCommand(HostCommand):
     image_url: str | None = None  # where the agent fetches the image from (backup storage)
 
 
-class VolumeReply(WireModel):
+class VolumeReply(AgentReply):
     install_path: str
     actual_size: int
 
@@ -254,7 +230,7 @@ class EnsureBridgeCommand(HostCommand):
     l2: L2Spec
 
 
-class BridgeReply(WireModel):
+class BridgeReply(AgentReply):
     bridge_name: str
 
 
@@ -272,33 +248,74 @@ class VmStateReport(WireModel):
     reason: str = ""
 
 
-class EmptyReply(WireModel):
-    pass
-
-
-# name -> (command model, reply model); the agents dispatch on this, the management side checks it
-COMMANDS: dict[str, tuple[type[HostCommand], type[WireModel]]] = {
-    "agent.connect": (ConnectCommand, ConnectReply),
-    "agent.ping": (PingCommand, PingReply),
-    "agent.vm.start": (StartVmCommand, VmStateReply),
-    "agent.vm.stop": (StopVmCommand, VmStateReply),
-    "agent.vm.reboot": (RebootVmCommand, VmStateReply),
-    "agent.vm.destroy": (DestroyVmCommand, VmStateReply),
-    "agent.vm.migrate": (MigrateVmCommand, VmStateReply),
-    "agent.vm.attach_volume": (VolumeAttachCommand, EmptyReply),
-    "agent.vm.detach_volume": (VolumeDetachCommand, EmptyReply),
-    "agent.vm.attach_nic": (NicAttachCommand, EmptyReply),
-    "agent.vm.detach_nic": (NicDetachCommand, EmptyReply),
-    "agent.vm.sync": (VmSyncCommand, VmSyncReply),
-    "agent.vm.console": (ConsoleCommand, ConsoleReply),
-    "agent.volume.create": (CreateVolumeCommand, VolumeReply),
-    "agent.volume.delete": (DeleteVolumeCommand, EmptyReply),
-    "agent.network.ensure_bridge": (EnsureBridgeCommand, BridgeReply),
-    "agent.network.delete_bridge": (DeleteBridgeCommand, EmptyReply),
-}
-
 REPORT_VM_STATE = "vm_state"
 
 
-def report_routing_key(host_uuid: str, report: str) -> str:
-    return f"agent.{host_uuid}.{report}"
+# ---------------------------------------------------------------------- the interface
+
+
+class HypervisorAgent(AgentInterface):
+    """The hypervisor agent protocol: what the KVM agent and the simulator serve."""
+
+    PROTOCOL: ClassVar[str] = "hypervisor"
+    VERSION: ClassVar[int] = PROTOCOL_VERSION
+
+    @command("agent.vm.start")
+    @abstractmethod
+    async def vm_start(self, cmd: StartVmCommand) -> VmStateReply: ...
+
+    @command("agent.vm.stop")
+    @abstractmethod
+    async def vm_stop(self, cmd: StopVmCommand) -> VmStateReply: ...
+
+    @command("agent.vm.reboot")
+    @abstractmethod
+    async def vm_reboot(self, cmd: RebootVmCommand) -> VmStateReply: ...
+
+    @command("agent.vm.destroy")
+    @abstractmethod
+    async def vm_destroy(self, cmd: DestroyVmCommand) -> VmStateReply: ...
+
+    @command("agent.vm.migrate")
+    @abstractmethod
+    async def vm_migrate(self, cmd: MigrateVmCommand) -> VmStateReply: ...
+
+    @command("agent.vm.attach_volume")
+    @abstractmethod
+    async def vm_attach_volume(self, cmd: VolumeAttachCommand) -> EmptyReply: ...
+
+    @command("agent.vm.detach_volume")
+    @abstractmethod
+    async def vm_detach_volume(self, cmd: VolumeDetachCommand) -> EmptyReply: ...
+
+    @command("agent.vm.attach_nic")
+    @abstractmethod
+    async def vm_attach_nic(self, cmd: NicAttachCommand) -> EmptyReply: ...
+
+    @command("agent.vm.detach_nic")
+    @abstractmethod
+    async def vm_detach_nic(self, cmd: NicDetachCommand) -> EmptyReply: ...
+
+    @command("agent.vm.sync", mutating=False)
+    @abstractmethod
+    async def vm_sync(self, cmd: VmSyncCommand) -> VmSyncReply: ...
+
+    @command("agent.vm.console", mutating=False)
+    @abstractmethod
+    async def vm_console(self, cmd: ConsoleCommand) -> ConsoleReply: ...
+
+    @command("agent.volume.create")
+    @abstractmethod
+    async def volume_create(self, cmd: CreateVolumeCommand) -> VolumeReply: ...
+
+    @command("agent.volume.delete")
+    @abstractmethod
+    async def volume_delete(self, cmd: DeleteVolumeCommand) -> EmptyReply: ...
+
+    @command("agent.network.ensure_bridge")
+    @abstractmethod
+    async def network_ensure_bridge(self, cmd: EnsureBridgeCommand) -> BridgeReply: ...
+
+    @command("agent.network.delete_bridge")
+    @abstractmethod
+    async def network_delete_bridge(self, cmd: DeleteBridgeCommand) -> EmptyReply: ...

@@ -17,7 +17,8 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+import typing
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -29,7 +30,6 @@ from bus.envelope import Envelope
 from bus.errors import RingstackError, Sys
 from bus.topology import QueueSpec
 from schema.agent import (
-    PROTOCOL_VERSION,
     REPORT_VM_STATE,
     AgentErrors,
     BridgeReply,
@@ -44,6 +44,7 @@ from schema.agent import (
     EmptyReply,
     EnsureBridgeCommand,
     HostFacts,
+    HypervisorAgent,
     MigrateVmCommand,
     NicAttachCommand,
     NicDetachCommand,
@@ -68,6 +69,8 @@ log = logging.getLogger(__name__)
 
 AGENT_VERSION = "ringstack-simulator/1"
 R = TypeVar("R")
+C = TypeVar("C")
+Served = Callable[["SimHost", C], Coroutine[Any, Any, R]]
 
 
 class Fault(WireModel):
@@ -86,12 +89,12 @@ class SimVm:
     state: Literal["Running", "Stopped", "Paused", "Crashed"]
 
 
-def _per_vm(method: Callable[[SimHost, Any], Awaitable[R]]) -> Callable[[SimHost, Any], Awaitable[R]]:
+def _per_vm(method: Served[C, R]) -> Served[C, R]:
     """Commands about one VM run one at a time, in arrival order, as on a real agent: a destroy
     sent while a slow start is still running must not overtake it."""
 
-    async def serialised(self: SimHost, cmd: Any) -> R:
-        vm_uuid = cmd.vm.uuid if hasattr(cmd, "vm") else cmd.vm_uuid
+    async def serialised(self: SimHost, cmd: C) -> R:
+        vm_uuid = cmd.vm.uuid if isinstance(cmd, StartVmCommand) else typing.cast(Any, cmd).vm_uuid
         lock = self.vm_locks.setdefault(vm_uuid, asyncio.Lock())
         async with lock:
             return await method(self, cmd)
@@ -99,13 +102,14 @@ def _per_vm(method: Callable[[SimHost, Any], Awaitable[R]]) -> Callable[[SimHost
     return serialised
 
 
-def _per_volume(method: Callable[[SimHost, Any], Awaitable[R]]) -> Callable[[SimHost, Any], Awaitable[R]]:
+def _per_volume(method: Served[C, R]) -> Served[C, R]:
     """Commands about one volume run one at a time, in arrival order: a delete sent while its slow
     create is still running (the create's caller gave up on it) deletes what that create makes."""
 
-    async def serialised(self: SimHost, cmd: Any) -> R:
+    async def serialised(self: SimHost, cmd: C) -> R:
+        assert isinstance(cmd, CreateVolumeCommand | DeleteVolumeCommand)
         if isinstance(cmd, CreateVolumeCommand) or cmd.volume_uuid is not None:
-            volume_uuid = cmd.volume_uuid
+            volume_uuid = str(cmd.volume_uuid)
         else:
             volume_uuid = cmd.install_path.rsplit("/", 1)[-1].removesuffix(".qcow2")
         lock = self.volume_locks.setdefault(volume_uuid, asyncio.Lock())
@@ -116,7 +120,7 @@ def _per_volume(method: Callable[[SimHost, Any], Awaitable[R]]) -> Callable[[Sim
 
 
 @dataclass
-class SimHost:
+class SimHost(HypervisorAgent):
     host_uuid: str
     cpu_num: int
     memory_size: int
@@ -161,11 +165,6 @@ class SimHost:
 
     async def connect(self, cmd: ConnectCommand) -> ConnectReply:
         await self._enter("agent.connect")
-        if cmd.protocol_version != PROTOCOL_VERSION:
-            raise RingstackError(
-                AgentErrors.PROTOCOL_MISMATCH,
-                f"agent speaks protocol {PROTOCOL_VERSION}, not {cmd.protocol_version}",
-            )
         facts = HostFacts(
             hypervisor="simulator",
             cpu_num=self.cpu_num,
@@ -176,7 +175,6 @@ class SimHost:
         )
         return ConnectReply(
             host_uuid=self.host_uuid,
-            protocol_version=PROTOCOL_VERSION,
             agent_version=AGENT_VERSION,
             facts=facts,
             vms=self._status(),
@@ -211,7 +209,7 @@ class SimHost:
                 f"host {self.host_uuid} has {self.cpu_num - cpu} CPUs and {self.memory_size - memory} bytes free",
             )
         self.vms[cmd.vm.uuid] = SimVm(cmd.vm, "Running")
-        return VmStateReply(vm_uuid=cmd.vm.uuid, state="Running")
+        return VmStateReply(vm_uuid=cmd.vm.uuid, state="Running", changed=True)
 
     @_per_vm
     async def vm_stop(self, cmd: StopVmCommand) -> VmStateReply:
@@ -219,21 +217,22 @@ class SimHost:
         vm = self.vms.get(cmd.vm_uuid)
         if vm is None:
             return VmStateReply(vm_uuid=cmd.vm_uuid, state="Absent")
+        changed = vm.state in ("Running", "Paused")
         vm.state = "Stopped"
-        return VmStateReply(vm_uuid=cmd.vm_uuid, state="Stopped")
+        return VmStateReply(vm_uuid=cmd.vm_uuid, state="Stopped", changed=changed)
 
     @_per_vm
     async def vm_reboot(self, cmd: RebootVmCommand) -> VmStateReply:
         await self._enter("agent.vm.reboot")
         vm = self._vm(cmd.vm_uuid)
         vm.state = "Running"
-        return VmStateReply(vm_uuid=cmd.vm_uuid, state="Running")
+        return VmStateReply(vm_uuid=cmd.vm_uuid, state="Running", changed=True)
 
     @_per_vm
     async def vm_destroy(self, cmd: DestroyVmCommand) -> VmStateReply:
         await self._enter("agent.vm.destroy")
-        self.vms.pop(cmd.vm_uuid, None)
-        return VmStateReply(vm_uuid=cmd.vm_uuid, state="Absent")
+        gone = self.vms.pop(cmd.vm_uuid, None)
+        return VmStateReply(vm_uuid=cmd.vm_uuid, state="Absent", changed=gone is not None)
 
     @_per_vm
     async def vm_migrate(self, cmd: MigrateVmCommand) -> VmStateReply:
@@ -259,33 +258,38 @@ class SimHost:
                 AgentErrors.INSUFFICIENT_CAPACITY, f"destination {destination.host_uuid} is full"
             )
         destination.vms[cmd.vm_uuid] = self.vms.pop(cmd.vm_uuid)
-        return VmStateReply(vm_uuid=cmd.vm_uuid, state=destination.vms[cmd.vm_uuid].state)
+        return VmStateReply(vm_uuid=cmd.vm_uuid, state=destination.vms[cmd.vm_uuid].state, changed=True)
 
     async def vm_attach_volume(self, cmd: VolumeAttachCommand) -> EmptyReply:
         await self._enter("agent.vm.attach_volume")
         vm = self._vm(cmd.vm_uuid)
-        if all(v.uuid != cmd.volume.uuid for v in vm.spec.data_volumes):
-            vm.spec.data_volumes.append(cmd.volume)
-        return EmptyReply()
+        if any(v.uuid == cmd.volume.uuid for v in vm.spec.data_volumes):
+            return EmptyReply()
+        vm.spec.data_volumes.append(cmd.volume)
+        return EmptyReply(changed=True)
 
     async def vm_detach_volume(self, cmd: VolumeDetachCommand) -> EmptyReply:
         await self._enter("agent.vm.detach_volume")
         vm = self._vm(cmd.vm_uuid)
-        vm.spec.data_volumes = [v for v in vm.spec.data_volumes if v.uuid != cmd.volume.uuid]
-        return EmptyReply()
+        kept = [v for v in vm.spec.data_volumes if v.uuid != cmd.volume.uuid]
+        changed, vm.spec.data_volumes = len(kept) != len(vm.spec.data_volumes), kept
+        return EmptyReply(changed=changed)
 
     async def vm_attach_nic(self, cmd: NicAttachCommand) -> EmptyReply:
         await self._enter("agent.vm.attach_nic")
         vm = self._vm(cmd.vm_uuid)
-        if all(n.uuid != cmd.nic.uuid for n in vm.spec.nics):
-            vm.spec.nics.append(cmd.nic)
-        return EmptyReply()
+        if any(n.uuid == cmd.nic.uuid for n in vm.spec.nics):
+            return EmptyReply()
+        self.bridges.add(cmd.nic.l2.bridge_name)
+        vm.spec.nics.append(cmd.nic)
+        return EmptyReply(changed=True)
 
     async def vm_detach_nic(self, cmd: NicDetachCommand) -> EmptyReply:
         await self._enter("agent.vm.detach_nic")
         vm = self._vm(cmd.vm_uuid)
-        vm.spec.nics = [n for n in vm.spec.nics if n.uuid != cmd.nic.uuid]
-        return EmptyReply()
+        kept = [n for n in vm.spec.nics if n.uuid != cmd.nic.uuid]
+        changed, vm.spec.nics = len(kept) != len(vm.spec.nics), kept
+        return EmptyReply(changed=changed)
 
     async def vm_sync(self, cmd: VmSyncCommand) -> VmSyncReply:
         await self._enter("agent.vm.sync")
@@ -302,33 +306,34 @@ class SimHost:
     async def volume_create(self, cmd: CreateVolumeCommand) -> VolumeReply:
         await self._enter("agent.volume.create")
         path = _volume_path(cmd.primary_storage_url, cmd.volume_uuid)
+        changed = path not in self.volumes
         self.volumes[path] = cmd.size
-        return VolumeReply(install_path=path, actual_size=0)
+        return VolumeReply(install_path=path, actual_size=0, changed=changed)
 
     @_per_volume
     async def volume_delete(self, cmd: DeleteVolumeCommand) -> EmptyReply:
         await self._enter("agent.volume.delete")
         if cmd.install_path:
-            self.volumes.pop(cmd.install_path, None)
-        elif cmd.volume_uuid is not None:
+            paths = [cmd.install_path]
+        elif cmd.primary_storage_url is not None:
             # By uuid: the path its create made (or would have made) on that primary storage.
-            if cmd.primary_storage_url is not None:
-                self.volumes.pop(_volume_path(cmd.primary_storage_url, cmd.volume_uuid), None)
-            else:
-                suffix = f"/{cmd.volume_uuid}.qcow2"
-                for path in [p for p in self.volumes if p.endswith(suffix)]:
-                    del self.volumes[path]
-        return EmptyReply()
+            paths = [_volume_path(cmd.primary_storage_url, str(cmd.volume_uuid))]
+        else:
+            paths = [p for p in self.volumes if p.endswith(f"/{cmd.volume_uuid}.qcow2")]
+        deleted = [p for p in paths if self.volumes.pop(p, None) is not None]
+        return EmptyReply(changed=bool(deleted))
 
     async def network_ensure_bridge(self, cmd: EnsureBridgeCommand) -> BridgeReply:
         await self._enter("agent.network.ensure_bridge")
+        changed = cmd.l2.bridge_name not in self.bridges
         self.bridges.add(cmd.l2.bridge_name)
-        return BridgeReply(bridge_name=cmd.l2.bridge_name)
+        return BridgeReply(bridge_name=cmd.l2.bridge_name, changed=changed)
 
     async def network_delete_bridge(self, cmd: DeleteBridgeCommand) -> EmptyReply:
         await self._enter("agent.network.delete_bridge")
+        changed = cmd.l2.bridge_name in self.bridges
         self.bridges.discard(cmd.l2.bridge_name)
-        return EmptyReply()
+        return EmptyReply(changed=changed)
 
 
 def _volume_path(primary_storage_url: str, volume_uuid: str) -> str:

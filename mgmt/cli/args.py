@@ -8,29 +8,30 @@ conditions: ``QueryZone name~=z% state!=Disabled limit=10 sortBy=name``, with th
 
 from __future__ import annotations
 
-import typing
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
-from pydantic.alias_generators import to_camel
 
-from schema.api.base import QUERY_OPS, ApiMessage, QueryMessage
+from mgmt.cli.catalog import ApiSpec
 
 
 class UsageError(Exception):
     pass
 
 
-# ``=null`` / ``!=null`` are spelled as the value ``null`` so that ``name=nullable`` stays a value.
-_SPLIT_OPS = tuple(op for op in QUERY_OPS if not op.endswith("null"))
-_QUERY_KEYS = {to_camel(n) for n in QueryMessage.model_fields if n != "conditions"}
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean: a, b?)`` with the closest names, or nothing when none is close."""
+    import difflib
 
-
-def _is_list(message: type[ApiMessage], alias: str) -> bool:
-    for name, info in message.model_fields.items():
-        if (info.alias or name) == alias:
-            return "list" in str(info.annotation) or typing.get_origin(info.annotation) is list
-    return False
+    pool = list(choices)
+    close = difflib.get_close_matches(word, pool, n=3, cutoff=0.6)
+    if not close:  # another case is a near miss too: createzone
+        lowered = {c.lower(): c for c in pool}
+        close = [lowered[c] for c in difflib.get_close_matches(word.lower(), list(lowered), n=3, cutoff=0.6)]
+    if not close and word:  # a prefix: Create -> CreateCluster, CreateZone, ...
+        close = sorted(c for c in pool if c.lower().startswith(word.lower()))[:3]
+    return f" (did you mean: {', '.join(close)}?)" if close else ""
 
 
 def _value(raw: str, as_list: bool) -> Any:
@@ -57,24 +58,31 @@ def _split(word: str, ops: tuple[str, ...]) -> tuple[str, str, str]:
     return word[:pos], op, word[pos + len(op) :]
 
 
-def parse_body(message: type[ApiMessage], words: list[str]) -> dict[str, Any]:
-    if issubclass(message, QueryMessage):
-        return _parse_query(message, words)
+def parse_body(api: ApiSpec, words: list[str]) -> dict[str, Any]:
+    if api.query:
+        return _parse_query(api, words)
     body: dict[str, Any] = {}
     for word in words:
         key, _, raw = _split(word, ("=",))
+        if key not in api.fields:
+            raise UsageError(
+                f"{api.name} has no field {key!r}{did_you_mean(key, api.fields)};"
+                f" `ringstack {api.name} --help` lists them"
+            )
         if key in body:
             raise UsageError(f"{key} given twice")
-        body[key] = _value(raw, _is_list(message, key))
+        body[key] = _value(raw, api.is_list(key))
     return body
 
 
-def _parse_query(message: type[ApiMessage], words: list[str]) -> dict[str, Any]:
+def _parse_query(api: ApiSpec, words: list[str]) -> dict[str, Any]:
+    # ``=null`` / ``!=null`` are spelled as the value ``null`` so that ``name=nullable`` stays a value.
+    split_ops = tuple(op for op in api.query_ops if not op.endswith("null"))
     body: dict[str, Any] = {}
     conditions: list[dict[str, Any]] = []
     for word in words:
-        key, op, raw = _split(word, _SPLIT_OPS)
-        if key in _QUERY_KEYS and op == "=":
+        key, op, raw = _split(word, split_ops)
+        if key in api.query_keys and op == "=":
             body[key] = _value(raw, key == "fields")
             continue
         if op in ("=", "!=") and raw == "null":

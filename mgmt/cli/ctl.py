@@ -25,8 +25,13 @@ def main() -> None:
     """Administer ringstack management nodes."""
 
 
+_CONFIG_START = click.option(
+    "--config", "config_path", default=None, help="TOML config file [env RINGSTACK_CONFIG]"
+)
+
+
 @main.command()
-@click.option("--config", "config_path", default=None, help="TOML config file [env RINGSTACK_CONFIG]")
+@_CONFIG_START
 def start(config_path: str | None) -> None:
     """Run a management node in the foreground until SIGTERM/SIGINT."""
     from mgmt.node import ManagementNode
@@ -43,22 +48,147 @@ def start(config_path: str | None) -> None:
     sys.exit(0 if drained else 1)
 
 
+_CONFIG = click.option(
+    "--config", "config_path", default=None, help="TOML config file [env RINGSTACK_CONFIG]"
+)
+
+
 @main.command()
-@click.option("--config", "config_path", default=None, help="TOML config file [env RINGSTACK_CONFIG]")
+@_CONFIG
 @click.option("-f", "--format", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table")
-def status(config_path: str | None, fmt: str) -> None:
-    """Every management node: state, heartbeat age, the ring epoch it sees, what it owns, its queues."""
+@click.option(
+    "--schema", "show_schema", is_flag=True, help="print the JSON Schema of `status -f json` and exit"
+)
+def status(config_path: str | None, fmt: str, show_schema: bool) -> None:
+    """The cluster: every node's state, readiness, ring view, jobs and queues, and a verdict.
+
+    Exit codes: 0 healthy; 1 unhealthy (the problems are listed); 3 the database or broker cannot
+    be reached."""
     from mgmt.cli.output import render
-    from mgmt.cli.status import cluster_status
+    from mgmt.cli.status import ClusterStatus, cluster_status
+
+    if show_schema:
+        click.echo(orjson.dumps(ClusterStatus.model_json_schema(), option=orjson.OPT_INDENT_2).decode())
+        return
+    config = _config(config_path)
+    try:
+        result = cluster_status(config)
+    except Exception as exc:
+        click.echo(f"Error: cannot read the cluster's state: {exc}", err=True)
+        sys.exit(3)
+    data = result.model_dump()
+    if fmt == "table":
+        nodes = data.pop("nodes")
+        click.echo(render({"inventories": nodes}, "table"))
+        data["problems"] = "; ".join(data["problems"]) or None
+        click.echo(render(data, "table"))
+    else:
+        click.echo(render(data, fmt))
+    if not result.healthy:
+        sys.exit(1)
+
+
+def _nodes(config: NodeConfig, prefixes: tuple[str, ...]) -> list[str]:
+    from mgmt.cli.status import find_nodes
+
+    try:
+        return find_nodes(config, prefixes)
+    except LookupError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@main.command()
+@_CONFIG
+@click.argument("nodes", nargs=-1, required=True)
+def drain(config_path: str | None, nodes: tuple[str, ...]) -> None:
+    """Drain nodes (uuid or prefix): readiness false, no more API requests; they keep the work they
+    own until they stop (ringstack-ctl stop), when it is handed over."""
+    import time
+
+    from mgmt.cli.status import send_ops
+    from mgmt.ops import OPS_DRAIN
+
+    config = _config(config_path)
+    for uuid in _nodes(config, nodes):
+        started = time.monotonic()
+        reply = send_ops(config, uuid, OPS_DRAIN)
+        click.echo(
+            f"node {uuid}: draining (ready={str(reply['ready']).lower()}) in {time.monotonic() - started:.3f} s"
+        )
+
+
+@main.command()
+@_CONFIG
+@click.argument("nodes", nargs=-1, required=True)
+@click.option(
+    "--timeout", type=float, default=60.0, show_default=True, help="seconds to wait for each node to exit"
+)
+def stop(config_path: str | None, nodes: tuple[str, ...], timeout: float) -> None:
+    """Stop nodes (uuid or prefix), one at a time: each drains (no new API requests), finishes or
+    hands over its jobs to the other nodes, and exits. Exit 4 if one is still running after --timeout."""
+    import time
+
+    from mgmt.cli.status import node_gone, send_ops
+    from mgmt.ops import OPS_STOP
+
+    config = _config(config_path)
+    for uuid in _nodes(config, nodes):
+        started = time.monotonic()
+        send_ops(config, uuid, OPS_STOP)
+        while not node_gone(config, uuid):
+            if time.monotonic() - started > timeout:
+                click.echo(f"Error: node {uuid} still runs after {timeout:.0f} s", err=True)
+                sys.exit(4)
+            time.sleep(0.2)  # polling the broker: the node's queue goes when its process ends
+        click.echo(f"node {uuid}: stopped in {time.monotonic() - started:.1f} s")
+
+
+@main.command("backup")
+@_CONFIG
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    required=True,
+    help="the archive (.tar.gz)",
+)
+def backup_command(config_path: str | None, output: str) -> None:
+    """Write the database and the config file to one archive (nodes may keep running)."""
+    import os
+
+    from mgmt.cli.backup import BackupError, backup
+
+    config = _config(config_path)
+    path = config_path or os.environ.get("RINGSTACK_CONFIG") or "/etc/ringstack/ringstack.toml"
+    try:
+        manifest = backup(config.database_url, Path(path), Path(output))
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"backup of {manifest['database']} at revision {manifest['revision']} written to {output}")
+
+
+@main.command("restore")
+@_CONFIG
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False))
+@click.option("--force", is_flag=True, help="restore although nodes are recorded alive (they must be dead)")
+@click.option(
+    "--config-to",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="write the backup's config file here",
+)
+def restore_command(config_path: str | None, archive: str, force: bool, config_to: str | None) -> None:
+    """Replace the database's contents with a backup's (all or nothing); every node must be stopped."""
+    from mgmt.cli.backup import BackupError, restore
 
     config = _config(config_path)
     try:
-        nodes = cluster_status(config)
-    except Exception as exc:
-        raise click.ClickException(f"cannot read the cluster's state: {exc}") from None
-    click.echo(render({"inventories": nodes}, fmt))
-    if not any(n["state"] == "alive" for n in nodes):
-        sys.exit(1)
+        manifest = restore(
+            config.database_url, Path(archive), force=force, config_to=Path(config_to) if config_to else None
+        )
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"restored the backup of {manifest['createdAt']} (revision {manifest['revision']})")
 
 
 @main.group()
@@ -89,10 +219,13 @@ def schema() -> None:
 @schema.command("export")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None)
 def export(output: str | None) -> None:
-    """Write the JSON Schema of every API message and reply (stdout by default)."""
+    """Write the JSON Schema of every API message and reply, keyed by API name, and of the
+    canonical events under "events" (names, kinds, actions, bodies); stdout by default."""
+    from schema.events import events_schema
     from schema.registry import load_all
 
-    data = orjson.dumps(load_all().json_schema(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+    exported = {**load_all().json_schema(), "events": events_schema()}
+    data = orjson.dumps(exported, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
     if output:
         Path(output).write_bytes(data + b"\n")
     else:

@@ -10,7 +10,7 @@ ZStack's connect chain, in ringstack's steps (each failure is a ``RingstackError
 3. ``bundle``: the agent install bundle of the code this node runs (``agents.kvm.bundle``), built
    once per code version and cached on disk; a process keeps using the bundle it first built
    (``agent_bundle``), so the hosts it deploys get the code it runs even while the tree changes.
-4. ``playbook``: ``mgmt/deploy/ansible/kvm-host.yml`` (package data) over SSH: one SSH
+4. ``playbook``: ``ansible/kvm-host.yml`` (data files when installed: ``mgmt.deploy``) over SSH: one SSH
    connection for the whole run (a master with its socket in the run's private directory, told
    to exit when the run ends, so none outlives it; each task would pay a new SSH handshake
    otherwise); a password goes through sshpass from a 0600 vars file, never argv.

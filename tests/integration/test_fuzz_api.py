@@ -23,7 +23,8 @@ from bus.sync import SyncClient
 from bus.topology import Topology
 from mgmt.cluster.jobs import CANCEL_RUNNING_JOB, RUN_JOB
 from mgmt.cluster.manager import NODE_STATUS
-from schema.agent import COMMANDS
+from schema.agent import HypervisorAgent
+from schema.agent_base import commands_of
 from schema.registry import load_all
 from tests.integration.test_kvm_agent_process import AgentProcess, write_config
 from tests.support import fuzz, infra
@@ -166,8 +167,9 @@ async def _add_simulated_host(broker_url: str, namespace: str, name: str, host: 
 
 
 def _agent_target(topology: Topology, host: str, safe: frozenset[str] | None) -> fuzz.Target:
-    models = {name: command for name, (command, _) in COMMANDS.items()}
-    target = fuzz.models_target(topology.agent_queue(host).name, "call", models, fixed={"hostUuid": host})
+    models = {name: spec.request for name, spec in commands_of(HypervisorAgent).items()}
+    fixed = {"hostUuid": host, "protocolVersion": HypervisorAgent.VERSION}
+    target = fuzz.models_target(topology.agent_queue(host).name, "call", models, fixed=fixed)
     if safe is None:
         return target
     # Commands not known to be harmless always name another host: refused before they run.

@@ -94,8 +94,8 @@ async def test_status_command_lists_both_nodes(two_nodes, node_config):
     first, second = two_nodes
 
     async def consistent():
-        nodes = await asyncio.to_thread(cluster_status, node_config)
-        by_uuid = {n["uuid"]: n for n in nodes}
+        status = await asyncio.to_thread(cluster_status, node_config)
+        by_uuid = {n.uuid: n.model_dump() for n in status.nodes}
         assert set(by_uuid) == {first.uuid, second.uuid}
         for node in (first, second):
             entry = by_uuid[node.uuid]
@@ -109,3 +109,6 @@ async def test_status_command_lists_both_nodes(two_nodes, node_config):
 
     by_uuid = await until(consistent, 20, "status to agree with the nodes")
     assert sum(n["partitions"] for n in by_uuid.values()) == first.cluster.ring.partitions
+    status = await asyncio.to_thread(cluster_status, node_config)
+    assert status.healthy, status.problems
+    assert all(n.ready and n.opsAddress for n in status.nodes)

@@ -10,60 +10,72 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mgmt.cli.args import UsageError, parse_body
-from mgmt.cli.output import FORMATS, render
+from mgmt.cli.args import UsageError, did_you_mean, parse_body
+from mgmt.cli.catalog import load_catalog
+from mgmt.cli.output import FORMATS, ColumnError, render
 from schema.api.zone import CreateZone, QueryZone, UpdateZone
+
+CATALOG = load_catalog()
+SPECS = {name: CATALOG.get(name) for name in ("CreateZone", "QueryZone", "UpdateZone")}
+
+
+def _spec(message: type) -> object:
+    return SPECS[message.__name__]
+
 
 # ---------------------------------------------------------------- plain messages
 
 
 def test_create_zone_key_value() -> None:
-    body = parse_body(CreateZone, ["name=z1", "description=first zone"])
+    body = parse_body(_spec(CreateZone), ["name=z1", "description=first zone"])
     assert body == {"name": "z1", "description": "first zone"}
     assert CreateZone.from_wire(body).name == "z1"
 
 
 def test_value_may_contain_equals_and_operators() -> None:
-    assert parse_body(CreateZone, ["description=a=b!=c>d"]) == {"description": "a=b!=c>d"}
+    assert parse_body(_spec(CreateZone), ["description=a=b!=c>d"]) == {"description": "a=b!=c>d"}
 
 
 def test_empty_value() -> None:
-    assert parse_body(CreateZone, ["description="]) == {"description": ""}
+    assert parse_body(_spec(CreateZone), ["description="]) == {"description": ""}
 
 
 def test_no_words_is_an_empty_body() -> None:
-    assert parse_body(CreateZone, []) == {}
+    assert parse_body(_spec(CreateZone), []) == {}
 
 
 def test_json_values() -> None:
-    body = parse_body(CreateZone, ['name=["a", 1]', 'description={"k": [true, null]}'])
+    body = parse_body(_spec(CreateZone), ['name=["a", 1]', 'description={"k": [true, null]}'])
     assert body == {"name": ["a", 1], "description": {"k": [True, None]}}
 
 
 def test_non_json_looking_values_stay_strings() -> None:
-    assert parse_body(CreateZone, ["name=1", "description=null"]) == {"name": "1", "description": "null"}
+    assert parse_body(_spec(CreateZone), ["name=1", "description=null"]) == {
+        "name": "1",
+        "description": "null",
+    }
 
 
 @pytest.mark.parametrize("word", ["name=[1,", "name={oops}", "name=[", "name={"])
 def test_bad_json_value_is_a_usage_error(word: str) -> None:
     with pytest.raises(UsageError, match="bad JSON"):
-        parse_body(CreateZone, [word])
+        parse_body(_spec(CreateZone), [word])
 
 
 def test_duplicate_key_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="name given twice"):
-        parse_body(CreateZone, ["name=a", "name=b"])
+        parse_body(_spec(CreateZone), ["name=a", "name=b"])
 
 
 @pytest.mark.parametrize("word", ["name", "", "=z1", "name:z1", "name!z1"])
 def test_word_without_key_value_is_a_usage_error(word: str) -> None:
     with pytest.raises(UsageError, match="expected key=value"):
-        parse_body(CreateZone, [word])
+        parse_body(_spec(CreateZone), [word])
 
 
 def test_resource_message_takes_uuid_like_any_field() -> None:
     uuid = "0123456789abcdef0123456789abcdef"
-    body = parse_body(UpdateZone, [f"uuid={uuid}", "name=z2"])
+    body = parse_body(_spec(UpdateZone), [f"uuid={uuid}", "name=z2"])
     assert body == {"uuid": uuid, "name": "z2"}
     assert UpdateZone.from_wire(body).target_uuid() == uuid
 
@@ -100,7 +112,7 @@ def test_resource_message_takes_uuid_like_any_field() -> None:
     ],
 )
 def test_query_operators(word: str, condition: dict[str, Any]) -> None:
-    body = parse_body(QueryZone, [word])
+    body = parse_body(_spec(QueryZone), [word])
     assert body == {"conditions": [condition]}
     # And the result is a body the API accepts.
     msg = QueryZone.from_wire(body)
@@ -108,7 +120,7 @@ def test_query_operators(word: str, condition: dict[str, Any]) -> None:
 
 
 def test_query_conditions_keep_their_order() -> None:
-    body = parse_body(QueryZone, ["name~=z%", "state!=Disabled", "description=null"])
+    body = parse_body(_spec(QueryZone), ["name~=z%", "state!=Disabled", "description=null"])
     assert [c["name"] for c in body["conditions"]] == ["name", "state", "description"]
 
 
@@ -123,7 +135,7 @@ def test_query_paging_keys_go_to_the_body() -> None:
         "fields=uuid,name",
         "name=z1",
     ]
-    body = parse_body(QueryZone, words)
+    body = parse_body(_spec(QueryZone), words)
     assert body == {
         "limit": "10",
         "start": "20",
@@ -143,27 +155,27 @@ def test_query_paging_keys_go_to_the_body() -> None:
 
 
 def test_query_fields_as_json_list() -> None:
-    assert parse_body(QueryZone, ['fields=["uuid"]']) == {"fields": ["uuid"]}
+    assert parse_body(_spec(QueryZone), ['fields=["uuid"]']) == {"fields": ["uuid"]}
 
 
 def test_query_paging_keys_with_other_operators_are_conditions() -> None:
-    body = parse_body(QueryZone, ["limit>5"])
+    body = parse_body(_spec(QueryZone), ["limit>5"])
     assert body == {"conditions": [{"name": "limit", "op": ">", "value": "5"}]}
 
 
 def test_query_snake_case_paging_key_is_a_condition_not_paging() -> None:
-    body = parse_body(QueryZone, ["sort_by=name"])
+    body = parse_body(_spec(QueryZone), ["sort_by=name"])
     assert body == {"conditions": [{"name": "sort_by", "op": "=", "value": "name"}]}
 
 
 def test_query_without_words_is_empty() -> None:
-    assert parse_body(QueryZone, []) == {}
+    assert parse_body(_spec(QueryZone), []) == {}
 
 
 @pytest.mark.parametrize("word", ["name", "=z1", "", "name:z1"])
 def test_query_word_without_operator_or_key_is_a_usage_error(word: str) -> None:
     with pytest.raises(UsageError, match="expected key=value"):
-        parse_body(QueryZone, [word])
+        parse_body(_spec(QueryZone), [word])
 
 
 @pytest.mark.parametrize("word", ["!=x", "?=a", ">=5"])
@@ -172,12 +184,12 @@ def test_keyless_operator_word_is_a_usage_error(word: str) -> None:
     is empty and the word is a usage error; it must not fall back to a later ``=`` and so query a
     field named ``!``."""
     with pytest.raises(UsageError):
-        parse_body(QueryZone, [word])
+        parse_body(_spec(QueryZone), [word])
 
 
 def test_query_bad_json_list_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="bad JSON"):
-        parse_body(QueryZone, ["name?=[a,b"])
+        parse_body(_spec(QueryZone), ["name?=[a,b"])
 
 
 # ---------------------------------------------------------------- never anything but UsageError
@@ -192,7 +204,7 @@ WORDS = st.lists(
 def test_random_words_only_raise_usage_error(words: list[str]) -> None:
     for message in (CreateZone, QueryZone):
         try:
-            body = parse_body(message, words)
+            body = parse_body(_spec(message), words)
         except UsageError:
             continue
         assert isinstance(body, dict)
@@ -287,4 +299,57 @@ def test_render_yaml_empty_list() -> None:
 
 
 def test_formats() -> None:
-    assert set(FORMATS) == {"table", "json", "yaml"}
+    assert FORMATS == ("table", "json", "yaml", "value", "csv")
+
+
+def test_render_value_and_csv() -> None:
+    data = {"inventories": [INVENTORY, OTHER], "total": 2}
+    assert render(data, "value", ("uuid", "name")).splitlines() == [
+        f"{INVENTORY['uuid']} z1",
+        f"{OTHER['uuid']} zone-two",
+    ]
+    assert render({"inventory": INVENTORY}, "value", ("name", "state")).splitlines() == ["z1", "Enabled"]
+    lines = render(data, "csv", ("name", "tags")).splitlines()
+    assert lines == ["name,tags", 'z1,"[""x"",""y""]"', "zone-two,"]
+
+
+def test_columns_pick_and_order_fields_in_every_format() -> None:
+    data = {"inventories": [INVENTORY, OTHER], "total": 2}
+    assert orjson.loads(render(data, "json", ("name",))) == {
+        "inventories": [{"name": "z1"}, {"name": "zone-two"}],
+        "total": 2,
+    }
+    assert yaml.safe_load(render({"inventory": INVENTORY}, "yaml", ("state",))) == {
+        "inventory": {"state": "Enabled"}
+    }
+    assert table_rows(render(data, "table", ("name", "uuid")))[:2] == [
+        ["name", "uuid"],
+        ["z1", INVENTORY["uuid"]],
+    ]
+
+
+def test_unknown_column_names_the_known_ones() -> None:
+    with pytest.raises(ColumnError, match=r"'nope'.*uuid, name"):
+        render({"inventories": [INVENTORY]}, "json", ("nope",))
+    # An empty listing has no columns to check against: nothing to complain about.
+    assert render({"inventories": []}, "csv", ("nope",)) == "nope"
+
+
+@pytest.mark.parametrize("width", [40, 60, 90])
+def test_max_width_wraps_and_keeps_every_character(width: int) -> None:
+    text = render({"inventory": {**INVENTORY, "description": "d" * 120}}, "table", max_width=width)
+    assert max(len(line) for line in text.splitlines()) <= width
+    values = "".join(row[1] for row in table_rows(text)[1:])
+    assert "d" * 120 in values and INVENTORY["uuid"] in values
+
+
+def test_did_you_mean() -> None:
+    names = CATALOG.names()
+    assert "CreateZone" in did_you_mean("CreateZon", names)
+    assert "CreateZone" in did_you_mean("createzone", names)
+    assert did_you_mean("Xyzzy", names) == ""
+
+
+def test_unknown_field_is_a_usage_error_with_suggestions() -> None:
+    with pytest.raises(UsageError, match=r"no field 'nmae' \(did you mean: name\?\)"):
+        parse_body(_spec(CreateZone), ["nmae=x"])
