@@ -31,6 +31,7 @@ ACTIONS: dict[str, str] = {
     "detached": "it was detached from another resource",
     "destroyed": "a VM was destroyed (recoverable until expunged)",
     "recovered": "a destroyed VM or deleted image was recovered",
+    "settled": "a VM left in a transitional state with no job acting on it was settled (SettleVmInstance or the owner's sweep): body has from and, when it still exists, the inventory",
     "expunged": "it was removed for good",
     "migrated": "a VM moved to another host (inventory.hostUuid)",
     "unchanged": "a request found the resource already as asked (idempotent repeat)",

@@ -28,9 +28,9 @@ from bus.errors import RingstackError
 from mgmt.cluster import Cluster
 from mgmt.config import NodeConfig
 from mgmt.core.agents import AgentClient
-from mgmt.core.garbage import GarbageCollector
 from mgmt.core.db import CURRENT_FENCE, Database, Fence
 from mgmt.core.events import EventPublisher
+from mgmt.core.garbage import GarbageCollector
 from mgmt.core.service import Service
 from mgmt.services.host.connect import connect_simulator
 from mgmt.services.vm.reconcile import Drift, mark_unknown, reconcile_host
