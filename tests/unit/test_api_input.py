@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 import schema.agent
+import schema.agent_base
 from bus.errors import RingstackError, Sys
 from schema.api.base import (
     MAX_INPUT_DEPTH,
@@ -63,7 +64,7 @@ def test_everything_but_client_input_ignores_unknown_fields() -> None:
     """Replies, inventories, events, agent commands, replies and reports: a field added by a newer
     release must not break an older reader during a rolling upgrade."""
     lenient = [m for m in _wire_models() if not issubclass(m, ApiInput)]
-    assert {Reply, Inventory, Event, schema.agent.HostCommand, schema.agent.VmStateReport} <= set(lenient)
+    assert {Reply, Inventory, Event, schema.agent_base.HostCommand, schema.agent.VmStateReport} <= set(lenient)
     for model in lenient:
         assert model.model_config.get("extra") == "ignore", model
 
@@ -71,7 +72,8 @@ def test_everything_but_client_input_ignores_unknown_fields() -> None:
 def test_a_reply_with_a_field_from_a_newer_release_is_read() -> None:
     wire = {"hostUuid": "0" * 32, "agentVersion": "1", "uptime": 1.5, "addedLater": {"a": 1}}
     reply = parse_wire(schema.agent.PingReply, wire)
-    assert reply.to_wire() == {"hostUuid": "0" * 32, "agentVersion": "1", "uptime": 1.5}
+    assert "addedLater" not in reply.to_wire()
+    assert reply.uptime == 1.5
 
 
 def test_a_stored_job_body_with_a_field_from_a_newer_release_is_run() -> None:
