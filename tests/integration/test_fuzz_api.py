@@ -239,3 +239,33 @@ def test_kvm_agent_queue_survives_hostile_messages(fuzzer, broker_url, namespace
     finally:
         agent.close()
         delete_agent_queues(namespace, host)
+
+
+def test_ids_beyond_a_short_string_do_not_stop_the_api_consumer(node_proc, fuzzer, broker_url, namespace):
+    """Issue 10's 128-message wedge: more envelopes whose id cannot be an AMQP short string than the
+    node's API prefetch (128); each is settled, and the node goes on answering."""
+    target = fuzz.api_target(Topology(namespace))
+    wedge = {"id": "i" * 256, "name": "NoSuchApi", "kind": "api", "body": {}, "reply_to": "x"}
+    fuzzer.fire(target, [fuzz.Draft(wedge, None, {}, asks=False)] * 200)
+    asked = {**wedge, "reply_to": fuzz.OURS}
+    fuzzer.fire(target, [fuzz.Draft(asked, None, {}, asks=True)])
+    assert fuzzer.figures.codes == {"SYS.MALFORMED_MESSAGE": 1}
+    assert _admin_session(broker_url, namespace)
+    _assert_settled(namespace, Topology(namespace).api_queue.name)
+
+
+def test_a_mutating_call_addressed_only_by_the_reply_to_property_is_answered(
+    node_proc, fuzzer, broker_url, namespace
+):
+    """One rule for reply addresses (bus/envelope.py): a job is answered like a read."""
+    session = _admin_session(broker_url, namespace)
+    target = fuzz.api_target(Topology(namespace), [session])
+    create = {
+        "id": fuzz.TOKEN,
+        "name": "CreateZone",
+        "kind": "api",
+        "body": {"name": "z"},
+        "session": session,
+    }
+    fuzzer.fire(target, [fuzz.Draft(create, None, {}, asks=True)])
+    assert fuzzer.figures.codes == {"OK": 1}
