@@ -13,6 +13,7 @@ from typing import ClassVar
 from pydantic import ConfigDict, Field, model_validator
 
 from schema.api.base import (
+    ApiInput,
     ApiMessage,
     CreateMessage,
     DeleteMessage,
@@ -65,7 +66,7 @@ class SecurityGroupReply(Reply):
     inventory: SecurityGroupInventory
 
 
-class SecurityGroupRuleAO(WireModel):
+class SecurityGroupRuleAO(ApiInput):
     """One rule to add (ZStack's ``SecurityGroupRuleAO``)."""
 
     type: SecurityGroupRuleType

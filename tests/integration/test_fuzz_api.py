@@ -206,7 +206,11 @@ def test_simulator_agent_queue_survives_hostile_messages(fuzzer, broker_url, nam
         _fuzz_agent(fuzzer, _agent_target(topology, host, None), sim.lines, namespace)
         with SyncClient(broker_url, topology) as sync:
             assert (
-                sync.call(topology.agent_queue(host).name, "agent.ping", {"hostUuid": host})["hostUuid"]
+                sync.call(
+                    topology.agent_queue(host).name,
+                    "agent.ping",
+                    {"hostUuid": host, "protocolVersion": HypervisorAgent.VERSION},
+                )["hostUuid"]
                 == host
             )
         assert sim.proc.poll() is None
@@ -232,7 +236,11 @@ def test_kvm_agent_queue_survives_hostile_messages(fuzzer, broker_url, namespace
         _fuzz_agent(fuzzer, _agent_target(topology, host, KVM_SAFE), agent.lines, namespace)
         with SyncClient(broker_url, topology) as sync:
             assert (
-                sync.call(topology.agent_queue(host).name, "agent.ping", {"hostUuid": host})["hostUuid"]
+                sync.call(
+                    topology.agent_queue(host).name,
+                    "agent.ping",
+                    {"hostUuid": host, "protocolVersion": HypervisorAgent.VERSION},
+                )["hostUuid"]
                 == host
             )
         assert agent.proc.poll() is None
