@@ -67,6 +67,12 @@ class NodeConfig(BaseModel):
         default=600.0, gt=0, description="budget of a job whose caller's deadline passed"
     )
     agent_timeout: float = Field(default=120.0, gt=0, description="deadline of one agent command")
+    stuck_scan_interval: float = Field(
+        default=60.0,
+        gt=0,
+        description="how often a node looks for resources it owns left in a transitional state with no"
+        " job acting on them, and settles them (also on every takeover)",
+    )
     host_ping_interval: float = Field(default=5.0, gt=0, description="how often a host's owner pings it")
     host_ping_misses: int = Field(default=3, ge=1, description="missed pings before a host is Disconnected")
     extra_services: list[str] = Field(default_factory=list, description="'module:Class' services to load too")

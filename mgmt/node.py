@@ -30,6 +30,7 @@ from mgmt.core.db import Database
 from mgmt.core.dispatcher import Dispatcher, validate
 from mgmt.core.events import EventPublisher
 from mgmt.core.extensions import ExtensionRegistry
+from mgmt.core.garbage import GarbageCollector
 from mgmt.core.serial import SerialQueues
 from mgmt.core.service import ANONYMOUS, Service
 from mgmt.ops import NodeOps
@@ -89,6 +90,7 @@ class ManagementNode:
         self.cascade = CascadeRegistry()
         self.extensions = ExtensionRegistry()
         self.agents = AgentClient(self.bus, default_timeout=config.agent_timeout)
+        self.garbage = GarbageCollector(self.db, self.agents)
         self.cluster = Cluster(self)
         self.auth: AuthStrategy = auth or NoAuth()
         self.services: list[Service] = []
@@ -110,6 +112,7 @@ class ManagementNode:
             "cascade": self.cascade,
             "extensions": self.extensions,
             "agents": self.agents,
+            "garbage": self.garbage,
             "cluster": self.cluster,
         }
 

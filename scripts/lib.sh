@@ -81,12 +81,13 @@ pg_url() {  # pg_url DBNAME
 # (its test driver, and a real libvirtd with QEMU for TCG guests), qemu-img, iproute2, busybox
 # (pings inside namespaces), sshd, sshpass and openssl (deployment over SSH, a test root password),
 # dosfstools, mtools and syslinux (a guest disk that boots by itself, made without loop mounts),
+# iptables, ebtables, ipset and netcat-openbsd (security groups proven with packets),
 # and ringstack's [kvm,deploy] extras (libvirt-python builds against libvirt-dev). Quick when
 # everything is there.
 ensure_kvm_test_deps() {
   apt_install libvirt-dev pkg-config gcc python3-dev python3-venv libvirt-daemon-system libvirt-daemon \
     qemu-system-x86 qemu-utils iproute2 busybox openssh-server openssh-client sshpass gzip openssl \
-    dosfstools mtools syslinux
+    dosfstools mtools syslinux iptables ebtables ipset netcat-openbsd
   if ! "$VENV/bin/python" -c 'import libvirt, ansible' >/dev/null 2>&1; then
     log "installing ringstack[kvm,deploy] into $VENV"
     "$VENV/bin/pip" install -q -e "$ROOT[kvm,deploy]" 2>&1 | grep -v '^WARNING: Location' || true
@@ -105,4 +106,13 @@ ensure_ldap_test_deps() {
     log "stopping the system slapd the package started (the tests run their own)"
     as_root systemctl disable --now slapd >/dev/null 2>&1 || true
   fi
+}
+
+# The virtual-router agent's tests and benchmark (tests/integration/test_vrouter_*.py,
+# bench/vrouter.py): iptables (both backends), dnsmasq (the agent runs its own, reloaded by SIGHUP;
+# dnsmasq-base brings no system service), dhcp_release (dnsmasq-utils), conntrack, iproute2,
+# busybox (udhcpc and nslookup in guest namespaces) and socat (the agent in its namespace reaches
+# the broker through a unix-socket relay).
+ensure_vrouter_test_deps() {
+  apt_install iptables dnsmasq-base dnsmasq-utils conntrack iproute2 busybox socat
 }

@@ -120,3 +120,13 @@ async def simulator(namespace: str, broker_url: str) -> AsyncIterator:
         yield sim
     finally:
         await bus.close()
+
+
+@pytest.fixture
+def private_broker() -> Iterator:
+    """A RabbitMQ node of the test's own (tests/support/broker.py): for tests that stop, restart or
+    cut the broker, which the shared one must never be."""
+    from tests.support.broker import PrivateBroker
+
+    with PrivateBroker() as broker:
+        yield broker

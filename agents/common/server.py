@@ -1,46 +1,44 @@
-"""Serving the agent protocol (``schema.agent``) for one or more hosts.
+"""Serving an agent protocol (``schema.agent_base``) for one or more hosts.
 
-An ``AgentServer`` consumes each host's queue, validates every command against the protocol,
-refuses commands meant for another host, and calls the host's ``HostAgent`` method named after the
-command (``agent.vm.start`` -> ``vm_start``). Replies go out through the replies exchange, the only
-place (besides its reports) an agent's broker user may publish to.
+An ``AgentServer`` consumes each host's queue, validates every command against the protocol the
+agent implements (its ``AgentInterface``: the hypervisor's, the virtual router's), refuses commands
+of another protocol version or meant for another host, and calls the interface method the command
+is declared on. Replies carry the agent's protocol version and go out through the replies exchange,
+the only place (besides its reports) an agent's broker user may publish to.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import Any
 
 from bus.aio import AsyncBus, Consumer
 from bus.envelope import Envelope
 from bus.errors import RingstackError, Sys
-from schema.agent import COMMANDS, AgentErrors, HostCommand, report_routing_key
+from schema.agent_base import (
+    AgentErrors,
+    AgentInterface,
+    AgentReply,
+    commands_of,
+    protocol_of,
+    report_routing_key,
+)
 from schema.api.base import WireModel, parse_wire
 
 log = logging.getLogger(__name__)
-
-
-class HostAgent(Protocol):
-    """One host's implementation: a coroutine per command, named as ``method_name`` says."""
-
-    host_uuid: str
-
-
-def method_name(command: str) -> str:
-    return command.removeprefix("agent.").replace(".", "_")
 
 
 class AgentServer:
     def __init__(self, bus: AsyncBus, *, prefetch: int = 16) -> None:
         self.bus = bus
         self.prefetch = prefetch
-        self._hosts: dict[str, tuple[HostAgent, Consumer]] = {}
+        self._hosts: dict[str, tuple[AgentInterface, Consumer]] = {}
 
     @property
-    def hosts(self) -> dict[str, HostAgent]:
+    def hosts(self) -> dict[str, AgentInterface]:
         return {uuid: agent for uuid, (agent, _) in self._hosts.items()}
 
-    async def serve(self, agent: HostAgent) -> None:
+    async def serve(self, agent: AgentInterface) -> None:
         if agent.host_uuid in self._hosts:
             return
 
@@ -57,24 +55,30 @@ class AgentServer:
         if entry is not None:
             await self.bus.cancel(entry[1])
 
-    async def handle(self, agent: HostAgent, env: Envelope) -> dict[str, Any]:
-        entry = COMMANDS.get(env.name)
-        if entry is None:
+    async def handle(self, agent: AgentInterface, env: Envelope) -> dict[str, Any]:
+        spec = commands_of(type(agent)).get(env.name)
+        if spec is None:
             raise RingstackError(Sys.UNKNOWN_MESSAGE, f"the agent does not know {env.name!r}")
-        command_model, reply_model = entry
-        command: HostCommand = parse_wire(command_model, env.body)
+        # The version before the body: a body of another version says nothing this one can check.
+        version = protocol_of(type(agent)).VERSION
+        sent = env.body.get("protocolVersion")
+        if sent != version:
+            raise RingstackError(
+                AgentErrors.PROTOCOL_MISMATCH,
+                f"this agent speaks protocol {version}, not {sent}",
+                details={"agentProtocolVersion": version},
+            )
+        command = parse_wire(spec.request, env.body)
         if command.host_uuid != agent.host_uuid:
             raise RingstackError(
                 AgentErrors.WRONG_HOST,
                 f"this agent is host {agent.host_uuid}, not {command.host_uuid}",
                 details={"agentHostUuid": agent.host_uuid},
             )
-        method = getattr(agent, method_name(env.name), None)
-        if method is None:
-            raise RingstackError(Sys.UNKNOWN_MESSAGE, f"this agent does not implement {env.name}")
-        reply: WireModel = await method(command)
-        if not isinstance(reply, reply_model):
+        reply: AgentReply = await getattr(agent, spec.method)(command)
+        if not isinstance(reply, spec.reply):
             raise RingstackError(Sys.INTERNAL, f"{env.name} produced a {type(reply).__name__}")
+        reply.protocol_version = version
         return reply.to_wire()
 
     async def report(self, host_uuid: str, report: str, body: WireModel) -> None:

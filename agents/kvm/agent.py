@@ -27,13 +27,16 @@ import libvirt
 
 from agents.kvm import domxml, facts, vms
 from agents.kvm.config import AgentConfig
+from agents.kvm.flat import FlatDhcp
 from agents.kvm.hypervisor import Hypervisor
 from agents.kvm.network import Bridges
+from agents.kvm.secgroup import SecurityGroups
 from agents.kvm.storage import Storage
 from bus.errors import RingstackError
 from schema.agent import (
-    PROTOCOL_VERSION,
     AgentErrors,
+    ApplyFlatDhcpCommand,
+    ApplySecurityGroupRulesCommand,
     BridgeReply,
     ConnectCommand,
     ConnectReply,
@@ -45,19 +48,25 @@ from schema.agent import (
     DestroyVmCommand,
     EmptyReply,
     EnsureBridgeCommand,
+    FlatDhcpReply,
+    HypervisorAgent,
     L2Spec,
     MigrateVmCommand,
     NicAttachCommand,
+    NicDetachCommand,
     PingCommand,
     PingReply,
     RebootVmCommand,
+    SecurityGroupReply,
     StartVmCommand,
     StopVmCommand,
+    UpdateSecurityGroupMembersCommand,
     VmStateReply,
     VmStateReport,
     VmSyncCommand,
     VmSyncReply,
     VolumeAttachCommand,
+    VolumeDetachCommand,
     VolumeReply,
 )
 
@@ -70,7 +79,7 @@ Reporter = Callable[[VmStateReport], Awaitable[None]]
 STATE_POLL = 0.5
 
 
-class KvmAgent:
+class KvmAgent(HypervisorAgent):
     def __init__(self, config: AgentConfig, *, reporter: Reporter | None = None) -> None:
         self.config = config
         self.host_uuid = config.host_uuid
@@ -80,6 +89,9 @@ class KvmAgent:
         )
         self.storage = Storage(config.mount_dir, download_timeout=config.download_timeout)
         self.bridges = Bridges(config.netns)
+        self.secgroups = SecurityGroups(config.netns)
+        self.flat = FlatDhcp(config.flat_dir, config.netns)
+        self._secgroup_lock = asyncio.Lock()  # one table read-compare-restore at a time
         self.version = facts.agent_version()
         self.started = time.monotonic()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -116,11 +128,11 @@ class KvmAgent:
             finally:
                 self._busy.discard(vm_uuid)
 
-    def _replied(self, vm_uuid: str, state: str) -> VmStateReply:
+    def _replied(self, vm_uuid: str, state: str, changed: bool) -> VmStateReply:
         """The reply of a VM command; what it says is now what the management side knows."""
         # (The VM's lock stays even when it is gone: a command may be waiting on it right now.)
         self._known[vm_uuid] = state
-        return VmStateReply(vm_uuid=vm_uuid, state=state)
+        return VmStateReply(vm_uuid=vm_uuid, state=state, changed=changed)
 
     async def _state(self, vm_uuid: str) -> str:
         return await self.hypervisor.call(lambda c: vms.state(c, vm_uuid), f"read the state of VM {vm_uuid}")
@@ -145,9 +157,11 @@ class KvmAgent:
         except OSError as exc:
             raise RingstackError(AgentErrors.HYPERVISOR_ERROR, f"{action}: {exc}") from None
 
-    async def _ensure_bridge(self, l2: L2Spec) -> None:
+    async def _ensure_bridge(self, l2: L2Spec) -> bool:
         async with self._network_lock:  # ip link changes of two commands must not interleave
-            await self._blocking(self.bridges.ensure, l2, action=f"ensure bridge {l2.bridge_name}")
+            return await self._blocking(
+                self.bridges.ensure, l2, self.host_uuid, action=f"ensure bridge {l2.bridge_name}"
+            )
 
     # ------------------------------------------------------------------ lifecycle events
 
@@ -179,12 +193,6 @@ class KvmAgent:
     # ------------------------------------------------------------------ host
 
     async def connect(self, cmd: ConnectCommand) -> ConnectReply:
-        if cmd.protocol_version != PROTOCOL_VERSION:
-            raise RingstackError(
-                AgentErrors.PROTOCOL_MISMATCH,
-                f"agent speaks protocol {PROTOCOL_VERSION}, not {cmd.protocol_version}",
-            )
-
         host_facts = await self.hypervisor.call(
             lambda c: facts.collect(c, self.config.domain_type), "collect host facts"
         )
@@ -193,7 +201,6 @@ class KvmAgent:
             self._known[vm.uuid] = vm.state
         return ConnectReply(
             host_uuid=self.host_uuid,
-            protocol_version=PROTOCOL_VERSION,
             agent_version=self.version,
             facts=host_facts,
             vms=listed,
@@ -209,8 +216,9 @@ class KvmAgent:
     async def vm_start(self, cmd: StartVmCommand) -> VmStateReply:
         spec = cmd.vm
         async with self._vm_op(spec.uuid):
+            changed = False
             for nic in spec.nics:
-                await self._ensure_bridge(nic.l2)
+                changed = await self._ensure_bridge(nic.l2) or changed
             console_log = None
             if self.config.console_log_dir:
                 log_dir = Path(self.config.console_log_dir)
@@ -222,14 +230,16 @@ class KvmAgent:
                 vnc_listen=self.config.vnc_listen,
                 console_log=console_log,
             )
-            state = await self.hypervisor.call(
+            started = await self.hypervisor.call(
                 lambda c: vms.start(c, spec.uuid, xml), f"start VM {spec.uuid}"
             )
-            return self._replied(spec.uuid, state)
+            return self._replied(spec.uuid, "Running", started or changed)
 
     async def vm_stop(self, cmd: StopVmCommand) -> VmStateReply:
         async with self._vm_op(cmd.vm_uuid):
-            return self._replied(cmd.vm_uuid, await self._stop(cmd.vm_uuid, cmd.type, cmd.timeout))
+            before = await self._state(cmd.vm_uuid)
+            state = await self._stop(cmd.vm_uuid, cmd.type, cmd.timeout)
+            return self._replied(cmd.vm_uuid, state, before in ("Running", "Paused"))
 
     async def _stop(self, vm_uuid: str, how: str, timeout: float) -> str:
         state = await self._state(vm_uuid)
@@ -260,12 +270,14 @@ class KvmAgent:
             state = await self.hypervisor.call(
                 lambda c: vms.create(c, vm_uuid, self.host_uuid), f"start VM {vm_uuid} again"
             )
-            return self._replied(vm_uuid, state)
+            return self._replied(vm_uuid, state, True)
 
     async def vm_destroy(self, cmd: DestroyVmCommand) -> VmStateReply:
         async with self._vm_op(cmd.vm_uuid):
-            await self.hypervisor.call(lambda c: vms.undefine(c, cmd.vm_uuid), f"destroy VM {cmd.vm_uuid}")
-            return self._replied(cmd.vm_uuid, "Absent")
+            gone = await self.hypervisor.call(
+                lambda c: vms.undefine(c, cmd.vm_uuid), f"destroy VM {cmd.vm_uuid}"
+            )
+            return self._replied(cmd.vm_uuid, "Absent", gone)
 
     async def vm_migrate(self, cmd: MigrateVmCommand) -> VmStateReply:
         """Live-migrate the VM to the destination's libvirt (see ``vms.migrate``); the reply is its
@@ -280,6 +292,7 @@ class KvmAgent:
                 lambda c: vms.migrate(c, vm_uuid, uri, shared, storage_shared=vouched),
                 f"migrate VM {vm_uuid} to {uri}",
             )
+            changed = state is not None
             if state is None:  # not here: a repeated migration finds it at the destination
                 state = await self.hypervisor.call(
                     lambda c: vms.state_at(uri, vm_uuid), f"look for VM {vm_uuid} at {uri}"
@@ -290,18 +303,17 @@ class KvmAgent:
                         f"VM {vm_uuid} is neither on host {self.host_uuid} nor at {uri}",
                     )
             self._known[vm_uuid] = "Absent"  # it left this host: its late events here say nothing new
-            return VmStateReply(vm_uuid=vm_uuid, state=state)
+            return VmStateReply(vm_uuid=vm_uuid, state=state, changed=changed)
 
     async def _device(
-        self, vm_uuid: str, action: str, fn: Callable[[libvirt.virConnect, libvirt.virDomain], None]
+        self, vm_uuid: str, action: str, fn: Callable[[libvirt.virConnect, libvirt.virDomain], bool]
     ) -> EmptyReply:
         async with self._vm_op(vm_uuid):
 
-            def run(conn: libvirt.virConnect) -> None:
-                fn(conn, vms.require(conn, vm_uuid, self.host_uuid))
+            def run(conn: libvirt.virConnect) -> bool:
+                return fn(conn, vms.require(conn, vm_uuid, self.host_uuid))
 
-            await self.hypervisor.call(run, f"{action} of VM {vm_uuid}")
-            return EmptyReply()
+            return EmptyReply(changed=await self.hypervisor.call(run, f"{action} of VM {vm_uuid}"))
 
     async def vm_attach_volume(self, cmd: VolumeAttachCommand) -> EmptyReply:
         disk = domxml.disk_element(cmd.volume)
@@ -309,20 +321,21 @@ class KvmAgent:
             cmd.vm_uuid, f"attach volume {cmd.volume.uuid}", lambda c, d: vms.attach(c, d, disk, None)
         )
 
-    async def vm_detach_volume(self, cmd: VolumeAttachCommand) -> EmptyReply:
+    async def vm_detach_volume(self, cmd: VolumeDetachCommand) -> EmptyReply:
         disk = domxml.disk_element(cmd.volume)
         return await self._device(
             cmd.vm_uuid, f"detach volume {cmd.volume.uuid}", lambda c, d: vms.detach(c, d, disk)
         )
 
     async def vm_attach_nic(self, cmd: NicAttachCommand) -> EmptyReply:
-        await self._ensure_bridge(cmd.nic.l2)
+        bridged = await self._ensure_bridge(cmd.nic.l2)
         nic = domxml.nic_element(cmd.nic)
-        return await self._device(
+        reply = await self._device(
             cmd.vm_uuid, f"attach NIC {cmd.nic.mac}", lambda c, d: vms.attach(c, d, nic, None)
         )
+        return EmptyReply(changed=reply.changed or bridged)
 
-    async def vm_detach_nic(self, cmd: NicAttachCommand) -> EmptyReply:
+    async def vm_detach_nic(self, cmd: NicDetachCommand) -> EmptyReply:
         nic = domxml.nic_element(cmd.nic)
         return await self._device(
             cmd.vm_uuid, f"detach NIC {cmd.nic.mac}", lambda c, d: vms.detach(c, d, nic)
@@ -359,16 +372,48 @@ class KvmAgent:
         )
 
     async def volume_delete(self, cmd: DeleteVolumeCommand) -> EmptyReply:
-        await self._blocking(
-            self.storage.delete_volume, cmd.install_path, action=f"delete {cmd.install_path}"
-        )
-        return EmptyReply()
+        what = cmd.install_path or f"volume {cmd.volume_uuid}"
+        deleted = await self._blocking(self.storage.delete_volume, cmd, action=f"delete {what}")
+        return EmptyReply(changed=deleted)
 
     async def network_ensure_bridge(self, cmd: EnsureBridgeCommand) -> BridgeReply:
-        await self._ensure_bridge(cmd.l2)
-        return BridgeReply(bridge_name=cmd.l2.bridge_name)
+        changed = await self._ensure_bridge(cmd.l2)
+        return BridgeReply(bridge_name=cmd.l2.bridge_name, changed=changed)
 
     async def network_delete_bridge(self, cmd: DeleteBridgeCommand) -> EmptyReply:
         async with self._network_lock:
-            await self._blocking(self.bridges.delete, cmd.l2, action=f"delete bridge {cmd.l2.bridge_name}")
-        return EmptyReply()
+            deleted = await self._blocking(
+                self.bridges.delete, cmd.l2, action=f"delete bridge {cmd.l2.bridge_name}"
+            )
+        return EmptyReply(changed=deleted)
+
+    # ------------------------------------------------------------------ security groups
+
+    async def securitygroup_apply(self, cmd: ApplySecurityGroupRulesCommand) -> SecurityGroupReply:
+        async with self._secgroup_lock:
+            return await self._blocking(
+                self.secgroups.apply, cmd.nics, cmd.groups, cmd.members, action="apply security groups"
+            )
+
+    async def securitygroup_update_members(
+        self, cmd: UpdateSecurityGroupMembersCommand
+    ) -> SecurityGroupReply:
+        async with self._secgroup_lock:
+            return await self._blocking(
+                self.secgroups.update_members, cmd.members, action="update security group members"
+            )
+
+    # ------------------------------------------------------------------ flat networks
+
+    async def flat_apply_dhcp(self, cmd: ApplyFlatDhcpCommand) -> FlatDhcpReply:
+        async with self._network_lock:
+            for l3 in cmd.l3_networks:
+                if not await self._blocking(self._has_bridge, l3.bridge_name, action="read links"):
+                    raise RingstackError(
+                        AgentErrors.HYPERVISOR_ERROR,
+                        f"bridge {l3.bridge_name} of L3 {l3.l3_network_uuid} is missing",
+                    )
+            return await self._blocking(self.flat.apply, cmd.l3_networks, action="apply flat DHCP")
+
+    def _has_bridge(self, name: str) -> bool:
+        return name in self.bridges.links()

@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 from bus.errors import RingstackError, Sys
-from schema.agent import AgentErrors, CreateVolumeCommand, VolumeReply
+from schema.agent import AgentErrors, CreateVolumeCommand, DeleteVolumeCommand, VolumeReply
 
 log = logging.getLogger(__name__)
 
@@ -72,21 +72,27 @@ class Storage:
     # ------------------------------------------------------------------ roots
 
     def root(self, cmd: CreateVolumeCommand) -> Path:
-        # A shared mount point is a directory the operator mounted on every host: local to the agent.
-        if cmd.primary_storage_type in ("LocalStorage", "SharedMountPoint"):
-            root = Path(cmd.primary_storage_url)
-            if not root.is_absolute():
-                raise RingstackError(
-                    Sys.INVALID_ARGUMENT,
-                    f"local primary storage url must be an absolute directory, not {cmd.primary_storage_url!r}",
-                )
-        else:
+        root = self._root_path(cmd.primary_storage_type, cmd.primary_storage_url)
+        if root is None:
             root = self._mount_nfs(cmd.primary_storage_uuid, cmd.primary_storage_url)
         for sub in ("imagecache", "volumes"):
             (root / sub).mkdir(parents=True, exist_ok=True, mode=0o755)
         marker = root / MARKER
         if not marker.exists():
             marker.write_text(cmd.primary_storage_uuid + "\n")
+        return root
+
+    def _root_path(self, ps_type: str, url: str) -> Path | None:
+        """A local or shared-mount-point storage's root; None for NFS (mounted by its uuid)."""
+        # A shared mount point is a directory the operator mounted on every host: local to the agent.
+        if ps_type not in ("LocalStorage", "SharedMountPoint"):
+            return None
+        root = Path(url)
+        if not root.is_absolute():
+            raise RingstackError(
+                Sys.INVALID_ARGUMENT,
+                f"local primary storage url must be an absolute directory, not {url!r}",
+            )
         return root
 
     def _mount_nfs(self, ps_uuid: str, url: str) -> Path:
@@ -103,7 +109,8 @@ class Storage:
     def create_volume(self, cmd: CreateVolumeCommand) -> VolumeReply:
         root = self.root(cmd)
         path = root / "volumes" / f"{cmd.volume_uuid}.qcow2"
-        if not path.exists():
+        changed = not path.exists()
+        if changed:
             if cmd.image_uuid is None:
                 if cmd.size <= 0:
                     raise RingstackError(Sys.INVALID_ARGUMENT, "a data volume needs a size above 0")
@@ -113,7 +120,7 @@ class Storage:
                     raise RingstackError(Sys.INVALID_ARGUMENT, "a root volume needs imageUrl with imageUuid")
                 base = self.cached_image(root, cmd.image_uuid, cmd.image_url)
                 self._create_qcow2(path, cmd.size, base)
-        return VolumeReply(install_path=str(path), actual_size=_allocated(path))
+        return VolumeReply(install_path=str(path), actual_size=_allocated(path), changed=changed)
 
     def _create_qcow2(self, path: Path, size: int, base: Path | None) -> None:
         tmp = path.with_name(f".{path.name}.part-{os.getpid()}-{threading.get_ident()}")
@@ -131,7 +138,24 @@ class Storage:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def delete_volume(self, install_path: str) -> None:
+    def delete_volume(self, cmd: DeleteVolumeCommand) -> bool:
+        """Delete by path or, when the create's answer never came, by uuid on its storage
+        (``DeleteVolumeCommand``); whether there was a file to delete."""
+        if cmd.install_path:
+            install_path = cmd.install_path
+        else:
+            if cmd.primary_storage_type is None or cmd.primary_storage_url is None:
+                raise RingstackError(
+                    Sys.INVALID_ARGUMENT, "a volume delete by uuid needs its primary storage's type and url"
+                )
+            root = self._root_path(cmd.primary_storage_type, cmd.primary_storage_url)
+            if root is None:  # NFS: where its create mounted it; not mounted, nothing was made
+                root = self.mount_dir / (cmd.primary_storage_uuid or "-")
+                if not os.path.ismount(root):
+                    return False
+            install_path = str(root / "volumes" / f"{cmd.volume_uuid}.qcow2")
+            if not (root / MARKER).exists():
+                return False  # the storage was never initialised here: no create ran
         path = Path(install_path)
         if not (
             path.is_absolute()
@@ -143,7 +167,10 @@ class Storage:
                 Sys.INVALID_ARGUMENT,
                 f"{install_path!r} is not a volume of a ringstack primary storage; nothing deleted",
             )
+        if not path.exists():
+            return False
         path.unlink(missing_ok=True)
+        return True
 
     # ------------------------------------------------------------------ image cache
 

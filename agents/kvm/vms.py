@@ -90,16 +90,18 @@ def list_vms(conn: libvirt.virConnect) -> list[VmStatus]:
     ]
 
 
-def start(conn: libvirt.virConnect, vm_uuid: str, xml: str) -> str:
-    """Define (or redefine, with the latest spec) and start; a running VM is left alone."""
+def start(conn: libvirt.virConnect, vm_uuid: str, xml: str) -> bool:
+    """Define (or redefine, with the latest spec) and start; a running VM is left alone. Whether
+    anything changed (the VM now runs: ``Running``)."""
     dom = lookup(conn, vm_uuid)
     if dom is not None and dom.isActive():
         if state_of(dom) == "Paused":
             dom.resume()
-        return "Running"
+            return True
+        return False
     dom = conn.defineXML(xml)
     dom.create()
-    return "Running"
+    return True
 
 
 def create(conn: libvirt.virConnect, vm_uuid: str, host_uuid: str) -> str:
@@ -136,10 +138,11 @@ def destroy(conn: libvirt.virConnect, vm_uuid: str) -> None:
             raise
 
 
-def undefine(conn: libvirt.virConnect, vm_uuid: str) -> None:
+def undefine(conn: libvirt.virConnect, vm_uuid: str) -> bool:
+    """Power off and forget the VM; False when it was not here."""
     dom = lookup(conn, vm_uuid)
     if dom is None:
-        return
+        return False
     if dom.isActive():
         destroy(conn, vm_uuid)
     try:
@@ -148,31 +151,39 @@ def undefine(conn: libvirt.virConnect, vm_uuid: str) -> None:
         )
     except libvirt.libvirtError as exc:
         if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-            return
+            return False
         if exc.get_error_code() not in UNSUPPORTED:
             raise
         dom.undefine()
+    return True
 
 
 # ---------------------------------------------------------------------- devices
 
 
-def attach(conn: libvirt.virConnect, dom: libvirt.virDomain, device: ET.Element, present: str | None) -> None:
+def attach(conn: libvirt.virConnect, dom: libvirt.virDomain, device: ET.Element, present: str | None) -> bool:
     """Add a device to the running domain (hot-plug) and to its persistent definition, each only
-    where it is missing. ``present`` is the XML of the live domain, to check."""
+    where it is missing; whether it was missing anywhere. ``present`` is the XML of the live
+    domain, to check."""
     xml = domxml.element_xml(device)
+    changed = False
     if dom.isActive() and not _has(present or dom.XMLDesc(0), device):
         try:
             dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         except libvirt.libvirtError as exc:
             raise _no_hotplug(exc, "attach") from None
+        changed = True
     inactive = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
     if not _has(inactive, device):
         conn.defineXML(domxml.with_device(inactive, device))
+        changed = True
+    return changed
 
 
-def detach(conn: libvirt.virConnect, dom: libvirt.virDomain, device: ET.Element) -> None:
-    """Remove a device from the running domain and from the persistent definition, where present."""
+def detach(conn: libvirt.virConnect, dom: libvirt.virDomain, device: ET.Element) -> bool:
+    """Remove a device from the running domain and from the persistent definition, where present;
+    whether it was present anywhere."""
+    changed = False
     if dom.isActive():
         live = (
             domxml.find_disk(dom.XMLDesc(0), _key(device))
@@ -184,9 +195,12 @@ def detach(conn: libvirt.virConnect, dom: libvirt.virDomain, device: ET.Element)
                 dom.detachDeviceFlags(domxml.element_xml(live), libvirt.VIR_DOMAIN_AFFECT_LIVE)
             except libvirt.libvirtError as exc:
                 raise _no_hotplug(exc, "detach") from None
+            changed = True
     inactive = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
     if _has(inactive, device):
         conn.defineXML(domxml.without_device(inactive, device.tag, device))
+        changed = True
+    return changed
 
 
 def _key(device: ET.Element) -> str:

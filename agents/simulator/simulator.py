@@ -15,23 +15,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-from collections.abc import Awaitable, Callable
+import typing
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from pydantic import Field
 
 from agents.common.server import AgentServer
+from agents.simulator.faults import Fault, enter_faults
+from agents.simulator.vrouter import SimVrouter
 from bus.aio import AsyncBus
 from bus.envelope import Envelope
 from bus.errors import RingstackError, Sys
 from bus.topology import QueueSpec
 from schema.agent import (
-    PROTOCOL_VERSION,
     REPORT_VM_STATE,
     AgentErrors,
+    ApplyFlatDhcpCommand,
+    ApplySecurityGroupRulesCommand,
     BridgeReply,
     ConnectCommand,
     ConnectReply,
@@ -43,15 +46,19 @@ from schema.agent import (
     DestroyVmCommand,
     EmptyReply,
     EnsureBridgeCommand,
+    FlatDhcpReply,
     HostFacts,
+    HypervisorAgent,
     MigrateVmCommand,
     NicAttachCommand,
     NicDetachCommand,
     PingCommand,
     PingReply,
     RebootVmCommand,
+    SecurityGroupReply,
     StartVmCommand,
     StopVmCommand,
+    UpdateSecurityGroupMembersCommand,
     VmSpec,
     VmStateReply,
     VmStateReport,
@@ -68,16 +75,8 @@ log = logging.getLogger(__name__)
 
 AGENT_VERSION = "ringstack-simulator/1"
 R = TypeVar("R")
-
-
-class Fault(WireModel):
-    """What to do to one command on one host."""
-
-    latency: float = Field(default=0.0, ge=0, le=600)
-    fail_nth: list[int] = Field(default_factory=list, description="fail these call numbers (1-based)")
-    fail_always: bool = False
-    hang: bool = False  # never answer
-    crash_nth: int | None = Field(default=None, ge=1, description="exit the process on this call")
+C = TypeVar("C")
+Served = Callable[["SimHost", C], Coroutine[Any, Any, R]]
 
 
 @dataclass
@@ -86,12 +85,12 @@ class SimVm:
     state: Literal["Running", "Stopped", "Paused", "Crashed"]
 
 
-def _per_vm(method: Callable[[SimHost, Any], Awaitable[R]]) -> Callable[[SimHost, Any], Awaitable[R]]:
+def _per_vm(method: Served[C, R]) -> Served[C, R]:
     """Commands about one VM run one at a time, in arrival order, as on a real agent: a destroy
     sent while a slow start is still running must not overtake it."""
 
-    async def serialised(self: SimHost, cmd: Any) -> R:
-        vm_uuid = cmd.vm.uuid if hasattr(cmd, "vm") else cmd.vm_uuid
+    async def serialised(self: SimHost, cmd: C) -> R:
+        vm_uuid = cmd.vm.uuid if isinstance(cmd, StartVmCommand) else typing.cast(Any, cmd).vm_uuid
         lock = self.vm_locks.setdefault(vm_uuid, asyncio.Lock())
         async with lock:
             return await method(self, cmd)
@@ -99,13 +98,14 @@ def _per_vm(method: Callable[[SimHost, Any], Awaitable[R]]) -> Callable[[SimHost
     return serialised
 
 
-def _per_volume(method: Callable[[SimHost, Any], Awaitable[R]]) -> Callable[[SimHost, Any], Awaitable[R]]:
+def _per_volume(method: Served[C, R]) -> Served[C, R]:
     """Commands about one volume run one at a time, in arrival order: a delete sent while its slow
     create is still running (the create's caller gave up on it) deletes what that create makes."""
 
-    async def serialised(self: SimHost, cmd: Any) -> R:
+    async def serialised(self: SimHost, cmd: C) -> R:
+        assert isinstance(cmd, CreateVolumeCommand | DeleteVolumeCommand)
         if isinstance(cmd, CreateVolumeCommand) or cmd.volume_uuid is not None:
-            volume_uuid = cmd.volume_uuid
+            volume_uuid = str(cmd.volume_uuid)
         else:
             volume_uuid = cmd.install_path.rsplit("/", 1)[-1].removesuffix(".qcow2")
         lock = self.volume_locks.setdefault(volume_uuid, asyncio.Lock())
@@ -116,7 +116,7 @@ def _per_volume(method: Callable[[SimHost, Any], Awaitable[R]]) -> Callable[[Sim
 
 
 @dataclass
-class SimHost:
+class SimHost(HypervisorAgent):
     host_uuid: str
     cpu_num: int
     memory_size: int
@@ -124,6 +124,11 @@ class SimHost:
     vms: dict[str, SimVm] = field(default_factory=dict)
     volumes: dict[str, int] = field(default_factory=dict)  # install path -> size
     bridges: set[str] = field(default_factory=set)
+    # security groups as a real host would hold them: NIC -> its groups, group -> rules, set -> IPs
+    sg_nics: dict[str, list[str]] = field(default_factory=dict)
+    sg_rules: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    sg_members: dict[str, set[str]] = field(default_factory=dict)
+    flat_dhcp: dict[str, dict[str, str]] = field(default_factory=dict)  # L3 -> MAC -> IP served here
     faults: dict[str, Fault] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
     pretend_uuid: str | None = None
@@ -134,21 +139,7 @@ class SimHost:
     # ------------------------------------------------------------------ faults
 
     async def _enter(self, command: str) -> None:
-        n = self.calls[command] = self.calls.get(command, 0) + 1
-        fault = self.faults.get(command) or self.faults.get("*")
-        if fault is None:
-            return
-        if fault.crash_nth is not None and n == fault.crash_nth:
-            log.error(
-                "simulator: crashing on %s call %d of host %s, as configured", command, n, self.host_uuid
-            )
-            os._exit(17)
-        if fault.latency:
-            await asyncio.sleep(fault.latency)
-        if fault.hang:
-            await asyncio.Event().wait()
-        if fault.fail_always or n in fault.fail_nth:
-            raise RingstackError(AgentErrors.INJECTED_FAILURE, f"injected failure of {command} call {n}")
+        await enter_faults(self, command)
 
     def _used(self) -> tuple[int, int]:
         running = [vm.spec for vm in self.vms.values() if vm.state in ("Running", "Paused")]
@@ -161,11 +152,6 @@ class SimHost:
 
     async def connect(self, cmd: ConnectCommand) -> ConnectReply:
         await self._enter("agent.connect")
-        if cmd.protocol_version != PROTOCOL_VERSION:
-            raise RingstackError(
-                AgentErrors.PROTOCOL_MISMATCH,
-                f"agent speaks protocol {PROTOCOL_VERSION}, not {cmd.protocol_version}",
-            )
         facts = HostFacts(
             hypervisor="simulator",
             cpu_num=self.cpu_num,
@@ -176,7 +162,6 @@ class SimHost:
         )
         return ConnectReply(
             host_uuid=self.host_uuid,
-            protocol_version=PROTOCOL_VERSION,
             agent_version=AGENT_VERSION,
             facts=facts,
             vms=self._status(),
@@ -211,7 +196,7 @@ class SimHost:
                 f"host {self.host_uuid} has {self.cpu_num - cpu} CPUs and {self.memory_size - memory} bytes free",
             )
         self.vms[cmd.vm.uuid] = SimVm(cmd.vm, "Running")
-        return VmStateReply(vm_uuid=cmd.vm.uuid, state="Running")
+        return VmStateReply(vm_uuid=cmd.vm.uuid, state="Running", changed=True)
 
     @_per_vm
     async def vm_stop(self, cmd: StopVmCommand) -> VmStateReply:
@@ -219,21 +204,22 @@ class SimHost:
         vm = self.vms.get(cmd.vm_uuid)
         if vm is None:
             return VmStateReply(vm_uuid=cmd.vm_uuid, state="Absent")
+        changed = vm.state in ("Running", "Paused")
         vm.state = "Stopped"
-        return VmStateReply(vm_uuid=cmd.vm_uuid, state="Stopped")
+        return VmStateReply(vm_uuid=cmd.vm_uuid, state="Stopped", changed=changed)
 
     @_per_vm
     async def vm_reboot(self, cmd: RebootVmCommand) -> VmStateReply:
         await self._enter("agent.vm.reboot")
         vm = self._vm(cmd.vm_uuid)
         vm.state = "Running"
-        return VmStateReply(vm_uuid=cmd.vm_uuid, state="Running")
+        return VmStateReply(vm_uuid=cmd.vm_uuid, state="Running", changed=True)
 
     @_per_vm
     async def vm_destroy(self, cmd: DestroyVmCommand) -> VmStateReply:
         await self._enter("agent.vm.destroy")
-        self.vms.pop(cmd.vm_uuid, None)
-        return VmStateReply(vm_uuid=cmd.vm_uuid, state="Absent")
+        gone = self.vms.pop(cmd.vm_uuid, None)
+        return VmStateReply(vm_uuid=cmd.vm_uuid, state="Absent", changed=gone is not None)
 
     @_per_vm
     async def vm_migrate(self, cmd: MigrateVmCommand) -> VmStateReply:
@@ -259,33 +245,38 @@ class SimHost:
                 AgentErrors.INSUFFICIENT_CAPACITY, f"destination {destination.host_uuid} is full"
             )
         destination.vms[cmd.vm_uuid] = self.vms.pop(cmd.vm_uuid)
-        return VmStateReply(vm_uuid=cmd.vm_uuid, state=destination.vms[cmd.vm_uuid].state)
+        return VmStateReply(vm_uuid=cmd.vm_uuid, state=destination.vms[cmd.vm_uuid].state, changed=True)
 
     async def vm_attach_volume(self, cmd: VolumeAttachCommand) -> EmptyReply:
         await self._enter("agent.vm.attach_volume")
         vm = self._vm(cmd.vm_uuid)
-        if all(v.uuid != cmd.volume.uuid for v in vm.spec.data_volumes):
-            vm.spec.data_volumes.append(cmd.volume)
-        return EmptyReply()
+        if any(v.uuid == cmd.volume.uuid for v in vm.spec.data_volumes):
+            return EmptyReply()
+        vm.spec.data_volumes.append(cmd.volume)
+        return EmptyReply(changed=True)
 
     async def vm_detach_volume(self, cmd: VolumeDetachCommand) -> EmptyReply:
         await self._enter("agent.vm.detach_volume")
         vm = self._vm(cmd.vm_uuid)
-        vm.spec.data_volumes = [v for v in vm.spec.data_volumes if v.uuid != cmd.volume.uuid]
-        return EmptyReply()
+        kept = [v for v in vm.spec.data_volumes if v.uuid != cmd.volume.uuid]
+        changed, vm.spec.data_volumes = len(kept) != len(vm.spec.data_volumes), kept
+        return EmptyReply(changed=changed)
 
     async def vm_attach_nic(self, cmd: NicAttachCommand) -> EmptyReply:
         await self._enter("agent.vm.attach_nic")
         vm = self._vm(cmd.vm_uuid)
-        if all(n.uuid != cmd.nic.uuid for n in vm.spec.nics):
-            vm.spec.nics.append(cmd.nic)
-        return EmptyReply()
+        if any(n.uuid == cmd.nic.uuid for n in vm.spec.nics):
+            return EmptyReply()
+        self.bridges.add(cmd.nic.l2.bridge_name)
+        vm.spec.nics.append(cmd.nic)
+        return EmptyReply(changed=True)
 
     async def vm_detach_nic(self, cmd: NicDetachCommand) -> EmptyReply:
         await self._enter("agent.vm.detach_nic")
         vm = self._vm(cmd.vm_uuid)
-        vm.spec.nics = [n for n in vm.spec.nics if n.uuid != cmd.nic.uuid]
-        return EmptyReply()
+        kept = [n for n in vm.spec.nics if n.uuid != cmd.nic.uuid]
+        changed, vm.spec.nics = len(kept) != len(vm.spec.nics), kept
+        return EmptyReply(changed=changed)
 
     async def vm_sync(self, cmd: VmSyncCommand) -> VmSyncReply:
         await self._enter("agent.vm.sync")
@@ -302,33 +293,75 @@ class SimHost:
     async def volume_create(self, cmd: CreateVolumeCommand) -> VolumeReply:
         await self._enter("agent.volume.create")
         path = _volume_path(cmd.primary_storage_url, cmd.volume_uuid)
+        changed = path not in self.volumes
         self.volumes[path] = cmd.size
-        return VolumeReply(install_path=path, actual_size=0)
+        return VolumeReply(install_path=path, actual_size=0, changed=changed)
 
     @_per_volume
     async def volume_delete(self, cmd: DeleteVolumeCommand) -> EmptyReply:
         await self._enter("agent.volume.delete")
         if cmd.install_path:
-            self.volumes.pop(cmd.install_path, None)
-        elif cmd.volume_uuid is not None:
+            paths = [cmd.install_path]
+        elif cmd.primary_storage_url is not None:
             # By uuid: the path its create made (or would have made) on that primary storage.
-            if cmd.primary_storage_url is not None:
-                self.volumes.pop(_volume_path(cmd.primary_storage_url, cmd.volume_uuid), None)
-            else:
-                suffix = f"/{cmd.volume_uuid}.qcow2"
-                for path in [p for p in self.volumes if p.endswith(suffix)]:
-                    del self.volumes[path]
-        return EmptyReply()
+            paths = [_volume_path(cmd.primary_storage_url, str(cmd.volume_uuid))]
+        else:
+            paths = [p for p in self.volumes if p.endswith(f"/{cmd.volume_uuid}.qcow2")]
+        deleted = [p for p in paths if self.volumes.pop(p, None) is not None]
+        return EmptyReply(changed=bool(deleted))
 
     async def network_ensure_bridge(self, cmd: EnsureBridgeCommand) -> BridgeReply:
         await self._enter("agent.network.ensure_bridge")
+        changed = cmd.l2.bridge_name not in self.bridges
         self.bridges.add(cmd.l2.bridge_name)
-        return BridgeReply(bridge_name=cmd.l2.bridge_name)
+        return BridgeReply(bridge_name=cmd.l2.bridge_name, changed=changed)
 
     async def network_delete_bridge(self, cmd: DeleteBridgeCommand) -> EmptyReply:
         await self._enter("agent.network.delete_bridge")
+        changed = cmd.l2.bridge_name in self.bridges
         self.bridges.discard(cmd.l2.bridge_name)
-        return EmptyReply()
+        return EmptyReply(changed=changed)
+
+    async def securitygroup_apply(self, cmd: ApplySecurityGroupRulesCommand) -> SecurityGroupReply:
+        await self._enter("agent.securitygroup.apply")
+        nics = {n.nic_uuid: list(n.security_group_uuids) for n in cmd.nics}
+        used = {g for groups in nics.values() for g in groups}
+        rules = {g.uuid: [r.to_wire() for r in g.rules] for g in cmd.groups if g.uuid in used}
+        remotes = {
+            r["remoteSecurityGroupUuid"]
+            for rs in rules.values()
+            for r in rs
+            if "remoteSecurityGroupUuid" in r
+        }
+        members = {g: set(cmd.members.get(g, [])) for g in remotes | set(cmd.members)} if nics else {}
+        rules_changed = nics != self.sg_nics or rules != self.sg_rules
+        member_changes = _set_changes(self.sg_members, members)
+        self.sg_nics, self.sg_rules, self.sg_members = nics, rules, members
+        return SecurityGroupReply(
+            changed=rules_changed or bool(member_changes),
+            rules_changed=int(rules_changed),
+            set_members_changed=member_changes,
+            restores=int(rules_changed),
+        )
+
+    async def securitygroup_update_members(
+        self, cmd: UpdateSecurityGroupMembersCommand
+    ) -> SecurityGroupReply:
+        await self._enter("agent.securitygroup.update_members")
+        wanted = {g: set(ips) for g, ips in cmd.members.items() if g in self.sg_members}
+        changes = _set_changes({g: self.sg_members[g] for g in wanted}, wanted)
+        self.sg_members.update(wanted)
+        return SecurityGroupReply(changed=bool(changes), set_members_changed=changes)
+
+    async def flat_apply_dhcp(self, cmd: ApplyFlatDhcpCommand) -> FlatDhcpReply:
+        await self._enter("agent.flat.apply_dhcp")
+        wanted = {l3.l3_network_uuid: {e.mac: e.ip for e in l3.entries} for l3 in cmd.l3_networks}
+        changed, self.flat_dhcp = wanted != self.flat_dhcp, wanted
+        return FlatDhcpReply(changed=changed, servers=len(wanted))
+
+
+def _set_changes(old: dict[str, set[str]], new: dict[str, set[str]]) -> int:
+    return sum(len(old.get(k, set()) ^ new.get(k, set())) for k in old.keys() | new.keys())
 
 
 def _volume_path(primary_storage_url: str, volume_uuid: str) -> str:
@@ -346,6 +379,10 @@ class SimHostSpec(WireModel):
 
 class AddHosts(WireModel):
     hosts: list[SimHostSpec] = Field(max_length=10_000)
+
+
+class AddVrouters(WireModel):
+    vrouters: list[str] = Field(max_length=10_000, description="VR uuids")
 
 
 class RemoveHost(WireModel):
@@ -373,6 +410,9 @@ class Simulator:
         self.name = name
         self.server = AgentServer(bus)
         self.hosts: dict[str, SimHost] = {}
+        # Virtual routers speak their own protocol on the same kind of queue (the server dispatches
+        # on each agent's interface).
+        self.vrouters: dict[str, SimVrouter] = {}
 
     @property
     def control_queue(self) -> QueueSpec:
@@ -389,6 +429,13 @@ class Simulator:
         await self.server.serve(host)
         return host
 
+    async def add_vrouter(self, uuid: str) -> SimVrouter:
+        vr = self.vrouters.get(uuid)
+        if vr is None:
+            vr = self.vrouters[uuid] = SimVrouter(uuid)
+        await self.server.serve(vr)
+        return vr
+
     async def _on_control(self, env: Envelope) -> dict[str, Any]:
         return await self._on_control_body(env.name.removeprefix("simulator."), env.body)
 
@@ -403,7 +450,12 @@ class Simulator:
             uuid = parse_wire(RemoveHost, env.body).uuid
             await self.server.stop_serving(uuid)
             self.hosts.pop(uuid, None)
+            self.vrouters.pop(uuid, None)
             return {}
+        if env.name == "simulator.add_vrouters":
+            for uuid in parse_wire(AddVrouters, env.body).vrouters:
+                await self.add_vrouter(uuid)
+            return {"vrouters": len(self.vrouters)}
         if env.name == "simulator.configure":
             return self._configure(parse_wire(Configure, env.body))
         if env.name == "simulator.set_vm_state":
@@ -416,21 +468,32 @@ class Simulator:
                         "vms": {v: vm.state for v, vm in h.vms.items()},
                         "calls": h.calls,
                         "volumes": len(h.volumes),
+                        "securityGroups": {
+                            "nics": h.sg_nics,
+                            "rules": h.sg_rules,
+                            "members": {g: sorted(ips) for g, ips in h.sg_members.items()},
+                        },
                     }
                     for uuid, h in self.hosts.items()
-                }
+                },
+                "vrouters": {
+                    uuid: {"counts": v.counts().to_wire(), "calls": v.calls}
+                    for uuid, v in self.vrouters.items()
+                },
             }
         raise RingstackError(Sys.UNKNOWN_MESSAGE, f"the simulator does not know {env.name!r}")
 
     def _configure(self, cfg: Configure) -> dict[str, Any]:
-        targets = list(self.hosts.values()) if cfg.host_uuid == "*" else [self.hosts[cfg.host_uuid]]
+        everyone: dict[str, SimHost | SimVrouter] = {**self.hosts, **self.vrouters}
+        targets = list(everyone.values()) if cfg.host_uuid == "*" else [everyone[cfg.host_uuid]]
         for host in targets:
             if cfg.fault is None:
                 host.faults.pop(cfg.command, None)
             else:
                 host.faults[cfg.command] = cfg.fault
                 host.calls.pop(cfg.command, None)  # fail_nth counts from now
-            host.pretend_uuid = cfg.pretend_uuid
+            if isinstance(host, SimHost):
+                host.pretend_uuid = cfg.pretend_uuid
         return {"configured": len(targets)}
 
     async def _set_vm_state(self, cmd: SetVmState) -> None:

@@ -37,11 +37,11 @@ from bus.errors import RingstackError, Sys
 from mgmt.cluster.membership import Membership
 from mgmt.cluster.ownership import Ownership
 from mgmt.config import NodeConfig
-from mgmt.core.db import CURRENT_FENCE, Database, Fence, arm_fence
+from mgmt.core.db import CURRENT_FENCE, Database, Fence, arm_fence, ownership_lost
 from mgmt.core.dispatcher import Dispatcher, Route, validate
 from mgmt.core.events import EventPublisher
 from mgmt.core.serial import SerialQueues
-from mgmt.core.service import Account, CallContext
+from mgmt.core.service import SYSTEM_ACCOUNT, Account, CallContext
 from schema.api.base import ApiMessage, CreateMessage
 
 log = logging.getLogger(__name__)
@@ -295,23 +295,45 @@ class JobRunner:
             target = new_uuid()
             body["resourceUuid"] = target
         assert target is not None
-        partition = self.membership.ring.partition(target)
+        await self._record(env.id, env.name, body, target, account, env.reply_to, env.deadline)
+        return NO_REPLY
+
+    async def submit(
+        self, name: str, body: dict[str, Any], resource_uuid: str, account: Account = SYSTEM_ACCOUNT
+    ) -> str:
+        """Work the cluster asks for itself (settling a stuck resource): a job like any other, with
+        nobody waiting for its reply. Returns the job's uuid."""
+        job_uuid = new_uuid()
+        deadline = time.time() + self.config.job_timeout
+        await self._record(job_uuid, name, body, resource_uuid, account, None, deadline)
+        return job_uuid
+
+    async def _record(
+        self,
+        job_uuid: str,
+        name: str,
+        body: dict[str, Any],
+        resource_uuid: str,
+        account: Account,
+        reply_to: str | None,
+        deadline: float | None,
+    ) -> None:
+        partition = self.membership.ring.partition(resource_uuid)
         await self.db.run_unfenced(
             _insert,
             {
-                "uuid": env.id,
-                "name": env.name,
-                "resource_uuid": target,
+                "uuid": job_uuid,
+                "name": name,
+                "resource_uuid": resource_uuid,
                 "partition": partition,
                 "body": _json(body),
                 "owner": account.uuid,
                 "account": _json(account_to_wire(account)),
-                "reply_to": env.reply_to,
-                "deadline": env.deadline,
+                "reply_to": reply_to,
+                "deadline": deadline,
             },
         )
-        await self.route(env.id, target, partition)
-        return NO_REPLY
+        await self.route(job_uuid, resource_uuid, partition)
 
     async def route(self, job_uuid: str, resource_uuid: str, partition: int, hops: int = 0) -> None:
         """Run the job here if this node owns its partition, else hand it to the owner."""
@@ -455,7 +477,11 @@ class JobRunner:
                 reply = await route.fn(msg, ctx)
             return "succeeded", reply.to_wire(), None
         except RingstackError as exc:
-            if exc.code == Sys.NOT_OWNER:
+            if exc.code == Sys.NOT_OWNER or ownership_lost(exc):
+                # Not a failure to record: the handler stopped (and left its undo) because this
+                # node lost the partition. The job stays 'running' for whoever holds it next (this
+                # node again after it re-takes it: the sweeper finds running jobs no task runs).
+                log.warning("job %s (%s): ownership lost; left for the next owner", job_uuid, job["name"])
                 return None, None, None
             return "failed", None, exc.to_wire()
         except TimeoutError:

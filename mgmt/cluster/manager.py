@@ -21,6 +21,7 @@ from mgmt.cluster.jobs import CANCEL_RUNNING_JOB, RUN_JOB, JobRunner
 from mgmt.cluster.membership import Membership
 from mgmt.cluster.ownership import Ownership
 from mgmt.cluster.router import Router
+from mgmt.cluster.stuck import StuckSweeper
 
 if TYPE_CHECKING:
     from mgmt.node import ManagementNode
@@ -71,6 +72,16 @@ class Cluster:
             max_hops=cfg.max_forward_hops,
             lease_wait=cfg.lease_ttl * 2 + cfg.heartbeat_interval,
         )
+        self.stuck = StuckSweeper(
+            db=node.db,
+            extensions=node.extensions,
+            ownership=self.ownership,
+            membership=self.membership,
+            jobs=self.jobs,
+        )
+        self._stuck_interval = cfg.stuck_scan_interval
+        self._next_stuck_scan = 0.0
+        self._scanning: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -98,7 +109,22 @@ class Cluster:
             await self.membership.announce_release()
         if result.acquired:
             await self.jobs.takeover(result.acquired)
+            self._scan_stuck(result.acquired)
         return result.retry_in
+
+    def _scan_stuck(self, partitions: frozenset[int] | None = None) -> None:
+        """Settle stuck resources in the background (one scan at a time; a later one covers all)."""
+        self._next_stuck_scan = time.monotonic() + self._stuck_interval
+        if self._scanning is not None and not self._scanning.done():
+            return
+
+        async def scan() -> None:
+            try:
+                await self.stuck.scan(partitions)
+            except Exception:
+                log.exception("looking for stuck resources failed; the next scan tries again")
+
+        self._scanning = asyncio.create_task(scan(), name="stuck-scan")
 
     async def _loop(self) -> None:
         retry_in: float | None = None
@@ -120,6 +146,8 @@ class Cluster:
                     await self.membership.tick()
                     await self.jobs.sweep()
                     await self.jobs.flush_replied()
+                    if time.monotonic() >= self._next_stuck_scan:
+                        self._scan_stuck()
                 if not self.ownership.lease_valid and self.ownership._held:
                     await self.ownership.fence_self()
                 retry_in = await self._sync()
@@ -131,6 +159,8 @@ class Cluster:
         """Finish running jobs, hand partitions back, leave."""
         drained = await self.jobs.drain(drain_timeout)
         self._stopping = True
+        if self._scanning is not None:
+            self._scanning.cancel()
         self._wake.set()
         if self._loop_task is not None:
             with contextlib.suppress(asyncio.CancelledError):

@@ -7,11 +7,16 @@ members, and therefore build the same ring.
 
 The broker is how changes travel fast. Nodes broadcast join / heartbeat / leave on the membership
 fanout exchange; a message carrying a newer epoch makes the receiver re-read the view at once.
-A node is evicted when its heartbeats stop for ``misses`` intervals and its database heartbeat
-(renewed with its lease by a thread of its own) is as old, or at once when the broker
-deletes its exclusive node queue (its connection died), which the broker's event exchange reports
-when the ``rabbitmq_event_exchange`` plugin is on. A node that finds itself evicted stops working
-on resources (see ``ownership``) and joins again.
+
+The database alone decides who is evicted: a node is evicted only once its lease (renewed with its
+database heartbeat by a thread of its own) has expired by the database's clock. The broker only
+tells the others when to look: when a node's broadcasts stop for ``misses`` intervals, or when the
+broker deletes its exclusive node queue (its connection died; the broker's event exchange reports
+it when the ``rabbitmq_event_exchange`` plugin is on), the others check its lease, and check again
+the moment it would expire. A node killed is so evicted as soon as its lease runs out (which is
+also the earliest moment anyone may take its partitions over); a broker outage, which silences
+every node and closes every connection, evicts nobody and costs nobody a partition. A node that
+finds itself evicted stops working on resources (see ``ownership``) and joins again.
 """
 
 from __future__ import annotations
@@ -91,21 +96,25 @@ def _heartbeat(session: Session, node_uuid: str, lease_ttl: float) -> int | None
     return int(session.scalar(text("SELECT epoch FROM cluster_meta WHERE id = 1")) or 0)
 
 
-def _evict(session: Session, node_uuid: str, silent_for: float | None) -> bool:
-    """Mark a node dead. ``silent_for``: only if its database heartbeat is at least that old too
-    (its broadcasts may just be late because our own event loop, or its, was starved)."""
+def _evict(session: Session, node_uuid: str) -> tuple[bool, float | None]:
+    """Mark a node dead if its lease has expired (by the database's clock). Returns whether it was
+    evicted now, and otherwise the seconds its lease still runs (None: it is no longer alive)."""
     session.execute(text("SELECT 1 FROM cluster_meta WHERE id = 1 FOR UPDATE"))
-    gone = session.execute(
+    row = session.execute(
         text(
-            "UPDATE management_node SET state = 'dead' WHERE uuid = :u AND state = 'alive' "
-            "AND (CAST(:s AS float8) IS NULL OR last_heartbeat < now() - make_interval(secs => CAST(:s AS float8))) "
-            "RETURNING 1"
+            "SELECT EXTRACT(EPOCH FROM lease_expires_at - now()) FROM management_node "
+            "WHERE uuid = :u AND state = 'alive'"
         ),
-        {"u": node_uuid, "s": silent_for},
+        {"u": node_uuid},
     ).first()
-    if gone is not None:
-        _bump_epoch(session)
-    return gone is not None
+    if row is None:
+        return False, None
+    left = float(row[0])
+    if left > 0:
+        return False, left
+    session.execute(text("UPDATE management_node SET state = 'dead' WHERE uuid = :u"), {"u": node_uuid})
+    _bump_epoch(session)
+    return True, None
 
 
 def _leave(session: Session, node_uuid: str) -> None:
@@ -131,6 +140,9 @@ class LeaseKeeper(threading.Thread):
     or a busy but healthy node would fence itself and drop all its work. But a loop that is truly
     stuck must not keep its partitions for ever either: the keeper stops renewing when the loop
     has not checked in for ``loop_stall`` seconds, and the lease then lapses as it should.
+    The loop checks in from a task that does nothing else (``Membership._watch_loop``): it must
+    measure the loop, not work that waits on the broker or the database (a broker outage once
+    held the heartbeat broadcast, and with it the check-in, long enough to fence every node).
     """
 
     def __init__(
@@ -214,7 +226,9 @@ class Membership:
         self._keeper = LeaseKeeper(
             db, node_uuid, interval, lease_ttl, on_renewed, loop_stall=max(10.0, 5 * lease_ttl)
         )
-        self._wake = asyncio.Event()
+        self._watchdog: asyncio.Task[None] | None = None
+        self._rechecks: dict[str, asyncio.TimerHandle] = {}  # node -> a look at its lease when due
+        self._housekeeping: set[asyncio.Task[None]] = set()
         self.broker_events = False  # whether the broker reports deleted queues to us
         topo = bus.topology
         self._node_queue_prefix = f"{topo.namespace}.node."
@@ -245,18 +259,29 @@ class Membership:
         self._on_renewed(sent)
         await self._apply(view)
         await self._broadcast("join")
+        self._watchdog = asyncio.create_task(self._watch_loop(), name="loop-watchdog")
         self._keeper.start()
+
+    async def _watch_loop(self) -> None:
+        """Tell the lease keeper the event loop runs; nothing else, so nothing else can delay it."""
+        while True:
+            self._keeper.loop_seen = time.monotonic()
+            await asyncio.sleep(self.interval / 2)
 
     async def leave(self) -> None:
         self._keeper.stop()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        for handle in self._rechecks.values():
+            handle.cancel()
+        self._rechecks.clear()
         await self.db.run_system(_leave, self.node_uuid)
         await self._broadcast("leave")
 
     # ------------------------------------------------------------------ the periodic tick
 
     async def tick(self) -> None:
-        """Heartbeat broadcast, react to what the lease keeper saw, then evict the silent."""
-        self._keeper.loop_seen = time.monotonic()
+        """Heartbeat broadcast, react to what the lease keeper saw, then look at the silent."""
         await self._broadcast("heartbeat")
         if self._keeper.evicted.is_set():
             log.error("node %s was evicted by the others: fencing itself and joining again", self.node_uuid)
@@ -270,29 +295,55 @@ class Membership:
             return
         if self._keeper.epoch is not None and self._keeper.epoch != self.ring.epoch:
             await self.refresh()
-        await self._evict_silent()
+        await self._check_silent()
 
-    async def _evict_silent(self) -> None:
+    async def _check_silent(self) -> None:
         now = time.monotonic()
         limit = self.misses * self.interval
         for member in self.ring.members:
-            if member == self.node_uuid:
+            if member == self.node_uuid or member in self._rechecks:
                 continue
             seen = self._last_seen.setdefault(member, now)  # a member never heard gets a full grace period
             if now - seen > limit:
-                await self.evict(member, f"no heartbeat for {now - seen:.1f} s", silent_for=limit)
+                await self.evict(member, f"no heartbeat for {now - seen:.1f} s")
 
-    async def evict(self, node_uuid: str, reason: str, silent_for: float | None = None) -> None:
-        """Evict a member: at once when its connection is known dead (``silent_for`` None), or when
-        its database heartbeat is as old as its broadcasts say."""
+    async def evict(self, node_uuid: str, reason: str) -> None:
+        """Evict a member that seems gone (``reason``) if the database agrees: its lease expired.
+        If it has not yet, look again the moment it would; a live node will have renewed it."""
         if node_uuid == self.node_uuid or node_uuid not in self.ring.members:
             return
-        if await self.db.run_system(_evict, node_uuid, silent_for):
+        evicted, left = await self.db.run_system(_evict, node_uuid)
+        if evicted:
             log.warning("evicted node %s: %s", node_uuid, reason)
             await self.refresh()
             await self._broadcast("changed")
-        else:
-            await self.refresh()
+        elif left is None:
+            await self.refresh()  # it left or was evicted meanwhile
+        elif node_uuid not in self._rechecks:
+            log.info("node %s seems gone (%s) but its lease runs %.1f s more", node_uuid[:8], reason, left)
+            loop = asyncio.get_running_loop()
+            self._rechecks[node_uuid] = loop.call_later(left + 0.05, self._recheck, node_uuid, reason)
+
+    def _recheck(self, node_uuid: str, reason: str) -> None:
+        self._rechecks.pop(node_uuid, None)
+
+        async def look() -> None:
+            evicted, _ = await self.db.run_system(_evict, node_uuid)
+            if evicted:
+                log.warning("evicted node %s: %s, and its lease expired", node_uuid, reason)
+                await self.refresh()
+                await self._broadcast("changed")
+
+        task = asyncio.create_task(self._logged(look()), name=f"recheck-{node_uuid[:8]}")
+        self._housekeeping.add(task)
+        task.add_done_callback(self._housekeeping.discard)
+
+    @staticmethod
+    async def _logged(work: Awaitable[None]) -> None:
+        try:
+            await work
+        except Exception:
+            log.exception("membership check failed; the next heartbeat looks again")
 
     async def refresh(self) -> None:
         async with self._refresh_lock:
@@ -314,6 +365,10 @@ class Membership:
         await self._broadcast("released")
 
     async def _broadcast(self, kind: str) -> None:
+        # The database lease, not the broadcast, keeps us a member: a broadcast never waits for a
+        # broker that is away (the cluster loop sends it, and must keep turning meanwhile).
+        if not self.bus.connected:
+            return
         env = Envelope(
             name=f"membership.{kind}",
             kind="event",
@@ -321,8 +376,10 @@ class Membership:
             ring_epoch=self.ring.epoch,
         )
         try:
-            await self.bus.publish(self.bus.topology.membership_exchange.name, "", env)
-        except Exception as exc:  # the DB lease, not the broadcast, is what keeps us a member
+            await asyncio.wait_for(
+                self.bus.publish(self.bus.topology.membership_exchange.name, "", env), self.interval
+            )
+        except Exception as exc:
             log.info("membership %s not broadcast: %s", kind, exc)
 
     async def _on_broadcast(self, env: Envelope) -> None:
@@ -348,7 +405,3 @@ class Membership:
             await self.evict(
                 name[len(self._node_queue_prefix) :], "its node queue was deleted (connection lost)"
             )
-
-    def suspect(self, node_uuid: str) -> None:
-        """A message to this node came back unroutable: check it at the next opportunity."""
-        self._last_seen[node_uuid] = 0.0

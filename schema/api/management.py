@@ -60,3 +60,26 @@ class CancelJob(ApiMessage):
 
 
 __all__ = ["Inventory"]
+
+
+class StuckResourceInventory(WireModel):
+    """A resource in a transitional state with no live job acting on it: its owner node settles it
+    (``settleWith`` names the API, run as a durable job); until then operators see it here."""
+
+    resource_type: str
+    uuid: str
+    state: str
+    since: datetime | None = None
+    settle_with: str
+    last_job: dict[str, Any] | None = None  # uuid, name, state, error of the last job about it
+
+
+class GetStuckResourcesReply(Reply):
+    inventories: list[StuckResourceInventory]
+
+
+class GetStuckResources(ApiMessage):
+    service: ClassVar[str] = "management"
+    admin_only: ClassVar[bool] = True
+    mutating: ClassVar[bool] = False
+    reply = GetStuckResourcesReply

@@ -162,6 +162,23 @@ class ExpungeVmInstance(VmMessage):
     reply = EmptyReply
 
 
+class SettleVmInstanceReply(Reply):
+    from_state: str
+    to_state: str  # "Deleted": an interrupted create rolled back
+    action: Literal["unchanged", "rolledForward", "rolledBack"]
+    inventory: VmInstanceInventory | None = None
+
+
+class SettleVmInstance(VmMessage):
+    """Settle a VM left in a transitional state (Starting, Stopping, ...) with no job acting on it:
+    its host says what runs, and the VM is rolled forward to that, or back; a create that never
+    finished is rolled back (the host's VM and volumes deleted, everything it held given back).
+    The owner node does this by itself on takeover and periodically (``GetStuckResources`` lists
+    what it finds); operators may ask for it at once. A VM in a stable state is left unchanged."""
+
+    reply = SettleVmInstanceReply
+
+
 class UpdateVmInstance(VmMessage):
     name: Name | None = None
     description: Description = None

@@ -98,32 +98,6 @@ async def test_connect_ping_and_vm_lifecycle_are_idempotent(hosts, client):
         ).state == "Absent"
 
 
-async def test_a_command_for_another_host_is_refused(hosts, client):
-    with pytest.raises(RingstackError) as err:
-        await client.call(client.topology.agent_queue(hosts[0]).name, "agent.ping", {"hostUuid": hosts[1]})
-    assert err.value.code == AgentErrors.WRONG_HOST
-
-
-@pytest.mark.parametrize(
-    ("name", "body", "code"),
-    [
-        ("agent.nope", {}, Sys.UNKNOWN_MESSAGE),
-        ("agent.vm.start", {"hostUuid": "HOST"}, Sys.INVALID_ARGUMENT),
-        ("agent.vm.stop", {"hostUuid": "HOST", "vmUuid": "x" * 32, "type": "violent"}, Sys.INVALID_ARGUMENT),
-        ("agent.ping", {"hostUuid": "HOST", "extra": 1}, Sys.INVALID_ARGUMENT),
-        ("agent.connect", {"hostUuid": "HOST", "protocolVersion": 99}, AgentErrors.PROTOCOL_MISMATCH),
-        ("agent.vm.reboot", {"hostUuid": "HOST", "vmUuid": "f" * 32}, AgentErrors.VM_NOT_FOUND),
-    ],
-)
-async def test_bad_commands_get_clear_errors_and_the_agent_stays_up(hosts, client, name, body, code):
-    queue = client.topology.agent_queue(hosts[0]).name
-    body = {k: (hosts[0] if v == "HOST" else v) for k, v in body.items()}
-    with pytest.raises(RingstackError) as err:
-        await client.call(queue, name, body, timeout=10)
-    assert err.value.code == code
-    assert (await client.call(queue, "agent.ping", {"hostUuid": hosts[0]}))["hostUuid"] == hosts[0]
-
-
 async def test_capacity_is_enforced_and_migration_moves_the_vm(hosts, client):
     agents = AgentClient(client, default_timeout=10)
     big = vm_spec(cpu=3, memory=6 * GB)

@@ -29,6 +29,7 @@ from schema.agent import (
     DeleteVolumeCommand,
     DestroyVmCommand,
     EmptyReply,
+    HypervisorAgent,
     RebootVmCommand,
     StartVmCommand,
     StopVmCommand,
@@ -184,7 +185,9 @@ async def test_a_real_guest_runs_stops_by_acpi_reboots_and_reports_its_own_shutd
         uuid=data_ps.volume_uuid, install_path=data.install_path, size=GiB, device_id=1, type="Data"
     )
     queue = real.bus.topology.agent_queue(host).name
-    plug = VolumeAttachCommand(host_uuid=host, vm_uuid=spec.uuid, volume=volume).to_wire()
+    plug = VolumeAttachCommand(
+        host_uuid=host, vm_uuid=spec.uuid, volume=volume, protocol_version=HypervisorAgent.VERSION
+    ).to_wire()
     await client.call(queue, "agent.vm.attach_volume", plug, timeout=60)
     assert data.install_path in await real.domain_xml(spec.uuid)
     await client.call(queue, "agent.vm.detach_volume", plug, timeout=60)

@@ -75,6 +75,12 @@ async def test_losing_the_partition_mid_flow_leaves_the_rollback_to_the_next_own
     assert log == ["run a", "run b", "run c"]
     assert err.value.details["leftToNextOwner"] == ["b", "a"]
     assert flow.outcome.rolled_back == []
+    # not a failure to record: the job runner leaves the job for the next owner to resume
+    assert err.value.code == Sys.NOT_OWNER
+    assert err.value.details["partition"] == PARTITION
+    assert ownership_lost(err.value) is False  # outside the fenced work, nothing is lost ...
+    with fenced([True]):
+        assert ownership_lost(err.value)  # ... inside it, the error says so even if the lease came back
 
 
 async def test_a_fenced_write_refused_for_this_partition_is_a_lost_ownership():

@@ -31,6 +31,7 @@ from mgmt.core.brokeradmin import BrokerAdmin
 from mgmt.core.cascade import CascadeRegistry, CascadeRule, announce_deleted
 from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
+from mgmt.core.garbage import GarbageCollector
 from mgmt.core.query import QueryTarget, Relation, run_query
 from mgmt.core.service import CallContext, Service, handler
 from mgmt.services.host.connect import ConnectResult, KvmLogin, connect_kvm, connect_simulator
@@ -120,9 +121,10 @@ def _kvm_login(session: Session, uuid: str) -> KvmLogin:
 
 
 def _apply_facts(session: Session, host: Host, result: ConnectResult) -> list[Drift]:
-    """A KVM host's capacity is what its agent reports; what its VMs hold stays held. Its VMs'
-    states follow what the host really runs (mgmt.services.vm.reconcile)."""
-    if result.facts is None or host.hypervisor_type != "KVM":
+    """A host's capacity is what its agent reports (a simulated host's: what it was added with);
+    what its VMs hold stays held. Its VMs' states follow what the host really runs, for every kind
+    of host (mgmt.services.vm.reconcile)."""
+    if result.facts is None:
         return []
     facts = result.facts.facts
     used_cpu = host.total_cpu - host.available_cpu
@@ -175,6 +177,7 @@ class HostService(Service):
     cascade: CascadeRegistry
     bus: AsyncBus
     agents: AgentClient
+    garbage: GarbageCollector
     config: NodeConfig
     cluster: ClusterManager
 
@@ -276,6 +279,8 @@ class HostService(Service):
         inv, changed, drifts = await self.db.run(record)
         if changed:
             await self.events.resource_event("host", uuid, "status", inv.to_wire())
+        if inv.status == "Connected":
+            await self.garbage.kick(uuid)  # what failed to be undone there: retry it now
         for drift in drifts:
             await self.events.resource_event(drift.kind, drift.uuid, drift.action, dict(drift.detail))
         return inv

@@ -30,6 +30,7 @@ from mgmt.config import NodeConfig
 from mgmt.core.agents import AgentClient
 from mgmt.core.db import CURRENT_FENCE, Database, Fence
 from mgmt.core.events import EventPublisher
+from mgmt.core.garbage import GarbageCollector
 from mgmt.core.service import Service
 from mgmt.services.host.connect import connect_simulator
 from mgmt.services.vm.reconcile import Drift, mark_unknown, reconcile_host
@@ -75,6 +76,7 @@ class HostTracker(Service):
 
     db: Database
     agents: AgentClient
+    garbage: GarbageCollector
     cluster: Cluster
     events: EventPublisher
     config: NodeConfig
@@ -185,6 +187,7 @@ class HostTracker(Service):
         if changed:
             log.info("host %s reconnected", host_uuid)
             await self.events.resource_event("host", host_uuid, "status", {"status": "Connected"})
+            await self.garbage.kick(host_uuid)  # its pending clean-ups: now
         await self._publish(drifts)
 
     async def _publish(self, drifts: list[Drift]) -> None:

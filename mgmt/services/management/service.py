@@ -1,4 +1,4 @@
-"""Management nodes and jobs: QueryManagementNode, QueryJob, CancelJob."""
+"""Management nodes and jobs: QueryManagementNode, QueryJob, CancelJob, GetStuckResources."""
 
 from __future__ import annotations
 
@@ -8,14 +8,18 @@ from mgmt.cluster import Cluster
 from mgmt.core.db import Database
 from mgmt.core.query import QueryTarget, run_query
 from mgmt.core.service import CallContext, Service, handler
+from mgmt.core.stuck import last_jobs
 from schema.api.base import QueryReply
 from schema.api.management import (
     CancelJob,
     CancelJobReply,
+    GetStuckResources,
+    GetStuckResourcesReply,
     JobInventory,
     ManagementNodeInventory,
     QueryJob,
     QueryManagementNode,
+    StuckResourceInventory,
 )
 from schema.db.management import Job, ManagementNodeRecord
 
@@ -41,3 +45,21 @@ class ManagementService(Service):
     async def cancel_job(self, msg: CancelJob, ctx: CallContext) -> CancelJobReply:
         state: Any = await self.cluster.jobs.cancel(msg.uuid, ctx.account)
         return CancelJobReply(state=state)
+
+    @handler(GetStuckResources, serial=False)
+    async def stuck_resources(self, msg: GetStuckResources, ctx: CallContext) -> GetStuckResourcesReply:
+        found = await self.cluster.stuck.find()
+        jobs = await self.db.run(last_jobs, [r.uuid for r in found])
+        return GetStuckResourcesReply(
+            inventories=[
+                StuckResourceInventory(
+                    resource_type=r.resource_type,
+                    uuid=r.uuid,
+                    state=r.state,
+                    since=r.since,
+                    settle_with=r.settle_with,
+                    last_job=jobs.get(r.uuid),
+                )
+                for r in found
+            ]
+        )

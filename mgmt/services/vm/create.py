@@ -18,12 +18,11 @@ from __future__ import annotations
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from bus.errors import RingstackError
 from mgmt.core import capacity
 from mgmt.core.agents import AgentClient
 from mgmt.core.db import Database
 from mgmt.core.extensions import ExtensionRegistry
-from mgmt.core.flow import Flow, FlowChain
+from mgmt.core.flow import Cleanup, Flow, FlowChain, Garbage
 from mgmt.services.vm import plan as plans
 from mgmt.services.vm.plan import CreatePlan
 from mgmt.services.vm.states import VmState
@@ -32,7 +31,6 @@ from schema.agent import (
     CreateVolumeCommand,
     DeleteVolumeCommand,
     DestroyVmCommand,
-    EmptyReply,
     EnsureBridgeCommand,
     NicSpec,
     StartVmCommand,
@@ -98,10 +96,13 @@ def _finish(session: Session, plan: CreatePlan) -> None:
 
 
 class CreateVm:
-    def __init__(self, db: Database, agents: AgentClient, extensions: ExtensionRegistry) -> None:
+    def __init__(
+        self, db: Database, agents: AgentClient, extensions: ExtensionRegistry, garbage: Garbage
+    ) -> None:
         self.db = db
         self.agents = agents
         self.extensions = extensions
+        self.garbage = garbage
 
     def chain(self, plan: CreatePlan) -> FlowChain[CreatePlan]:
         flows: list[Flow[CreatePlan]] = [
@@ -109,16 +110,16 @@ class CreateVm:
             Flow("reserve", self._reserve, self._release, undo_failed=True),
             # The agent steps undo themselves when they fail half-way: a volume or a VM may exist
             # on the host although its command's answer never came.
-            Flow("create-volumes", self._create_volumes, self._delete_volumes, undo_failed=True),
+            Flow("create-volumes", self._create_volumes, cleanup=self._delete_volumes, undo_failed=True),
             Flow("prepare-network", self._prepare_network),
             Flow(
                 "network-services", self._network_services, self._release_network_services, undo_failed=True
             ),
         ]
         if plan.start:
-            flows.append(Flow("start-on-host", self._start, self._destroy, undo_failed=True))
+            flows.append(Flow("start-on-host", self._start, cleanup=self._destroy, undo_failed=True))
         flows.append(Flow("done", self._done))
-        return FlowChain("create-vm", flows)
+        return FlowChain("create-vm", flows, garbage=self.garbage)
 
     async def run(self, plan: CreatePlan, deadline: float | None) -> CreatePlan:
         return await self.chain(plan).run(plan, deadline=deadline)
@@ -150,9 +151,9 @@ class CreateVm:
             volume.install_path = reply.install_path
             plan.created_on_agent.append(volume.uuid)
 
-    async def _delete_volumes(self, plan: CreatePlan) -> None:
+    def _delete_volumes(self, plan: CreatePlan) -> list[Cleanup]:
         assert plan.host_uuid
-        failed: RingstackError | None = None
+        cleanups = []
         for volume in plan.volumes:
             if volume.uuid not in plan.volume_creates_sent:
                 continue
@@ -163,12 +164,8 @@ class CreateVm:
                 command = plans.delete_by_uuid(
                     plan.host_uuid, volume.uuid, plan.ps_uuid, plan.ps_url, plan.ps_type
                 )
-            try:
-                await self.agents.call(command, EmptyReply)
-            except RingstackError as exc:  # the other volumes are still deleted
-                failed = failed or exc
-        if failed is not None:
-            raise failed
+            cleanups.append(Cleanup(command, plan.vm_uuid))
+        return cleanups
 
     async def _prepare_network(self, plan: CreatePlan) -> None:
         assert plan.host_uuid
@@ -191,9 +188,9 @@ class CreateVm:
         await self.agents.call(StartVmCommand(host_uuid=plan.host_uuid, vm=spec_of(plan)), VmStateReply)
         plan.started_on_agent = True
 
-    async def _destroy(self, plan: CreatePlan) -> None:
+    def _destroy(self, plan: CreatePlan) -> list[Cleanup]:
         assert plan.host_uuid
-        await self.agents.call(DestroyVmCommand(host_uuid=plan.host_uuid, vm_uuid=plan.vm_uuid), VmStateReply)
+        return [Cleanup(DestroyVmCommand(host_uuid=plan.host_uuid, vm_uuid=plan.vm_uuid), plan.vm_uuid)]
 
     async def _done(self, plan: CreatePlan) -> None:
         await self.db.run(_finish, plan)

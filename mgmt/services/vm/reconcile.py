@@ -18,13 +18,14 @@ import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, text
 from sqlalchemy.orm import Session
 
 from bus.errors import RingstackError
+from mgmt.core.stuck import StuckResource, StuckResourceFinder, no_live_job
 from mgmt.services.vm.lifecycle import free_host, hold_host
 from mgmt.services.vm.states import ON_HOST, VmState
-from schema.db.vm import VmInstance
+from schema.db.vm import VmInstance, Volume
 
 
 @dataclass(frozen=True)
@@ -89,3 +90,41 @@ def mark_unknown(session: Session, host_uuid: str) -> list[Drift]:
             drifts.append(Drift("vm", vm.uuid, "state", {"from": vm.state, "to": VmState.UNKNOWN}))
             vm.state = VmState.UNKNOWN
     return drifts
+
+
+# ---------------------------------------------------------------------- stuck VMs
+
+TRANSITIONAL = frozenset(
+    {
+        VmState.STARTING,
+        VmState.STOPPING,
+        VmState.REBOOTING,
+        VmState.MIGRATING,
+        VmState.DESTROYING,
+        VmState.EXPUNGING,
+    }
+)
+
+_STUCK_VMS = text(
+    "SELECT v.uuid, v.state, v.updated_at FROM vm_instance v WHERE v.state = ANY(:states) AND "
+    + no_live_job("v.uuid")
+)
+
+
+class StuckVms(StuckResourceFinder):
+    """VMs in a transitional state that no job is moving: settled by ``SettleVmInstance``."""
+
+    resource_type = "VmInstance"
+    settle_with = "SettleVmInstance"
+
+    def find(self, session: Session) -> list[StuckResource]:
+        rows = session.execute(_STUCK_VMS, {"states": sorted(TRANSITIONAL)})
+        return [StuckResource(self.resource_type, u, s, t, self.settle_with) for u, s, t in rows]
+
+
+def interrupted_create(session: Session, vm: VmInstance) -> bool:
+    """A VM whose create never finished: Starting, its root volume still being created."""
+    if vm.state != VmState.STARTING or vm.root_volume_uuid is None:
+        return False
+    root = session.get(Volume, vm.root_volume_uuid)
+    return root is not None and root.status == "Creating"

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bus.envelope import new_uuid
 from bus.errors import RingstackError, Sys
 from mgmt.core import capacity
 from mgmt.core.access import load_owned, load_visible
@@ -15,15 +16,20 @@ from mgmt.core.agents import AgentClient
 from mgmt.core.db import Database, create_guard, ownership_lost
 from mgmt.core.events import EventPublisher
 from mgmt.core.extensions import ExtensionRegistry
+from mgmt.core.flow import Cleanup, Flow
+from mgmt.core.garbage import GarbageCollector
 from mgmt.core.query import QueryTarget, Relation, run_query
 from mgmt.core.quota import check_quota, register_usage
 from mgmt.core.service import CallContext, Service, handler
+from mgmt.core.stuck import StuckResourceFinder, live_jobs
 from mgmt.services.network.ipam import allocate_ip, release_ips_for
-from mgmt.services.vm import allocator
+from mgmt.services.vm import allocator, guards
 from mgmt.services.vm import plan as plans
+from mgmt.services.vm.contexts import AttachVolume, Migration, NicOp, StartVm
 from mgmt.services.vm.create import CreateVm
-from mgmt.services.vm.lifecycle import Snapshot, Transitions, free_host, hold_host
-from mgmt.services.vm.reconcile import Drift, reconcile_vm
+from mgmt.services.vm.errors import VmError
+from mgmt.services.vm.lifecycle import Operations, VmOp, free_host, hold_host
+from mgmt.services.vm.reconcile import TRANSITIONAL, Drift, StuckVms, interrupted_create, reconcile_vm
 from mgmt.services.vm.states import VmState
 from schema.agent import (
     BridgeReply,
@@ -44,7 +50,6 @@ from schema.agent import (
     VmStateReply,
     VolumeAttachCommand,
     VolumeDetachCommand,
-    VolumeSpec,
 )
 from schema.agent import (
     VolumeReply as AgentVolumeReply,
@@ -71,6 +76,8 @@ from schema.api.vm import (
     QueryVolume,
     RebootVmInstance,
     RecoverVmInstance,
+    SettleVmInstance,
+    SettleVmInstanceReply,
     StartVmInstance,
     StopVmInstance,
     UpdateVmInstance,
@@ -129,7 +136,6 @@ VMS = QueryTarget.for_model(
         ),
     },
 )
-VOLUME_IN_USE = "VOLUME.IN_USE"
 
 
 def inventory(session: Session, uuid: str) -> VmInstanceInventory:
@@ -146,14 +152,17 @@ class VmService(Service):
     events: EventPublisher
     agents: AgentClient
     extensions: ExtensionRegistry
+    garbage: GarbageCollector
 
     async def start(self) -> None:
         register_usage("vm.num", plans.usage_vms)
         register_usage("vm.cpuNum", plans.usage_cpu)
         register_usage("vm.memorySize", plans.usage_memory)
         register_usage("volume.num", plans.usage_volumes)
-        self.creator = CreateVm(self.db, self.agents, self.extensions)
-        self.transitions = Transitions(self.db, self.agents)
+        self.creator = CreateVm(self.db, self.agents, self.extensions, self.garbage)
+        self.operations = Operations(self.db, self.agents, self.garbage)
+        guards.register(self.garbage)
+        self.extensions.register(StuckResourceFinder, StuckVms())
 
     async def _reply(self, uuid: str, action: str) -> VmReply:
         inv = await self.db.run(inventory, uuid)
@@ -202,122 +211,171 @@ class VmService(Service):
         if state in (VmState.RUNNING, VmState.STOPPED):
             return await self.db.run(inventory, vm_uuid)
         if host is not None:
-            try:
-                await self.agents.call(DestroyVmCommand(host_uuid=host, vm_uuid=vm_uuid), VmStateReply)
-                for command in volumes:
-                    await self.agents.call(command, EmptyReply)
-            except RingstackError as exc:
-                log.warning("cleaning interrupted create of %s: undo on %s failed: %s", vm_uuid, host, exc)
+            # What failed to be undone stays pending, retried until done (mgmt.core.garbage).
+            destroy = Cleanup(DestroyVmCommand(host_uuid=host, vm_uuid=vm_uuid), vm_uuid)
+            await self.garbage.clean([destroy, *(Cleanup(c, vm_uuid) for c in volumes)], "create-vm/resume")
         await self.db.run(plans.release, vm_uuid)
         return None
+
+    # ------------------------------------------------------------------ stuck VMs
+
+    @handler(SettleVmInstance)
+    async def settle_vm(self, msg: SettleVmInstance, ctx: CallContext) -> SettleVmInstanceReply:
+        """See ``SettleVmInstance``: runs on the VM's owner, in its serial lane, like any job."""
+
+        def read(session: Session) -> tuple[str, list[str], bool]:
+            vm = load_owned(session, VmInstance, msg.uuid, ctx.account, "VM")
+            others = live_jobs(session, msg.uuid, besides=ctx.request_id)
+            return vm.state, others, interrupted_create(session, vm)
+
+        before, others, creating = await self.db.run(read)
+        if before not in TRANSITIONAL:
+            inv = await self.db.run(inventory, msg.uuid)
+            return SettleVmInstanceReply(
+                from_state=before, to_state=before, action="unchanged", inventory=inv
+            )
+        if others:
+            raise RingstackError(
+                Sys.CONFLICT,
+                f"VM {msg.uuid} is {before} and job {others[0]} is acting on it: wait for it, or cancel it",
+                details={"uuid": msg.uuid, "jobs": others},
+            )
+        if creating:
+            # Its create ended without finishing (its caller was told so): undo it all.
+            await self._clean_interrupted_create(msg.uuid)
+            log.warning("VM %s was left %s by an unfinished create: rolled back", msg.uuid, before)
+            await self.events.resource_event("vm", msg.uuid, "settled", {"from": before, "to": "Deleted"})
+            return SettleVmInstanceReply(from_state=before, to_state="Deleted", action="rolledBack")
+        after = await self.operations.settle(msg.uuid, strict=True) or before
+        inv = await self.db.run(inventory, msg.uuid)
+        forward = {
+            VmState.STARTING: VmState.RUNNING,
+            VmState.REBOOTING: VmState.RUNNING,
+            VmState.MIGRATING: VmState.RUNNING,
+            VmState.STOPPING: VmState.STOPPED,
+            VmState.DESTROYING: VmState.DESTROYED,
+        }
+        action = "rolledForward" if forward.get(VmState(before)) == after else "rolledBack"
+        log.warning(
+            "VM %s was left %s with no job acting on it: now %s (%s)", msg.uuid, before, after, action
+        )
+        await self.events.resource_event("vm", msg.uuid, "settled", {**inv.to_wire(), "from": before})
+        return SettleVmInstanceReply(from_state=before, to_state=after, action=action, inventory=inv)
 
     # ------------------------------------------------------------------ lifecycle
 
     @handler(StartVmInstance)
     async def start_vm(self, msg: StartVmInstance, ctx: CallContext) -> VmReply:
         if ctx.resumed:
-            await self.transitions.settle(msg.uuid)
+            await self.operations.settle(msg.uuid)
         state = await self.db.run(lambda s: load_owned(s, VmInstance, msg.uuid, ctx.account, "VM").state)
         if state == VmState.RUNNING:
             return await self._reply(msg.uuid, "unchanged")
 
-        def take(session: Session, vm: VmInstance, extra: dict[str, Any]) -> None:
+        def take(session: Session, vm: VmInstance, op: StartVm) -> None:
             host_uuid = msg.host_uuid or vm.last_host_uuid
             if host_uuid is None:
                 raise RingstackError(Sys.INVALID_ARGUMENT, f"VM {vm.uuid} has no host to start on")
             host = session.get(Host, host_uuid)
             if host is None or host.status != "Connected" or host.state != "Enabled":
                 raise RingstackError(
-                    allocator_error(),
+                    VmError.NO_HOST_AVAILABLE,
                     f"host {host_uuid} is not connected and enabled; the VM cannot start there",
                 )
             hold_host(session, vm, host_uuid)
+            op.spec = plans.vm_spec(session, vm)
 
-        async def act(snap: Snapshot) -> None:
-            assert snap.spec is not None and snap.host_uuid is not None
-            await self.agents.call(StartVmCommand(host_uuid=snap.host_uuid, vm=snap.spec), VmStateReply)
+        async def start(op: StartVm) -> None:
+            assert op.spec is not None
+            await self.agents.call(StartVmCommand(host_uuid=op.on_host, vm=op.spec), VmStateReply)
 
-        def end(session: Session, vm: VmInstance, _: Any) -> None:
+        def power_off(op: StartVm) -> list[Cleanup]:
+            # A start that failed (or answered too late) may have left it running: power it off.
+            command = StopVmCommand(host_uuid=op.on_host, vm_uuid=op.vm_uuid, type="cold")
+            return [Cleanup(command, op.vm_uuid)]
+
+        def end(session: Session, vm: VmInstance, op: StartVm) -> None:
             vm.state = VmState.RUNNING
 
-        def untake(session: Session, vm: VmInstance, extra: dict[str, Any]) -> None:
+        def untake(session: Session, vm: VmInstance, op: StartVm) -> None:
             free_host(session, vm)
 
-        await self.transitions.run(msg.uuid, "start", ctx.account, act, end, take, untake, needs_spec=True)
+        steps = [Flow("start-on-host", start, cleanup=power_off, undo_failed=True)]
+        await self.operations.run(StartVm(msg.uuid, ctx.account), "start", steps, end, take, untake)
         return await self._reply(msg.uuid, "state")
 
     @handler(StopVmInstance)
     async def stop_vm(self, msg: StopVmInstance, ctx: CallContext) -> VmReply:
         if ctx.resumed:
-            await self.transitions.settle(msg.uuid)
+            await self.operations.settle(msg.uuid)
         state = await self.db.run(lambda s: load_owned(s, VmInstance, msg.uuid, ctx.account, "VM").state)
         if state == VmState.STOPPED:
             return await self._reply(msg.uuid, "unchanged")
 
-        async def act(snap: Snapshot) -> None:
-            if snap.host_uuid is None:
+        async def stop(op: VmOp) -> None:
+            if op.host_uuid is None:
                 return
             command = StopVmCommand(
-                host_uuid=snap.host_uuid, vm_uuid=snap.uuid, type=msg.type, timeout=msg.timeout
+                host_uuid=op.host_uuid, vm_uuid=op.vm_uuid, type=msg.type, timeout=msg.timeout
             )
             await self.agents.call(command, VmStateReply, timeout=msg.timeout + 30)
 
-        def end(session: Session, vm: VmInstance, _: Any) -> None:
+        def end(session: Session, vm: VmInstance, op: VmOp) -> None:
             free_host(session, vm)
             vm.state = VmState.STOPPED
 
-        await self.transitions.run(msg.uuid, "stop", ctx.account, act, end)
+        # No undo: a stop that failed half-way leaves the VM running or stopped, which the next
+        # start or stop (both idempotent) and the host's reports settle.
+        await self.operations.run(VmOp(msg.uuid, ctx.account), "stop", [Flow("stop-on-host", stop)], end)
         return await self._reply(msg.uuid, "state")
 
     @handler(RebootVmInstance)
     async def reboot_vm(self, msg: RebootVmInstance, ctx: CallContext) -> VmReply:
         if ctx.resumed:
-            await self.transitions.settle(msg.uuid)
+            await self.operations.settle(msg.uuid)
 
-        async def act(snap: Snapshot) -> None:
-            assert snap.host_uuid is not None
-            await self.agents.call(RebootVmCommand(host_uuid=snap.host_uuid, vm_uuid=snap.uuid), VmStateReply)
+        async def reboot(op: VmOp) -> None:
+            await self.agents.call(RebootVmCommand(host_uuid=op.on_host, vm_uuid=op.vm_uuid), VmStateReply)
 
-        def end(session: Session, vm: VmInstance, _: Any) -> None:
+        def end(session: Session, vm: VmInstance, op: VmOp) -> None:
             vm.state = VmState.RUNNING
 
-        await self.transitions.run(msg.uuid, "reboot", ctx.account, act, end)
+        steps = [Flow("reboot-on-host", reboot)]
+        await self.operations.run(VmOp(msg.uuid, ctx.account), "reboot", steps, end)
         return await self._reply(msg.uuid, "state")
 
     @handler(DestroyVmInstance)
     async def destroy_vm(self, msg: DestroyVmInstance, ctx: CallContext) -> VmReply:
         if ctx.resumed:
-            await self.transitions.settle(msg.uuid)
+            await self.operations.settle(msg.uuid)
         state = await self.db.run(lambda s: load_owned(s, VmInstance, msg.uuid, ctx.account, "VM").state)
         if state == VmState.DESTROYED:
             return await self._reply(msg.uuid, "unchanged")
 
-        async def act(snap: Snapshot) -> None:
-            host = snap.host_uuid or snap.last_host_uuid
+        async def destroy(op: VmOp) -> None:
+            host = op.host_uuid or op.last_host_uuid
             if host is not None:
-                await self.agents.call(DestroyVmCommand(host_uuid=host, vm_uuid=snap.uuid), VmStateReply)
+                await self.agents.call(DestroyVmCommand(host_uuid=host, vm_uuid=op.vm_uuid), VmStateReply)
 
-        def end(session: Session, vm: VmInstance, _: Any) -> None:
+        def end(session: Session, vm: VmInstance, op: VmOp) -> None:
             free_host(session, vm)
             vm.state = VmState.DESTROYED
 
-        await self.transitions.run(msg.uuid, "destroy", ctx.account, act, end)
+        steps = [Flow("destroy-on-host", destroy)]
+        await self.operations.run(VmOp(msg.uuid, ctx.account), "destroy", steps, end)
         return await self._reply(msg.uuid, "destroyed")
 
     @handler(RecoverVmInstance)
     async def recover_vm(self, msg: RecoverVmInstance, ctx: CallContext) -> VmReply:
-        async def act(snap: Snapshot) -> None:
-            return None
-
-        def end(session: Session, vm: VmInstance, _: Any) -> None:
+        def end(session: Session, vm: VmInstance, op: VmOp) -> None:
             vm.state = VmState.STOPPED
 
-        await self.transitions.run(msg.uuid, "recover", ctx.account, act, end)
+        await self.operations.run(VmOp(msg.uuid, ctx.account), "recover", [], end)
         return await self._reply(msg.uuid, "recovered")
 
     @handler(ExpungeVmInstance)
     async def expunge_vm(self, msg: ExpungeVmInstance, ctx: CallContext) -> ApiEmptyReply:
-        def read(session: Session) -> tuple[str, str | None, list[str]] | None:
+        def read(session: Session) -> list[str] | None:
             vm = session.get(VmInstance, msg.uuid)
             if vm is None:
                 return None
@@ -325,22 +383,24 @@ class VmService(Service):
             roots = session.scalars(
                 select(Volume.install_path).where(Volume.vm_instance_uuid == msg.uuid, Volume.type == "Root")
             )
-            return vm.state, vm.last_host_uuid, [p for p in roots if p]
+            return [p for p in roots if p]
 
         found = await self.db.run(read)
         if found is None:
             return ApiEmptyReply()  # already gone: a retried expunge succeeds
+        paths = found
 
-        async def act(snap: Snapshot) -> None:
-            host = snap.last_host_uuid
-            if host is not None:
-                for path in found[2]:
-                    await self.agents.call(DeleteVolumeCommand(host_uuid=host, install_path=path), EmptyReply)
+        async def delete_roots(op: VmOp) -> None:
+            if op.last_host_uuid is not None:
+                for path in paths:
+                    command = DeleteVolumeCommand(host_uuid=op.last_host_uuid, install_path=path)
+                    await self.agents.call(command, EmptyReply)
 
-        def end(session: Session, vm: VmInstance, _: Any) -> None:
+        def end(session: Session, vm: VmInstance, op: VmOp) -> None:
             plans.release(session, vm.uuid, keep_data_volumes=True)
 
-        await self.transitions.run(msg.uuid, "expunge", ctx.account, act, end)
+        steps = [Flow("delete-root-volume", delete_roots)]
+        await self.operations.run(VmOp(msg.uuid, ctx.account), "expunge", steps, end)
         await self.events.resource_event("vm", msg.uuid, "deleted")
         return ApiEmptyReply()
 
@@ -365,7 +425,7 @@ class VmService(Service):
             )
             if vm.state == VmState.RUNNING:
                 raise RingstackError(
-                    "VM.INVALID_STATE",
+                    VmError.INVALID_STATE,
                     f"VM {vm.uuid} is Running; stop it to change its offering (online resize is not supported)",
                     details={"state": vm.state},
                 )
@@ -383,7 +443,7 @@ class VmService(Service):
             vm = load_visible(session, VmInstance, msg.uuid, ctx.account, "VM")
             if vm.state != VmState.RUNNING or vm.host_uuid is None:
                 raise RingstackError(
-                    "VM.INVALID_STATE", f"VM {vm.uuid} is {vm.state}; its console needs Running"
+                    VmError.INVALID_STATE, f"VM {vm.uuid} is {vm.state}; its console needs Running"
                 )
             return vm.host_uuid
 
@@ -432,9 +492,9 @@ class VmService(Service):
     @handler(MigrateVm)
     async def migrate_vm(self, msg: MigrateVm, ctx: CallContext) -> VmReply:
         if ctx.resumed:
-            await self.transitions.settle(msg.vm_instance_uuid)
+            await self.operations.settle(msg.vm_instance_uuid)
 
-        def take(session: Session, vm: VmInstance, extra: dict[str, Any]) -> None:
+        def take(session: Session, vm: VmInstance, op: Migration) -> None:
             options = [h.uuid for h in self._migration_candidates(session, vm)]
             if msg.host_uuid is not None:
                 options = [h for h in options if h == msg.host_uuid]
@@ -444,62 +504,57 @@ class VmService(Service):
                         capacity.reserve_host(session, host_uuid, vm.cpu_num, vm.memory_size)
                 except RingstackError:
                     continue
-                extra["destination"] = host_uuid
-                _prepare_migration(session, vm, host_uuid, extra)
+                _prepare_migration(session, vm, host_uuid, op)
                 return
             raise RingstackError(
-                allocator_error(),
+                VmError.NO_HOST_AVAILABLE,
                 f"no host can take VM {vm.uuid} by migration (same cluster, shared storage, capacity)",
             )
 
-        def untake(session: Session, vm: VmInstance, extra: dict[str, Any]) -> None:
-            capacity.release_host(session, extra["destination"], vm.cpu_num, vm.memory_size)
+        def untake(session: Session, vm: VmInstance, op: Migration) -> None:
+            capacity.release_host(session, op.destination, vm.cpu_num, vm.memory_size)
 
-        async def act(snap: Snapshot) -> None:
-            assert snap.host_uuid is not None
-            destination = snap.extra["destination"]
-            # The destination first: the bridges of the VM's NICs (libvirt refuses a domain whose
-            # bridge is missing); a failure leaves the VM running where it is (untake, undo).
-            for l2 in snap.extra["l2s"]:
+        async def prepare_destination(op: Migration) -> None:
+            # The bridges of the VM's NICs (libvirt refuses a domain whose bridge is missing); a
+            # failure leaves the VM running where it is. Bridges are the L2 network's, shared by
+            # every VM on it: no undo here (detaching the L2 network from the cluster removes them).
+            for l2 in op.l2s:
                 try:
-                    await self.agents.call(EnsureBridgeCommand(host_uuid=destination, l2=l2), BridgeReply)
+                    await self.agents.call(EnsureBridgeCommand(host_uuid=op.destination, l2=l2), BridgeReply)
                 except RingstackError as exc:
                     raise RingstackError(
-                        MIGRATION_FAILED,
-                        f"VM {snap.uuid} cannot migrate to host {destination}: the host could not make"
+                        VmError.MIGRATION_FAILED,
+                        f"VM {op.vm_uuid} cannot migrate to host {op.destination}: the host could not make"
                         f" bridge {l2.bridge_name} of L2 network {l2.uuid}: {exc.message}",
                         details={
                             "step": "prepare destination",
-                            "hostUuid": destination,
+                            "hostUuid": op.destination,
                             "l2NetworkUuid": l2.uuid,
                             "bridgeName": l2.bridge_name,
                         },
                         cause=exc,
                     ) from exc
+
+        async def migrate(op: Migration) -> None:
+            # No undo: a migration that fails leaves the VM running at the source (libvirt's
+            # guarantee), and one that succeeded is the result.
             command = MigrateVmCommand(
-                host_uuid=snap.host_uuid,
-                vm_uuid=snap.uuid,
-                destination_host_uuid=destination,
-                destination_uri=snap.extra["destination_uri"],
-                storage_shared=snap.extra["storage_shared"] or None,
+                host_uuid=op.on_host,
+                vm_uuid=op.vm_uuid,
+                destination_host_uuid=op.destination,
+                destination_uri=op.destination_uri,
+                storage_shared=op.storage_shared or None,
             )
             await self.agents.call(command, VmStateReply)
 
-        def end(session: Session, vm: VmInstance, _: Any) -> None:
-            destination = _destination.pop(vm.uuid)
+        def end(session: Session, vm: VmInstance, op: Migration) -> None:
             free_host(session, vm)  # the source gives its CPU and memory back
-            vm.host_uuid = vm.last_host_uuid = destination
+            vm.host_uuid = vm.last_host_uuid = op.destination
             vm.state = VmState.RUNNING
 
-        _destination: dict[str, str] = {}
-
-        async def act_and_remember(snap: Snapshot) -> None:
-            await act(snap)
-            _destination[snap.uuid] = snap.extra["destination"]
-
-        await self.transitions.run(
-            msg.vm_instance_uuid, "migrate", ctx.account, act_and_remember, end, take, untake
-        )
+        steps = [Flow("prepare-destination", prepare_destination), Flow("migrate", migrate)]
+        op = Migration(msg.vm_instance_uuid, ctx.account)
+        await self.operations.run(op, "migrate", steps, end, take, untake)
         return await self._reply(msg.vm_instance_uuid, "migrated")
 
     # ------------------------------------------------------------------ data volumes
@@ -543,13 +598,13 @@ class VmService(Service):
 
     @handler(AttachDataVolumeToVm)
     async def attach_volume(self, msg: AttachDataVolumeToVm, ctx: CallContext) -> VolumeReply:
-        def take(session: Session, vm: VmInstance, extra: dict[str, Any]) -> None:
+        def take(session: Session, vm: VmInstance, op: AttachVolume) -> None:
             volume = load_owned(session, Volume, msg.volume_uuid, ctx.account, "volume")
             if volume.type != "Data":
                 raise RingstackError(Sys.INVALID_ARGUMENT, f"volume {volume.uuid} is a {volume.type} volume")
             if volume.vm_instance_uuid not in (None, vm.uuid):
                 raise RingstackError(
-                    VOLUME_IN_USE, f"volume {volume.uuid} is attached to VM {volume.vm_instance_uuid}"
+                    VmError.VOLUME_IN_USE, f"volume {volume.uuid} is attached to VM {volume.vm_instance_uuid}"
                 )
             host = vm.host_uuid or vm.last_host_uuid
             if volume.status == "NotInstantiated":
@@ -562,97 +617,105 @@ class VmService(Service):
                     )
                 capacity.reserve_primary_storage(session, ps.uuid, volume.size)
                 volume.primary_storage_uuid = ps.uuid
-                extra["create"] = (ps.uuid, ps.url, ps.type)
-            used = {
-                v.device_id for v in session.scalars(select(Volume).where(Volume.vm_instance_uuid == vm.uuid))
-            }
-            extra["device_id"] = (
-                next(i for i in range(1, 64) if i not in used)
-                if volume.vm_instance_uuid is None
-                else volume.device_id
+                op.storage = (ps.uuid, ps.url, ps.type)
+            op.device_id = (
+                _first_free(session, vm.uuid) if volume.vm_instance_uuid is None else volume.device_id or 1
             )
-            extra["host"] = host
-            extra["running"] = vm.state == VmState.RUNNING
-            extra["volume"] = (volume.uuid, volume.size, volume.install_path, volume.status)
+            op.volume_host = host
+            op.running = vm.state == VmState.RUNNING
+            op.size, op.install_path = volume.size, volume.install_path
 
-        def untake(session: Session, vm: VmInstance, extra: dict[str, Any]) -> None:
-            if "create" in extra:
-                volume = session.get(Volume, msg.volume_uuid)
-                if volume is not None:
-                    capacity.release_primary_storage(session, extra["create"][0], volume.size)
+        def untake(session: Session, vm: VmInstance, op: AttachVolume) -> None:
+            if op.storage is not None:
+                capacity.release_primary_storage(session, op.storage[0], op.size)
 
-        async def act(snap: Snapshot) -> str | None:
-            uuid, size, path, _ = snap.extra["volume"]
-            host = snap.extra["host"]
-            if "create" in snap.extra:
-                ps_uuid, ps_url, ps_type = snap.extra["create"]
-                made = await self.agents.call(
-                    CreateVolumeCommand(
-                        host_uuid=host,
-                        volume_uuid=uuid,
-                        primary_storage_uuid=ps_uuid,
-                        primary_storage_url=ps_url,
-                        primary_storage_type=ps_type,
-                        size=size,
-                    ),
-                    AgentVolumeReply,
-                )
-                path = made.install_path
-            if snap.extra["running"]:
-                spec = VolumeSpec(
-                    uuid=uuid,
-                    install_path=path or "",
-                    size=size,
-                    device_id=snap.extra["device_id"],
-                    type="Data",
-                )
+        async def create(op: AttachVolume) -> None:
+            if op.storage is None:
+                return
+            assert op.volume_host is not None
+            ps_uuid, ps_url, ps_type = op.storage
+            command = CreateVolumeCommand(
+                host_uuid=op.volume_host,
+                volume_uuid=op.volume_uuid,
+                primary_storage_uuid=ps_uuid,
+                primary_storage_url=ps_url,
+                primary_storage_type=ps_type,
+                size=op.size,
+            )
+            op.install_path = (await self.agents.call(command, AgentVolumeReply)).install_path
+
+        def delete_file(op: AttachVolume) -> list[Cleanup]:
+            if op.storage is None or op.volume_host is None:
+                return []  # it existed before this attach: not ours to delete
+            if op.install_path:
+                command = DeleteVolumeCommand(host_uuid=op.volume_host, install_path=op.install_path)
+            else:  # the create's answer never came, yet it may have made the file: by uuid
+                command = plans.delete_by_uuid(op.volume_host, op.volume_uuid, *op.storage)
+            return [Cleanup(command, op.vm_uuid)]
+
+        async def attach(op: AttachVolume) -> None:
+            if op.running:
                 await self.agents.call(
-                    VolumeAttachCommand(host_uuid=host, vm_uuid=snap.uuid, volume=spec), EmptyReply
+                    VolumeAttachCommand(host_uuid=op.on_host, vm_uuid=op.vm_uuid, volume=op.spec()),
+                    EmptyReply,
                 )
-            return path
 
-        def end(session: Session, vm: VmInstance, path: str | None) -> None:
+        def detach(op: AttachVolume) -> list[Cleanup]:
+            if not op.running:
+                return []
+            command = VolumeDetachCommand(host_uuid=op.on_host, vm_uuid=op.vm_uuid, volume=op.spec())
+            return [Cleanup(command, op.vm_uuid)]
+
+        def end(session: Session, vm: VmInstance, op: AttachVolume) -> None:
             volume = session.get(Volume, msg.volume_uuid)
             assert volume is not None
             volume.vm_instance_uuid = vm.uuid
-            volume.device_id = volume.device_id or _first_free(session, vm.uuid)
-            volume.install_path = path
+            volume.device_id = op.device_id
+            volume.install_path = op.install_path
             volume.status = "Ready"
             volume.host_uuid = vm.host_uuid or vm.last_host_uuid
 
-        await self.transitions.run(msg.vm_instance_uuid, "attachVolume", ctx.account, act, end, take, untake)
+        steps = [
+            Flow("create-volume", create, cleanup=delete_file, undo_failed=True),
+            Flow("attach-to-vm", attach, cleanup=detach, undo_failed=True),
+        ]
+        op = AttachVolume(msg.vm_instance_uuid, ctx.account, volume_uuid=msg.volume_uuid)
+        await self.operations.run(op, "attachVolume", steps, end, take, untake)
         inv = await self.db.run(lambda s: VolumeInventory.model_validate(s.get(Volume, msg.volume_uuid)))
         await self.events.resource_event("volume", msg.volume_uuid, "attached", inv.to_wire())
         return VolumeReply(inventory=inv)
 
     @handler(DetachDataVolumeFromVm)
     async def detach_volume(self, msg: DetachDataVolumeFromVm, ctx: CallContext) -> VolumeReply:
-        def take(session: Session, vm: VmInstance, extra: dict[str, Any]) -> None:
+        def take(session: Session, vm: VmInstance, op: AttachVolume) -> None:
             volume = load_owned(session, Volume, msg.volume_uuid, ctx.account, "volume")
             if volume.vm_instance_uuid != vm.uuid or volume.type != "Data":
                 raise RingstackError(
                     Sys.INVALID_ARGUMENT, f"volume {volume.uuid} is not a data volume of VM {vm.uuid}"
                 )
-            extra["spec"] = (volume.uuid, volume.install_path, volume.size, volume.device_id or 1)
-            extra["running"] = vm.state == VmState.RUNNING and vm.host_uuid is not None
+            op.install_path, op.size, op.device_id = volume.install_path, volume.size, volume.device_id or 1
+            op.running = vm.state == VmState.RUNNING and vm.host_uuid is not None
 
-        async def act(snap: Snapshot) -> None:
-            if snap.extra["running"]:
-                uuid, path, size, device = snap.extra["spec"]
-                spec = VolumeSpec(
-                    uuid=uuid, install_path=path or "", size=size, device_id=device, type="Data"
-                )
-                assert snap.host_uuid is not None
-                command = VolumeDetachCommand(host_uuid=snap.host_uuid, vm_uuid=snap.uuid, volume=spec)
+        async def detach(op: AttachVolume) -> None:
+            if op.running:
+                command = VolumeDetachCommand(host_uuid=op.on_host, vm_uuid=op.vm_uuid, volume=op.spec())
                 await self.agents.call(command, EmptyReply)
 
-        def end(session: Session, vm: VmInstance, _: Any) -> None:
+        def attach_again(op: AttachVolume) -> list[Cleanup]:
+            if not op.running:
+                return []
+            command = VolumeAttachCommand(host_uuid=op.on_host, vm_uuid=op.vm_uuid, volume=op.spec())
+            return [Cleanup(command, op.vm_uuid)]
+
+        def end(session: Session, vm: VmInstance, op: AttachVolume) -> None:
             volume = session.get(Volume, msg.volume_uuid)
             assert volume is not None
             volume.vm_instance_uuid = None
             volume.device_id = None
 
-        await self.transitions.run(msg.vm_instance_uuid, "detachVolume", ctx.account, act, end, take)
+        steps = [Flow("detach-from-vm", detach, cleanup=attach_again)]
+        op = AttachVolume(msg.vm_instance_uuid, ctx.account, volume_uuid=msg.volume_uuid)
+        await self.operations.run(op, "detachVolume", steps, end, take)
         inv = await self.db.run(lambda s: VolumeInventory.model_validate(s.get(Volume, msg.volume_uuid)))
         await self.events.resource_event("volume", msg.volume_uuid, "detached", inv.to_wire())
         return VolumeReply(inventory=inv)
@@ -668,7 +731,7 @@ class VmService(Service):
                 raise RingstackError(Sys.INVALID_ARGUMENT, f"volume {volume.uuid} is a {volume.type} volume")
             if volume.vm_instance_uuid is not None:
                 raise RingstackError(
-                    VOLUME_IN_USE, f"volume {volume.uuid} is attached to VM {volume.vm_instance_uuid}"
+                    VmError.VOLUME_IN_USE, f"volume {volume.uuid} is attached to VM {volume.vm_instance_uuid}"
                 )
             if volume.status == "Ready" and volume.primary_storage_uuid:
                 capacity.release_primary_storage(session, volume.primary_storage_uuid, volume.size)
@@ -679,11 +742,9 @@ class VmService(Service):
         found = await self.db.run(delete)
         if found is not None:
             host, path = found
-            if host and path:
-                try:
-                    await self.agents.call(DeleteVolumeCommand(host_uuid=host, install_path=path), EmptyReply)
-                except RingstackError as exc:
-                    log.warning("volume %s deleted, but its file on host %s stays: %s", msg.uuid, host, exc)
+            if host and path:  # a file its host refuses to delete now is deleted later, for sure
+                command = DeleteVolumeCommand(host_uuid=host, install_path=path)
+                await self.garbage.clean([Cleanup(command, msg.uuid)], "delete-volume")
             await self.events.resource_event("volume", msg.uuid, "deleted")
         return ApiEmptyReply()
 
@@ -691,9 +752,7 @@ class VmService(Service):
 
     @handler(AttachL3NetworkToVm)
     async def attach_l3(self, msg: AttachL3NetworkToVm, ctx: CallContext) -> VmReply:
-        nic_uuid = plans._uuid()
-
-        def take(session: Session, vm: VmInstance, extra: dict[str, Any]) -> None:
+        def take(session: Session, vm: VmInstance, op: NicOp) -> None:
             l3 = load_visible(session, L3Network, msg.l3_network_uuid, ctx.account, "L3 network")
             if any(n.l3_network_uuid == l3.uuid for n in vm.vm_nics):
                 raise RingstackError(Sys.CONFLICT, f"VM {vm.uuid} already has a NIC on L3 network {l3.uuid}")
@@ -702,11 +761,11 @@ class VmService(Service):
                 l3.uuid,
                 ctx.account.uuid,
                 static_ip=msg.static_ip,
-                for_uuid=nic_uuid,
+                for_uuid=op.nic_uuid,
                 quota_account=ctx.account,
             )
             nic = VmNic(
-                uuid=nic_uuid,
+                uuid=op.nic_uuid,
                 vm_instance_uuid=vm.uuid,
                 l3_network_uuid=l3.uuid,
                 ip=got.ip,
@@ -718,48 +777,66 @@ class VmService(Service):
             )
             session.add(nic)
             session.flush()
-            extra["spec"] = plans.nic_spec(session, nic, vm.default_l3_network_uuid)
-            extra["running"] = vm.state == VmState.RUNNING and vm.host_uuid is not None
+            op.spec = plans.nic_spec(session, nic, vm.default_l3_network_uuid)
+            op.running = vm.state == VmState.RUNNING and vm.host_uuid is not None
 
-        def untake(session: Session, vm: VmInstance, extra: dict[str, Any]) -> None:
-            release_ips_for(session, nic_uuid)
-            nic = session.get(VmNic, nic_uuid)
+        def untake(session: Session, vm: VmInstance, op: NicOp) -> None:
+            release_ips_for(session, op.nic_uuid)
+            nic = session.get(VmNic, op.nic_uuid)
             if nic is not None:
                 session.delete(nic)
 
-        async def act(snap: Snapshot) -> None:
-            if snap.extra["running"]:
-                assert snap.host_uuid is not None
-                spec = snap.extra["spec"]
-                await self.agents.call(EnsureBridgeCommand(host_uuid=snap.host_uuid, l2=spec.l2), BridgeReply)
+        async def prepare_network(op: NicOp) -> None:
+            # The L2 network's bridge, shared by every VM on it: no undo (see migrate_vm).
+            if op.running:
+                await self.agents.call(EnsureBridgeCommand(host_uuid=op.on_host, l2=op.nic.l2), BridgeReply)
+
+        async def attach(op: NicOp) -> None:
+            if op.running:
                 await self.agents.call(
-                    NicAttachCommand(host_uuid=snap.host_uuid, vm_uuid=snap.uuid, nic=spec), EmptyReply
+                    NicAttachCommand(host_uuid=op.on_host, vm_uuid=op.vm_uuid, nic=op.nic), EmptyReply
                 )
 
-        def end(session: Session, vm: VmInstance, _: Any) -> None:
+        def detach(op: NicOp) -> list[Cleanup]:
+            if not op.running:
+                return []
+            return [
+                Cleanup(NicDetachCommand(host_uuid=op.on_host, vm_uuid=op.vm_uuid, nic=op.nic), op.vm_uuid)
+            ]
+
+        def end(session: Session, vm: VmInstance, op: NicOp) -> None:
             return None
 
-        await self.transitions.run(msg.vm_instance_uuid, "attachL3", ctx.account, act, end, take, untake)
+        steps = [
+            Flow("prepare-network", prepare_network),
+            Flow("attach-nic", attach, cleanup=detach, undo_failed=True),
+        ]
+        op = NicOp(msg.vm_instance_uuid, ctx.account, nic_uuid=new_uuid())
+        await self.operations.run(op, "attachL3", steps, end, take, untake)
         return await self._reply(msg.vm_instance_uuid, "updated")
 
     @handler(DetachL3NetworkFromVm)
     async def detach_l3(self, msg: DetachL3NetworkFromVm, ctx: CallContext) -> VmReply:
-        def take(session: Session, vm: VmInstance, extra: dict[str, Any]) -> None:
+        def take(session: Session, vm: VmInstance, op: NicOp) -> None:
             nic = session.get(VmNic, msg.vm_nic_uuid)
             if nic is None or nic.vm_instance_uuid != vm.uuid:
                 raise RingstackError(Sys.NOT_FOUND, f"VM {vm.uuid} has no NIC {msg.vm_nic_uuid}")
-            extra["spec"] = plans.nic_spec(session, nic, vm.default_l3_network_uuid)
-            extra["running"] = vm.state == VmState.RUNNING and vm.host_uuid is not None
+            op.spec = plans.nic_spec(session, nic, vm.default_l3_network_uuid)
+            op.running = vm.state == VmState.RUNNING and vm.host_uuid is not None
 
-        async def act(snap: Snapshot) -> None:
-            if snap.extra["running"]:
-                assert snap.host_uuid is not None
-                command = NicDetachCommand(
-                    host_uuid=snap.host_uuid, vm_uuid=snap.uuid, nic=snap.extra["spec"]
-                )
+        async def detach(op: NicOp) -> None:
+            if op.running:
+                command = NicDetachCommand(host_uuid=op.on_host, vm_uuid=op.vm_uuid, nic=op.nic)
                 await self.agents.call(command, EmptyReply)
 
-        def end(session: Session, vm: VmInstance, _: Any) -> None:
+        def attach_again(op: NicOp) -> list[Cleanup]:
+            if not op.running:
+                return []
+            return [
+                Cleanup(NicAttachCommand(host_uuid=op.on_host, vm_uuid=op.vm_uuid, nic=op.nic), op.vm_uuid)
+            ]
+
+        def end(session: Session, vm: VmInstance, op: NicOp) -> None:
             release_ips_for(session, msg.vm_nic_uuid)
             nic = session.get(VmNic, msg.vm_nic_uuid)
             if nic is not None:
@@ -768,7 +845,9 @@ class VmService(Service):
                 others = [n for n in vm.vm_nics if n.uuid != msg.vm_nic_uuid]
                 vm.default_l3_network_uuid = others[0].l3_network_uuid if others else None
 
-        await self.transitions.run(msg.vm_instance_uuid, "detachL3", ctx.account, act, end, take)
+        steps = [Flow("detach-nic", detach, cleanup=attach_again)]
+        op = NicOp(msg.vm_instance_uuid, ctx.account, nic_uuid=msg.vm_nic_uuid)
+        await self.operations.run(op, "detachL3", steps, end, take)
         return await self._reply(msg.vm_instance_uuid, "updated")
 
     # ------------------------------------------------------------------ reports
@@ -809,18 +888,13 @@ def _first_free(session: Session, vm_uuid: str) -> int:
     return next(i for i in range(1, 64) if i not in used)
 
 
-def allocator_error() -> str:
-    return plans.NO_HOST_AVAILABLE
-
-
 # ---------------------------------------------------------------------- migration helpers
 
-MIGRATION_FAILED = "VM.MIGRATION_FAILED"
 # Storage every host of the cluster sees at the same path: a VM on it may run on any of them.
 SHARED_STORAGE_TYPES = frozenset({"NFS", "SharedMountPoint"})
 
 
-def _prepare_migration(session: Session, vm: VmInstance, destination: str, extra: dict[str, Any]) -> None:
+def _prepare_migration(session: Session, vm: VmInstance, destination: str, op: Migration) -> None:
     """What the agent steps of a migration need, read with the destination reserved: the URI of
     the destination's libvirt (its management address, which the source's libvirtd reaches), the
     L2 networks of the VM's NICs (bridges to make there first), and whether all its volumes are on
@@ -829,16 +903,17 @@ def _prepare_migration(session: Session, vm: VmInstance, destination: str, extra
     if host is None:
         raise RingstackError(Sys.NOT_FOUND, f"host {destination} is gone")
     address = f"[{host.management_ip}]" if ":" in host.management_ip else host.management_ip
-    extra["destination_uri"] = f"qemu+tcp://{address}/system"
+    op.destination = destination
+    op.destination_uri = f"qemu+tcp://{address}/system"
     nics = session.scalars(select(VmNic).where(VmNic.vm_instance_uuid == vm.uuid).order_by(VmNic.device_id))
     l2s: dict[str, L2Spec] = {}
     for nic in nics:
         spec = plans.nic_spec(session, nic, vm.default_l3_network_uuid).l2
         l2s.setdefault(spec.uuid, spec)
-    extra["l2s"] = list(l2s.values())
+    op.l2s = list(l2s.values())
     types = session.scalars(
         select(PrimaryStorage.type)
         .join(Volume, Volume.primary_storage_uuid == PrimaryStorage.uuid)
         .where(Volume.vm_instance_uuid == vm.uuid)
     ).all()
-    extra["storage_shared"] = bool(types) and all(t in SHARED_STORAGE_TYPES for t in types)
+    op.storage_shared = bool(types) and all(t in SHARED_STORAGE_TYPES for t in types)

@@ -1,0 +1,3 @@
+from mgmt.services.garbage.service import GarbageService
+
+__all__ = ["GarbageService"]

@@ -1,0 +1,3 @@
+from mgmt.services.vrouter.service import VirtualRouterService
+
+__all__ = ["VirtualRouterService"]
