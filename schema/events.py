@@ -63,6 +63,8 @@ KINDS: dict[str, str] = {
     "vni_range": "VNI ranges of VXLAN pools",
     "security_group": "security groups (updated: rules, L3 networks)",
     "vm": "VM instances",
+    "virtualRouterOffering": "virtual-router offerings",
+    "vip": "virtual IPs on a public L3 (used by one EIP or port-forwarding service at a time)",
     "volume": "volumes",
     "account": "accounts",
     "quota": "quotas",

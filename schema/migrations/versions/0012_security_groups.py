@@ -2,7 +2,7 @@
 and VXLAN (VNI ranges of pools, the VNI of each VXLAN network) and the Flat provider (VMs served per host)
 
 Revision ID: 0012
-Revises: 0013
+Revises: 0011
 """
 
 from alembic import op
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 revision = "0012"
-down_revision = "0013"  # was 0009; chained after main's 0013 (garbage) at the merge
+down_revision = "0011"  # chained in merge order: 0009, 0013, 0011, 0012
 branch_labels = None
 depends_on = None
 
