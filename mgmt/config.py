@@ -82,6 +82,10 @@ class NodeConfig(BaseModel):
         pattern=r"^$|^[^:]*:\d{1,5}$",
         description="host:port of /healthz, /readyz and /metrics (port 0: any free one, logged; empty: none)",
     )
+    log_file: str | None = Field(
+        default=None,
+        description="also write the node's log here (reopened when logrotate moves it); read by ringstack-ctl logs and collect-logs",
+    )
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     # identity: the bootstrap admin's first password (used only when the node creates the admin
     # account), login session lifetime, and per-quota default limits (mgmt/core/quota.py names)

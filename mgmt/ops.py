@@ -1,5 +1,6 @@
 """What an operator sees of one management node: ``/healthz``, ``/readyz``, Prometheus ``/metrics``,
-and the node-queue messages ``ringstack-ctl`` sends it (``ops.Status``, ``ops.Drain``, ``ops.Stop``).
+and the node-queue messages ``ringstack-ctl`` sends it (``ops.Status``, ``ops.Drain``, ``ops.Stop``,
+``ops.Logs``: the end of its ``log_file``, so ``collect-logs`` gathers every node's over the bus).
 
 The HTTP endpoint listens on ``ops_address`` (``host:port``; port 0 picks a free one, logged as
 ``ops endpoint at http://...``; empty: no endpoint). Health: 200 while the process runs and its
@@ -47,7 +48,9 @@ log = logging.getLogger(__name__)
 OPS_STATUS = "ops.Status"
 OPS_DRAIN = "ops.Drain"
 OPS_STOP = "ops.Stop"
-MESSAGES = (OPS_STATUS, OPS_DRAIN, OPS_STOP)
+OPS_LOGS = "ops.Logs"
+MESSAGES = (OPS_STATUS, OPS_DRAIN, OPS_STOP, OPS_LOGS)
+LOG_TAIL_MAX = 512 * 1024  # a reply must fit in one message (max_message_bytes, 1 MiB by default)
 JOB_STATES = ("pending", "running", "succeeded", "failed", "cancelled")
 
 
@@ -163,6 +166,8 @@ class NodeOps:
         return name in MESSAGES
 
     async def on_call(self, env: Envelope) -> dict[str, Any]:
+        if env.name == OPS_LOGS:
+            return await asyncio.to_thread(self.log_tail, env.body.get("bytes"))
         if env.name == OPS_DRAIN:
             await self.drain()
         elif env.name == OPS_STOP:
@@ -179,6 +184,24 @@ class NodeOps:
             "opsAddress": self.address,
             "pid": os.getpid(),
         }
+
+    def log_tail(self, wanted: Any) -> dict[str, Any]:
+        """The end of this node's log file (``log_file``), whole lines, at most LOG_TAIL_MAX bytes."""
+        path = self.node.config.log_file
+        size = min(int(wanted), LOG_TAIL_MAX) if isinstance(wanted, int) and wanted > 0 else LOG_TAIL_MAX
+        if not path:
+            return {"uuid": self.node.uuid, "logFile": None, "text": ""}
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                end = f.tell()
+                f.seek(max(0, end - size))
+                data = f.read(size)
+        except OSError as exc:
+            return {"uuid": self.node.uuid, "logFile": path, "text": "", "error": str(exc)}
+        if end > size and b"\n" in data:
+            data = data.split(b"\n", 1)[1]  # from the first whole line
+        return {"uuid": self.node.uuid, "logFile": path, "text": data.decode("utf-8", "replace")}
 
     async def drain(self) -> None:
         """Readiness false now; take no more API requests; keep owned work until the node stops."""

@@ -40,6 +40,12 @@ def start(config_path: str | None) -> None:
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    if config.log_file:
+        from logging.handlers import WatchedFileHandler
+
+        handler = WatchedFileHandler(config.log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
     # At DEBUG the AMQP libraries log every frame with its body, passwords included: never below INFO.
     for noisy in ("aiormq", "aio_pika", "amqp", "kombu"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
@@ -141,6 +147,58 @@ def stop(config_path: str | None, nodes: tuple[str, ...], timeout: float) -> Non
                 sys.exit(4)
             time.sleep(0.2)  # polling the broker: the node's queue goes when its process ends
         click.echo(f"node {uuid}: stopped in {time.monotonic() - started:.1f} s")
+
+
+@main.command()
+@_CONFIG
+@click.option("-n", "--lines", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("-f", "--follow", is_flag=True, help="keep printing what is appended")
+def logs(config_path: str | None, lines: int, follow: bool) -> None:
+    """The end of this machine's node log (log_file; under systemd: journalctl -u ringstack)."""
+    import time
+    from collections import deque
+
+    config = _config(config_path)
+    if not config.log_file:
+        raise click.ClickException(
+            "no log_file is configured: the node logs to stderr (journalctl -u ringstack)"
+        )
+    try:
+        with open(config.log_file, encoding="utf-8", errors="replace") as f:
+            for line in deque(f, maxlen=lines):
+                click.echo(line, nl=False)
+            while follow:
+                line = f.readline()
+                if line:
+                    click.echo(line, nl=False)
+                else:
+                    time.sleep(0.5)
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {config.log_file}: {exc}") from None
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command("collect-logs")
+@_CONFIG
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    required=True,
+    help="the archive (.tar.gz)",
+)
+def collect_logs(config_path: str | None, output: str) -> None:
+    """One archive for a bug report: the cluster's status, and from every live node (over the bus,
+    wherever it runs) its status, its /metrics and the end of its log file."""
+    from mgmt.cli.collect import collect
+
+    config = _config(config_path)
+    try:
+        summary = collect(config, Path(output))
+    except Exception as exc:
+        raise click.ClickException(f"cannot collect: {type(exc).__name__}: {exc}") from None
+    click.echo(f"{output}: {summary}")
 
 
 @main.command("backup")

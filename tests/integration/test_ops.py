@@ -234,3 +234,30 @@ async def test_backup_restore_round_trip(env, client, tmp_path):
         ] == "kept-2"
     finally:
         node.close()
+
+
+async def test_logs_and_collect_logs_from_every_node(env, tmp_path):
+    import tarfile
+
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    nodes = [NodeProcess({**env, "RINGSTACK_LOG_FILE": str(log)}, log.stem) for log in logs]
+    try:
+        uuids = [node_uuid(n.wait_ready(60)) for n in nodes]
+        tail = await asyncio.to_thread(ctl, ["logs", "-n", "3"], {**env, "RINGSTACK_LOG_FILE": str(logs[0])})
+        assert tail.returncode == 0 and len(tail.stdout.splitlines()) == 3, tail.stderr
+        assert tail.stdout.splitlines() == logs[0].read_text().splitlines()[-3:]
+        archive = tmp_path / "logs.tar.gz"
+        made = await asyncio.to_thread(ctl, ["collect-logs", "-o", str(archive)], env)
+        assert made.returncode == 0 and "2 node(s), 0 error(s)" in made.stdout, (made.stdout, made.stderr)
+        with tarfile.open(archive) as tar:
+            names = set(tar.getnames())
+            assert "status.json" in names
+            for uuid in uuids:
+                assert {f"nodes/{uuid}/{f}" for f in ("status.json", "log.txt", "metrics.txt")} <= names
+                log = tar.extractfile(f"nodes/{uuid}/log.txt").read().decode()  # type: ignore[union-attr]
+                assert f"node {uuid} ready" in log
+                metrics = tar.extractfile(f"nodes/{uuid}/metrics.txt").read().decode()  # type: ignore[union-attr]
+                assert "ringstack_ring_epoch" in metrics
+    finally:
+        for node in nodes:
+            node.close()
