@@ -27,15 +27,20 @@ from typing import Any, Final
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
+from aio_pika.connection import make_url
 from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import PublishError
 from pamqp.commands import Basic
 
-from bus.envelope import Envelope, new_uuid
+from bus import amqp_decode
+from bus.envelope import MAX_NAME_LENGTH, Envelope, is_short_str, is_token, new_uuid
 from bus.errors import RingstackError, Sys
 from bus.topology import QueueSpec, Topology
 
 log = logging.getLogger(__name__)
+
+# Properties that are not UTF-8 must not be able to break the connection (see bus.amqp_decode).
+amqp_decode.install()
 
 DEFAULT_MAX_MESSAGE_BYTES: Final = 1 << 20
 
@@ -184,8 +189,14 @@ class AsyncBus:
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
         self._lost = loop.create_future()
-        conn = await aio_pika.connect(self.url, client_properties={"connection_name": self.process_name})
+        # Not aio_pika.connect(): when connecting fails it drops a Connection that is not closed,
+        # whose __del__ later makes a close() coroutine it cannot run when collected off the loop
+        # ("coroutine 'Connection.close' was never awaited"). Ours is closed on every failure.
+        conn = aio_pika.Connection(
+            make_url(self.url), client_properties={"connection_name": self.process_name}
+        )
         self._connection = conn
+        await conn.connect()
         conn.close_callbacks.add(self._on_closed)
         confirm = await conn.channel(publisher_confirms=True, on_return_raises=True)
         fast = await conn.channel(publisher_confirms=False)
@@ -399,24 +410,34 @@ class AsyncBus:
         )
 
     async def reply(self, reply_to: str, reply: Envelope) -> None:
-        """Answer a request; unconfirmed: if it is lost the caller's deadline covers it."""
+        """Answer a request; unconfirmed: if it is lost the caller's deadline covers it. Never raises:
+        whatever goes wrong is one log line, and the caller goes on to settle the request."""
         channel = self._fast
         if channel is None:
             log.info("%s: reply %s dropped: not connected", self.process_name, reply.correlation_id)
             return
-        body = reply.encode()
-        if len(body) > self.max_message_bytes:
-            too_large = RingstackError(
-                Sys.MESSAGE_TOO_LARGE,
-                f"the reply of {len(body)} bytes exceeds the limit of {self.max_message_bytes}",
-            )
-            body = Envelope(
-                name=reply.name, kind="reply", correlation_id=reply.correlation_id, error=too_large.to_wire()
-            ).encode()
-        properties = Basic.Properties(
-            content_type="application/json", correlation_id=reply.correlation_id, message_type=reply.name
-        )
+        if not is_short_str(reply_to) or not (
+            reply.correlation_id is None or is_short_str(reply.correlation_id)
+        ):
+            # Addresses are checked where requests come in; this is the last line for any other path.
+            log.warning("%s: reply %r dropped: unusable address", self.process_name, reply.correlation_id)
+            return
         try:
+            body = reply.encode()
+            if len(body) > self.max_message_bytes:
+                too_large = RingstackError(
+                    Sys.MESSAGE_TOO_LARGE,
+                    f"the reply of {len(body)} bytes exceeds the limit of {self.max_message_bytes}",
+                )
+                body = Envelope(
+                    name=reply.name,
+                    kind="reply",
+                    correlation_id=reply.correlation_id,
+                    error=too_large.to_wire(),
+                ).encode()
+            properties = Basic.Properties(
+                content_type="application/json", correlation_id=reply.correlation_id, message_type=reply.name
+            )
             await channel.basic_publish(
                 body,
                 exchange=self.reply_exchange,
@@ -426,6 +447,8 @@ class AsyncBus:
             )
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, TimeoutError) as exc:
             log.info("%s: reply %s dropped: %s", self.process_name, reply.correlation_id, exc)
+        except (TypeError, ValueError) as exc:  # the body would not encode, or pamqp refused a value
+            log.warning("%s: reply %s dropped: %s", self.process_name, reply.correlation_id, exc)
 
     async def _on_reply(self, message: DeliveredMessage) -> None:
         try:
@@ -500,24 +523,46 @@ class AsyncBus:
         task = asyncio.create_task(self._process(consumer, message))
         consumer.tasks.add(task)
         task.add_done_callback(consumer.tasks.discard)
+        task.add_done_callback(self._observe)
+
+    def _observe(self, task: asyncio.Task[None]) -> None:
+        """No task exception goes unobserved: ``_process`` handles its own, so one here is a bug."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: delivery task failed: %r", self.process_name, task.exception())
 
     async def _process(self, consumer: Consumer, message: DeliveredMessage) -> None:
+        """Handle one delivery and settle it, whatever happens: an unsettled delivery holds one of
+        the consumer's prefetch slots for as long as the connection lives."""
         channel = message.channel
         tag = int(message.delivery.delivery_tag or 0)  # type: ignore[union-attr]
-        if consumer.cancelled:
-            # Taken after we stopped: give it back so another consumer handles it.
-            await _settle(channel.basic_reject(tag, requeue=True))
-            return
-        if consumer.raw_handler is not None:
-            try:
-                await consumer.raw_handler(message)
-            except Exception:
-                log.exception("%s: raw consumer of %s failed", self.process_name, consumer.spec.name)
-            await _settle(channel.basic_ack(tag))
-            return
+        settle: Callable[[], Awaitable[Any]] = functools.partial(channel.basic_ack, tag)
+        try:
+            if consumer.cancelled:
+                # Taken after we stopped: give it back so another consumer handles it.
+                settle = functools.partial(channel.basic_reject, tag, requeue=True)
+            elif consumer.raw_handler is not None:
+                try:
+                    await consumer.raw_handler(message)
+                except Exception as exc:
+                    log.error("%s: raw consumer of %s failed: %r", self.process_name, consumer.spec.name, exc)
+            elif not await self._answer(consumer, message):
+                settle = functools.partial(channel.basic_reject, tag, requeue=False)
+        except asyncio.CancelledError:
+            # The bus is closing: the broker redelivers what we have not finished.
+            settle = functools.partial(channel.basic_reject, tag, requeue=True)
+            raise
+        except Exception:
+            # A bug in the bus itself; the message is settled all the same, and the node goes on.
+            log.exception("%s: delivery on %s failed", self.process_name, consumer.spec.name)
+        finally:
+            await _settle(settle())
+
+    async def _answer(self, consumer: Consumer, message: DeliveredMessage) -> bool:
+        """Decode, handle and answer one request. False when it should be dead-lettered instead."""
         assert consumer.handler is not None
         props = message.header.properties
-        reply_to = props.reply_to
+        # AMQP properties come from anyone; one that is not valid text is treated as absent.
+        prop_reply_to = _text_property(props.reply_to)
         env: Envelope | None = None
         error: RingstackError | None = None
         result: HandlerResult = None
@@ -529,10 +574,12 @@ class AsyncBus:
         else:
             try:
                 env = Envelope.decode(message.body)
-                reply_to = env.reply_to or reply_to
             except RingstackError as exc:
                 error = exc
         if env is not None:
+            # The one rule for reply addresses (bus/envelope.py): the envelope's, else the property.
+            if env.reply_to is None:
+                env.reply_to = prop_reply_to
             if env.expired():
                 error = RingstackError(Sys.TIMEOUT, "the deadline passed before the request was taken")
             else:
@@ -546,29 +593,40 @@ class AsyncBus:
                         Sys.INTERNAL, f"internal error handling {env.name}; request id {env.id}"
                     )
         if result is NO_REPLY:
-            await _settle(channel.basic_ack(tag))
-            return
+            return True
+        reply_to = env.reply_to if env is not None else prop_reply_to
         if reply_to:
             if env is not None:
                 reply = env.reply(result if isinstance(result, dict) else None, error)
             else:
                 reply = Envelope(
-                    name=props.message_type or "unknown",
+                    name=_token_property(props.message_type, MAX_NAME_LENGTH) or "unknown",
                     kind="reply",
-                    correlation_id=props.correlation_id or props.message_id,
+                    correlation_id=_text_property(props.correlation_id) or _text_property(props.message_id),
                     error=error.to_wire() if error else None,
                 )
-            await self.reply(reply_to, reply)
-            await _settle(channel.basic_ack(tag))
-        elif error is not None and error.code in _DEAD_LETTER_CODES:
-            log.warning("%s: dead-lettering a message no one can answer: %s", self.process_name, error)
-            await _settle(channel.basic_reject(tag, requeue=False))
-        else:
             if error is not None:
-                log.warning(
-                    "%s: %s failed with no one to tell: %s", self.process_name, props.message_type, error
-                )
-            await _settle(channel.basic_ack(tag))
+                self._log_rejected(consumer, env, error, replied=True)
+            await self.reply(reply_to, reply)
+            return True
+        if error is not None:
+            self._log_rejected(consumer, env, error, replied=False)
+            return error.code not in _DEAD_LETTER_CODES
+        return True
+
+    def _log_rejected(
+        self, consumer: Consumer, env: Envelope | None, error: RingstackError, *, replied: bool
+    ) -> None:
+        """One line per message that failed, never its content (it may be huge or hostile)."""
+        if error.code == Sys.INTERNAL:
+            return  # already logged with its traceback: a bug, not bad input
+        what = f"{env.name} (id {env.id})" if env is not None else "an unreadable message"
+        if replied:
+            log.info("%s: %s on %s: %s", self.process_name, what, consumer.spec.name, error.code)
+        elif error.code in _DEAD_LETTER_CODES:
+            log.warning("%s: dead-lettering %s on %s: %s", self.process_name, what, consumer.spec.name, error)
+        else:
+            log.warning("%s: %s failed with no one to tell: %s", self.process_name, what, error)
 
 
 _DEAD_LETTER_CODES: Final = frozenset({Sys.MALFORMED_MESSAGE, Sys.UNKNOWN_MESSAGE, Sys.MESSAGE_TOO_LARGE})
@@ -587,3 +645,12 @@ async def _settle(op: Awaitable[Any]) -> None:
     """Ack/nack/reject, tolerating a channel that died meanwhile (the broker then requeues)."""
     with contextlib.suppress(aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
         await op
+
+
+def _text_property(value: Any) -> str | None:
+    """An AMQP string property we may use (in a reply, as a routing key), else None."""
+    return value if value and is_short_str(value) else None
+
+
+def _token_property(value: Any, max_length: int) -> str | None:
+    return value if is_token(value, max_length) else None

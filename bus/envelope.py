@@ -2,8 +2,20 @@
 
 Fields (ARCHITECTURE.md, "The wire protocol"): ``id``, ``name``, ``kind``, ``service``,
 ``resource_uuid``, ``ring_epoch``, ``reply_to``, ``correlation_id``, ``deadline`` (absolute Unix
-seconds), ``session``, ``body``, ``error``, plus ``hops`` (how often it was forwarded between nodes).
-Envelope keys are snake_case; bodies use the API's camelCase field names.
+seconds), ``session``, ``body``, ``error``, plus ``hops`` (how often it was forwarded between nodes)
+and ``v`` (the envelope version, see ``ENVELOPE_VERSION``). Envelope keys are snake_case; bodies use
+the API's camelCase field names. Unknown envelope keys are ignored (a newer sender's additions); only
+client API bodies reject unknown fields (``schema.api.base``).
+
+Where replies go, for every kind of request: to the envelope's ``reply_to`` when it has one, else to
+the AMQP ``reply_to`` property of the message that carried it (``AsyncBus`` fills ``reply_to`` from
+the property before any handler runs, so a job stores and answers the same address as a read); a
+request with neither is not answered. The reply's ``correlation_id`` is the request's ``id``; when
+the envelope could not be read at all, the AMQP ``correlation_id`` (else ``message_id``) property.
+
+Everything is bounded here, at the edge: names and ids are short ASCII tokens (``id`` fits the job
+key), addresses fit an AMQP short string, no string carries NUL or bytes that are not UTF-8,
+numbers fit their columns. A violation is ``SYS.MALFORMED_MESSAGE`` naming the field.
 
 Decoding is hand-written rather than pydantic because it runs for every message on the hot path;
 the body is validated later, by whoever handles the message, against its own schema.
@@ -11,10 +23,12 @@ the body is validated later, by whoever handles the message, against its own sch
 
 from __future__ import annotations
 
+import math
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import orjson
 
@@ -22,11 +36,25 @@ from bus.errors import RingstackError, Sys
 
 KINDS: Final = frozenset({"api", "call", "reply", "event"})
 
+# The envelope format this code writes. Readers accept any version and ignore fields they do not
+# know, so adjacent releases coexist during a rolling upgrade; a reader that meets a message it
+# cannot serve answers with an error, as for any other bad input. Version 1 is the format from
+# before the field existed, so ``v`` is written only when it is not 1 (and absent means 1).
+ENVELOPE_VERSION: Final = 1
+
 _OPTIONAL_STR: Final = ("service", "resource_uuid", "reply_to", "correlation_id", "session")
-_KNOWN_KEYS: Final = frozenset(
-    {"id", "name", "kind", "body", "error", "ring_epoch", "deadline", "hops", *_OPTIONAL_STR}
-)
 MAX_NAME_LENGTH: Final = 128
+# The id is the key of the job a mutating API becomes (``job.uuid``, varchar(32)).
+MAX_ID_LENGTH: Final = 32
+# Message names and ids: printable ASCII, no spaces (they travel as AMQP short strings).
+_TOKEN: Final = re.compile(r"[A-Za-z0-9_.:@-]+")
+# Optional strings that travel as AMQP short strings (routing key, correlation id) or are kept in
+# 255-character columns.
+MAX_SHORT_STR_BYTES: Final = 255
+# An absolute deadline beyond this (Unix seconds, the year 2286) is nonsense, and would overflow
+# the per-message TTL a forwarded request carries.
+MAX_DEADLINE: Final = 1e10
+_MAX_INT64: Final = 2**63 - 1
 
 
 def new_uuid() -> str:
@@ -49,6 +77,7 @@ class Envelope:
     session: str | None = None
     error: dict[str, Any] | None = None
     hops: int = 0
+    v: int = ENVELOPE_VERSION
 
     def encode(self) -> bytes:
         wire: dict[str, Any] = {"id": self.id, "name": self.name, "kind": self.kind, "body": self.body}
@@ -64,6 +93,8 @@ class Envelope:
             wire["error"] = self.error
         if self.hops:
             wire["hops"] = self.hops
+        if self.v != 1:
+            wire["v"] = self.v
         return orjson.dumps(wire)
 
     @classmethod
@@ -75,39 +106,47 @@ class Envelope:
             raise malformed(f"not JSON: {exc}") from None
         if not isinstance(wire, dict):
             raise malformed("the envelope must be a JSON object")
-        unknown = wire.keys() - _KNOWN_KEYS
-        if unknown:
-            raise malformed(f"unknown envelope fields: {', '.join(sorted(unknown))}")
         name = wire.get("name")
-        if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH:
-            raise malformed("'name' must be a non-empty string of at most 128 characters")
+        if not is_token(name, MAX_NAME_LENGTH):
+            raise malformed(
+                f"'name' must be 1-{MAX_NAME_LENGTH} characters of A-Z a-z 0-9 _ . : @ -", field="name"
+            )
         kind = wire.get("kind")
         if not isinstance(kind, str) or kind not in KINDS:
-            raise malformed(f"'kind' must be one of {sorted(KINDS)}")
+            raise malformed(f"'kind' must be one of {sorted(KINDS)}", field="kind")
         msg_id = wire.get("id")
-        if not isinstance(msg_id, str) or not msg_id:
-            raise malformed("'id' must be a non-empty string")
+        if not is_token(msg_id, MAX_ID_LENGTH):
+            raise malformed(f"'id' must be 1-{MAX_ID_LENGTH} characters of A-Z a-z 0-9 _ . : @ -", field="id")
         body = wire.get("body", {})
         if not isinstance(body, dict):
-            raise malformed("'body' must be a JSON object")
+            raise malformed("'body' must be a JSON object", field="body")
         for key in _OPTIONAL_STR:
             value = wire.get(key)
-            if value is not None and not isinstance(value, str):
-                raise malformed(f"'{key}' must be a string")
+            if value is not None and not is_short_str(value):
+                raise malformed(
+                    f"'{key}' must be a string of at most {MAX_SHORT_STR_BYTES} UTF-8 bytes without NUL",
+                    field=key,
+                )
         ring_epoch = wire.get("ring_epoch")
-        if ring_epoch is not None and (type(ring_epoch) is not int or ring_epoch < 0):
-            raise malformed("'ring_epoch' must be a non-negative integer")
+        if ring_epoch is not None and not _is_count(ring_epoch):
+            raise malformed("'ring_epoch' must be a non-negative 64-bit integer", field="ring_epoch")
         deadline = wire.get("deadline")
         if deadline is not None:
-            if type(deadline) not in (int, float):
-                raise malformed("'deadline' must be a number (absolute Unix seconds)")
+            if type(deadline) not in (int, float) or not math.isfinite(deadline) or deadline > MAX_DEADLINE:
+                raise malformed(
+                    f"'deadline' must be a number of absolute Unix seconds up to {MAX_DEADLINE:.0f}",
+                    field="deadline",
+                )
             deadline = float(deadline)
         hops = wire.get("hops", 0)
-        if type(hops) is not int or hops < 0:
-            raise malformed("'hops' must be a non-negative integer")
+        if not _is_count(hops):
+            raise malformed("'hops' must be a non-negative 64-bit integer", field="hops")
         error = wire.get("error")
         if error is not None and not isinstance(error, dict):
-            raise malformed("'error' must be a JSON object")
+            raise malformed("'error' must be a JSON object", field="error")
+        version = wire.get("v", 1)
+        if not _is_count(version) or version < 1:
+            raise malformed("'v' must be a positive integer", field="v")
         return cls(
             name=name,
             kind=kind,
@@ -122,6 +161,7 @@ class Envelope:
             session=wire.get("session"),
             error=error,
             hops=hops,
+            v=version,
         )
 
     def remaining(self, now: float | None = None) -> float | None:
@@ -152,8 +192,28 @@ class Envelope:
         return self.body
 
 
-def malformed(reason: str) -> RingstackError:
-    return RingstackError(Sys.MALFORMED_MESSAGE, reason)
+def malformed(reason: str, *, field: str | None = None) -> RingstackError:
+    return RingstackError(Sys.MALFORMED_MESSAGE, reason, details={"field": field} if field else None)
+
+
+def is_token(value: Any, max_length: int) -> TypeGuard[str]:
+    """A message name or id: a short run of printable ASCII without spaces."""
+    return isinstance(value, str) and len(value) <= max_length and _TOKEN.fullmatch(value) is not None
+
+
+def is_short_str(value: Any) -> TypeGuard[str]:
+    """Whether ``value`` can travel as an AMQP short string: text of at most 255 UTF-8 bytes, no NUL
+    (and no surrogates, which is how ``bus.amqp_decode`` keeps bytes that were not UTF-8)."""
+    if not isinstance(value, str) or len(value) > MAX_SHORT_STR_BYTES or "\x00" in value:
+        return False
+    try:
+        return len(value.encode("utf-8")) <= MAX_SHORT_STR_BYTES
+    except UnicodeEncodeError:
+        return False
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= _MAX_INT64
 
 
 def deadline_in(seconds: float) -> float:

@@ -4,7 +4,12 @@ It holds one connection and one exclusive reply queue. A call publishes with pub
 mandatory routing (so "nobody consumes that queue" is an immediate ``SYS.UNAVAILABLE``, not a
 timeout), then drains replies until its own arrives or its deadline passes (``SYS.TIMEOUT``). When
 the connection breaks, the call in flight fails with ``SYS.CONNECTION_LOST`` and the next call
-reconnects.
+reconnects. An idle connection the broker closed meanwhile (a broker restart, a forced close) is
+noticed before publishing, and a publish that fails on a dead connection is retried once on a new
+one within the call's deadline, so the first call after a restart succeeds.
+
+Only the reply the client is waiting for is kept: late, duplicate and unmatched replies are counted
+(``dropped_replies``) and dropped, so their memory is bounded.
 """
 
 from __future__ import annotations
@@ -55,7 +60,10 @@ class SyncClient:
         self._conn: kombu.Connection | None = None
         self._channel: Any = None
         self._producer: kombu.Producer | None = None
-        self._replies: dict[str, Envelope] = {}
+        # One call at a time: the id awaited and, once it came, its reply.
+        self._awaiting: str | None = None
+        self._reply: Envelope | None = None
+        self.dropped_replies = 0
         self._returned: list[str] = []
 
     # ------------------------------------------------------------------ connection
@@ -74,7 +82,7 @@ class SyncClient:
                 conn.release()
 
     def _connect(self, deadline: float) -> None:
-        if self._conn is not None and self._conn.connected:
+        if self._conn is not None and self._conn.connected and self._alive(self._conn):
             return
         self.close()
         conn = kombu.Connection(
@@ -106,6 +114,17 @@ class SyncClient:
         self._conn, self._channel = conn, channel
         self._producer = kombu.Producer(channel)
 
+    def _alive(self, conn: kombu.Connection) -> bool:
+        """Read what the broker sent while we were idle: with no heartbeats, a close or reset shows
+        only here, and publishing into the dead socket would fail the call."""
+        try:
+            conn.drain_events(timeout=0)
+        except TimeoutError:
+            return True
+        except (*_CONNECTION_ERRORS, amqp.exceptions.AMQPError):
+            return False
+        return True
+
     def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
         self._returned.append(routing_key)
 
@@ -115,8 +134,10 @@ class SyncClient:
         except RingstackError as exc:
             log.warning("unreadable reply dropped: %s", exc.message)
             return
-        if env.correlation_id:
-            self._replies[env.correlation_id] = env
+        if env.correlation_id is not None and env.correlation_id == self._awaiting and self._reply is None:
+            self._reply = env
+        else:
+            self.dropped_replies += 1
 
     # ------------------------------------------------------------------ sending
 
@@ -214,15 +235,26 @@ class SyncClient:
         if env.deadline is None:
             env.deadline = time.time() + self.default_timeout
         env.reply_to = self._reply_spec.name
-        self._publish("", queue, env, persistent=persistent, mandatory=True)
-        return self._wait_reply(env)
+        self._awaiting, self._reply = env.id, None
+        try:
+            try:
+                self._publish("", queue, env, persistent=persistent, mandatory=True)
+            except RingstackError as exc:
+                # The connection died under the publish (it looked alive): once more on a new one.
+                # Requests are idempotent by id (a job is keyed by it), so a copy that did arrive
+                # does no harm.
+                if exc.code != Sys.CONNECTION_LOST or env.deadline - time.time() <= 0:
+                    raise
+                self._publish("", queue, env, persistent=persistent, mandatory=True)
+            return self._wait_reply(env)
+        finally:
+            self._awaiting, self._reply = None, None
 
     def _wait_reply(self, env: Envelope) -> Envelope:
         assert env.deadline is not None
         while True:
-            reply = self._replies.pop(env.id, None)
-            if reply is not None:
-                return reply
+            if self._reply is not None:
+                return self._reply
             left = env.deadline - time.time()
             if left <= 0:
                 raise RingstackError(

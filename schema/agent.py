@@ -24,6 +24,8 @@ Field names are camelCase on the wire, as everywhere in ringstack.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from abc import abstractmethod
 from typing import ClassVar, Literal
 
@@ -45,7 +47,8 @@ from schema.agent_base import (
     command,
     report_routing_key,
 )
-from schema.api.base import WireModel
+from schema.api.base import UUID_PATTERN, WireModel
+from schema.secgroup import SecurityGroupProtocol, SecurityGroupRuleType, check_rule
 
 __all__ = [  # the shared base, re-exported: hypervisor code imports its protocol from here
     "AgentErrors",
@@ -68,12 +71,45 @@ HypervisorVmState = Literal["Running", "Stopped", "Paused", "Crashed"]
 # ---------------------------------------------------------------------- specs
 
 
+class VtepSpec(WireModel):
+    host_uuid: Uuid
+    vtep_ip: str
+
+    @model_validator(mode="after")
+    def _ipv4(self) -> VtepSpec:
+        ipaddress.IPv4Address(self.vtep_ip)
+        return self
+
+
 class L2Spec(WireModel):
     uuid: Uuid
-    type: Literal["L2NoVlanNetwork", "L2VlanNetwork"]
-    physical_interface: str
+    type: Literal["L2NoVlanNetwork", "L2VlanNetwork", "L2VxlanNetwork"]
+    physical_interface: str  # VXLAN: the underlay interface holding the host's VTEP address
     vlan: int | None = Field(default=None, ge=1, le=4094)
     bridge_name: str
+    # VXLAN only (optional additions to protocol 1, left off the wire for other types): the
+    # network's VNI and every VTEP of its pool, one per host. Each agent takes its own host's as
+    # the local address and copies broadcast and unknown frames to all the others (head-end
+    # replication: no multicast needed in the underlay), so one spec serves every host.
+    vni: int | None = Field(default=None, ge=1, le=16777215)
+    vteps: list[VtepSpec] | None = Field(default=None, max_length=4096)
+
+    @model_validator(mode="after")
+    def _vxlan(self) -> L2Spec:
+        if self.type == "L2VxlanNetwork":
+            if self.vni is None or self.vteps is None:
+                raise ValueError("an L2VxlanNetwork needs vni and vteps")
+        elif self.vni is not None or self.vteps is not None:
+            raise ValueError(f"vni and vteps are for L2VxlanNetwork, not {self.type}")
+        return self
+
+    def local_vtep(self, host_uuid: str) -> tuple[str, list[str]]:
+        """This host's VTEP address and the other hosts' (a VXLAN spec only)."""
+        vteps = self.vteps or []
+        mine = [v.vtep_ip for v in vteps if v.host_uuid == host_uuid]
+        if not mine:
+            raise ValueError(f"L2 network {self.uuid} has no VTEP for host {host_uuid}")
+        return mine[0], sorted({v.vtep_ip for v in vteps if v.host_uuid != host_uuid} - {mine[0]})
 
 
 class NicSpec(WireModel):
@@ -238,6 +274,138 @@ class DeleteBridgeCommand(HostCommand):
     l2: L2Spec
 
 
+# ---------------------------------------------------------------------- security groups
+# The agent is told a host's whole desired state (every NIC in a security group there, its groups'
+# rules, the members of every group a rule names as remote) and makes the host's tables match it,
+# changing only what differs. Member changes alone go as ``securitygroup.update_members``: sets
+# change, no rule does. Ingress is denied unless a rule allows it; egress is allowed unless a group
+# of the NIC has egress rules, then only what they allow (ZStack's defaults).
+
+MAC_PATTERN = r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$"
+
+
+class SecurityGroupRuleSpec(WireModel):
+    type: SecurityGroupRuleType
+    protocol: SecurityGroupProtocol
+    start_port: int | None = Field(default=None, ge=0, le=65535)
+    end_port: int | None = Field(default=None, ge=0, le=65535)
+    allowed_cidr: str | None = None  # the peer's addresses; None and no remote group: anyone
+    remote_security_group_uuid: Uuid | None = Field(default=None, pattern=UUID_PATTERN)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SecurityGroupRuleSpec:
+        check_rule(
+            self.protocol, self.start_port, self.end_port, self.allowed_cidr, self.remote_security_group_uuid
+        )
+        return self
+
+
+class SecurityGroupSpec(WireModel):
+    uuid: Uuid = Field(pattern=UUID_PATTERN)
+    rules: list[SecurityGroupRuleSpec] = Field(default_factory=list, max_length=1000)
+
+
+class VmNicSecuritySpec(WireModel):
+    nic_uuid: Uuid = Field(pattern=UUID_PATTERN)
+    mac: str = Field(pattern=MAC_PATTERN)
+    ips: list[str] = Field(max_length=64)  # the only source addresses the NIC may send from
+    security_group_uuids: list[Uuid] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _ipv4(self) -> VmNicSecuritySpec:
+        for ip in self.ips:
+            ipaddress.IPv4Address(ip)
+        return self
+
+
+def _check_members(members: dict[str, list[str]]) -> None:
+    for group, ips in members.items():
+        if not re.fullmatch(UUID_PATTERN, group):
+            raise ValueError(f"{group!r} is not a security group uuid")
+        for ip in ips:
+            ipaddress.IPv4Address(ip)
+
+
+class ApplySecurityGroupRulesCommand(HostCommand):
+    """The host's whole security-group state; NICs and groups not in it lose their chains."""
+
+    nics: list[VmNicSecuritySpec] = Field(default_factory=list)
+    groups: list[SecurityGroupSpec] = Field(default_factory=list)
+    members: dict[Uuid, list[str]] = Field(default_factory=dict)  # group -> member IPs
+
+    @model_validator(mode="after")
+    def _complete(self) -> ApplySecurityGroupRulesCommand:
+        _check_members(self.members)
+        known = {g.uuid for g in self.groups}
+        for nic in self.nics:
+            missing = set(nic.security_group_uuids) - known
+            if missing:
+                raise ValueError(f"NIC {nic.nic_uuid} is in groups not sent: {sorted(missing)}")
+        return self
+
+
+class UpdateSecurityGroupMembersCommand(HostCommand):
+    """Replace the members of these groups' sets (sets the host does not use are skipped)."""
+
+    members: dict[Uuid, list[str]]
+
+    @model_validator(mode="after")
+    def _valid(self) -> UpdateSecurityGroupMembersCommand:
+        _check_members(self.members)
+        return self
+
+
+class SecurityGroupReply(AgentReply):
+    rules_changed: int = 0  # iptables and ebtables rules added plus removed
+    set_members_changed: int = 0
+    restores: int = 0  # iptables-restore/ebtables-restore runs (each one atomic)
+
+
+# ---------------------------------------------------------------------- flat networks
+# The host's whole flat DHCP state: per L3 network of this host's VMs, the server (same address on
+# every host), its options and the entries of this host's VM NICs only.
+
+
+class FlatDhcpEntry(WireModel):
+    mac: str = Field(pattern=MAC_PATTERN)
+    ip: str
+    hostname: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
+    default: bool = True  # only the default NIC gets router and DNS options
+
+    @model_validator(mode="after")
+    def _ipv4(self) -> FlatDhcpEntry:
+        ipaddress.IPv4Address(self.ip)
+        return self
+
+
+class FlatDhcpL3Spec(WireModel):
+    l3_network_uuid: Uuid = Field(pattern=UUID_PATTERN)
+    bridge_name: str
+    uplink: str  # the bridge's port toward other hosts (physical interface, VLAN or VXLAN device)
+    dhcp_server_ip: str
+    netmask: str
+    gateway: str | None = None
+    dns: list[str] = Field(default_factory=list, max_length=8)
+    dns_domain: str | None = None
+    lease_time: int = Field(default=86400, ge=120)
+    entries: list[FlatDhcpEntry] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _addresses(self) -> FlatDhcpL3Spec:
+        for ip in [self.dhcp_server_ip, self.netmask, *([self.gateway] if self.gateway else []), *self.dns]:
+            ipaddress.IPv4Address(ip)
+        ipaddress.IPv4Network(f"0.0.0.0/{self.netmask}")
+        return self
+
+
+class ApplyFlatDhcpCommand(HostCommand):
+    l3_networks: list[FlatDhcpL3Spec] = Field(default_factory=list)
+
+
+class FlatDhcpReply(AgentReply):
+    servers: int
+
+
 # ---------------------------------------------------------------------- reports
 
 
@@ -319,3 +487,17 @@ class HypervisorAgent(AgentInterface):
     @command("agent.network.delete_bridge")
     @abstractmethod
     async def network_delete_bridge(self, cmd: DeleteBridgeCommand) -> EmptyReply: ...
+
+    @command("agent.securitygroup.apply")
+    @abstractmethod
+    async def securitygroup_apply(self, cmd: ApplySecurityGroupRulesCommand) -> SecurityGroupReply: ...
+
+    @command("agent.securitygroup.update_members")
+    @abstractmethod
+    async def securitygroup_update_members(
+        self, cmd: UpdateSecurityGroupMembersCommand
+    ) -> SecurityGroupReply: ...
+
+    @command("agent.flat.apply_dhcp")
+    @abstractmethod
+    async def flat_apply_dhcp(self, cmd: ApplyFlatDhcpCommand) -> FlatDhcpReply: ...

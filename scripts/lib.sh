@@ -81,12 +81,13 @@ pg_url() {  # pg_url DBNAME
 # (its test driver, and a real libvirtd with QEMU for TCG guests), qemu-img, iproute2, busybox
 # (pings inside namespaces), sshd, sshpass and openssl (deployment over SSH, a test root password),
 # dosfstools, mtools and syslinux (a guest disk that boots by itself, made without loop mounts),
+# iptables, ebtables, ipset and netcat-openbsd (security groups proven with packets),
 # and ringstack's [kvm,deploy] extras (libvirt-python builds against libvirt-dev). Quick when
 # everything is there.
 ensure_kvm_test_deps() {
   apt_install libvirt-dev pkg-config gcc python3-dev python3-venv libvirt-daemon-system libvirt-daemon \
     qemu-system-x86 qemu-utils iproute2 busybox openssh-server openssh-client sshpass gzip openssl \
-    dosfstools mtools syslinux
+    dosfstools mtools syslinux iptables ebtables ipset netcat-openbsd
   if ! "$VENV/bin/python" -c 'import libvirt, ansible' >/dev/null 2>&1; then
     log "installing ringstack[kvm,deploy] into $VENV"
     "$VENV/bin/pip" install -q -e "$ROOT[kvm,deploy]" 2>&1 | grep -v '^WARNING: Location' || true

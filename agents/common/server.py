@@ -23,7 +23,7 @@ from schema.agent_base import (
     protocol_of,
     report_routing_key,
 )
-from schema.api.base import WireModel, parse_wire
+from schema.api.base import WireModel, check_input, parse_wire
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,10 @@ class AgentServer:
                 f"this agent speaks protocol {version}, not {sent}",
                 details={"agentProtocolVersion": version},
             )
+        # Bounded like client input (no NUL, no 65-bit integers, no deep nesting): whoever can
+        # publish to the queue, nothing reaches libvirt or the disk that they would refuse with
+        # an exception rather than an answer.
+        check_input(env.body)
         command = parse_wire(spec.request, env.body)
         if command.host_uuid != agent.host_uuid:
             raise RingstackError(

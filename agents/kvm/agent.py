@@ -27,12 +27,16 @@ import libvirt
 
 from agents.kvm import domxml, facts, vms
 from agents.kvm.config import AgentConfig
+from agents.kvm.flat import FlatDhcp
 from agents.kvm.hypervisor import Hypervisor
 from agents.kvm.network import Bridges
+from agents.kvm.secgroup import SecurityGroups
 from agents.kvm.storage import Storage
 from bus.errors import RingstackError
 from schema.agent import (
     AgentErrors,
+    ApplyFlatDhcpCommand,
+    ApplySecurityGroupRulesCommand,
     BridgeReply,
     ConnectCommand,
     ConnectReply,
@@ -44,6 +48,7 @@ from schema.agent import (
     DestroyVmCommand,
     EmptyReply,
     EnsureBridgeCommand,
+    FlatDhcpReply,
     HypervisorAgent,
     L2Spec,
     MigrateVmCommand,
@@ -52,8 +57,10 @@ from schema.agent import (
     PingCommand,
     PingReply,
     RebootVmCommand,
+    SecurityGroupReply,
     StartVmCommand,
     StopVmCommand,
+    UpdateSecurityGroupMembersCommand,
     VmStateReply,
     VmStateReport,
     VmSyncCommand,
@@ -82,6 +89,9 @@ class KvmAgent(HypervisorAgent):
         )
         self.storage = Storage(config.mount_dir, download_timeout=config.download_timeout)
         self.bridges = Bridges(config.netns)
+        self.secgroups = SecurityGroups(config.netns)
+        self.flat = FlatDhcp(config.flat_dir, config.netns)
+        self._secgroup_lock = asyncio.Lock()  # one table read-compare-restore at a time
         self.version = facts.agent_version()
         self.started = time.monotonic()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -149,7 +159,9 @@ class KvmAgent(HypervisorAgent):
 
     async def _ensure_bridge(self, l2: L2Spec) -> bool:
         async with self._network_lock:  # ip link changes of two commands must not interleave
-            return await self._blocking(self.bridges.ensure, l2, action=f"ensure bridge {l2.bridge_name}")
+            return await self._blocking(
+                self.bridges.ensure, l2, self.host_uuid, action=f"ensure bridge {l2.bridge_name}"
+            )
 
     # ------------------------------------------------------------------ lifecycle events
 
@@ -374,3 +386,34 @@ class KvmAgent(HypervisorAgent):
                 self.bridges.delete, cmd.l2, action=f"delete bridge {cmd.l2.bridge_name}"
             )
         return EmptyReply(changed=deleted)
+
+    # ------------------------------------------------------------------ security groups
+
+    async def securitygroup_apply(self, cmd: ApplySecurityGroupRulesCommand) -> SecurityGroupReply:
+        async with self._secgroup_lock:
+            return await self._blocking(
+                self.secgroups.apply, cmd.nics, cmd.groups, cmd.members, action="apply security groups"
+            )
+
+    async def securitygroup_update_members(
+        self, cmd: UpdateSecurityGroupMembersCommand
+    ) -> SecurityGroupReply:
+        async with self._secgroup_lock:
+            return await self._blocking(
+                self.secgroups.update_members, cmd.members, action="update security group members"
+            )
+
+    # ------------------------------------------------------------------ flat networks
+
+    async def flat_apply_dhcp(self, cmd: ApplyFlatDhcpCommand) -> FlatDhcpReply:
+        async with self._network_lock:
+            for l3 in cmd.l3_networks:
+                if not await self._blocking(self._has_bridge, l3.bridge_name, action="read links"):
+                    raise RingstackError(
+                        AgentErrors.HYPERVISOR_ERROR,
+                        f"bridge {l3.bridge_name} of L3 {l3.l3_network_uuid} is missing",
+                    )
+            return await self._blocking(self.flat.apply, cmd.l3_networks, action="apply flat DHCP")
+
+    def _has_bridge(self, name: str) -> bool:
+        return name in self.bridges.links()

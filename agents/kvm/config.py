@@ -31,6 +31,7 @@ class AgentConfig(BaseModel):
     domain_type: Literal["kvm", "qemu"] = "kvm"
     # NFS exports are mounted under <mount_dir>/<primary storage uuid>.
     mount_dir: str = "/var/lib/ringstack/kvm-agent/mounts"
+    flat_dir: str = "/var/lib/ringstack/kvm-agent/flat"  # flat-network dnsmasq files
     # Serial console output of each VM goes to <console_log_dir>/<vm uuid>.log when set.
     console_log_dir: str | None = None
     vnc_listen: str = "0.0.0.0"

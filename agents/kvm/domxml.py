@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
+from agents.kvm.secgroup import vnic_name
 from schema.agent import NicSpec, VmSpec, VolumeSpec
 
 # What makes a domain one of ours: named by a VM uuid (libvirt's own default domains are not).
@@ -46,6 +47,8 @@ def nic_element(nic: NicSpec) -> ET.Element:
     interface = ET.Element("interface", {"type": "bridge"})
     _sub(interface, "mac", address=nic.mac)
     _sub(interface, "source", bridge=nic.l2.bridge_name)
+    # A known tap name: security-group chains match it (physdev) before the VM even starts.
+    _sub(interface, "target", dev=vnic_name(nic.uuid))
     _sub(interface, "model", type="virtio")
     return interface
 

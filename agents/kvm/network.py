@@ -3,6 +3,9 @@ read the current state, work out what differs, change only that, and check the r
 
 - ``L2NoVlanNetwork``: the bridge's uplink is the physical interface itself.
 - ``L2VlanNetwork``: the uplink is a VLAN sub-interface ``<physical>.<vlan>`` the agent creates.
+- ``L2VxlanNetwork``: the uplink is a VXLAN device ``vxlan<vni>`` over the physical interface,
+  from this host's VTEP address; frames to unknown or broadcast MACs are copied to every peer VTEP
+  (all-zero FDB entries), known MACs are learned from what arrives.
 
 When the physical interface carries the host's IPv4 addresses (NoVlan), enslaving it would cut the
 host off; its addresses and routes move to the bridge, as ZStack's agent does, and move back when
@@ -24,6 +27,7 @@ from bus.errors import RingstackError, Sys
 from schema.agent import AgentErrors, L2Spec
 
 IFNAMSIZ = 15  # the kernel's limit on interface names
+VXLAN_PORT = 4789  # IANA's; ZStack's agent uses it too
 
 # Runs an argv and returns the finished process; a fake one in unit tests.
 Runner = Callable[[list[str]], "subprocess.CompletedProcess[str]"]
@@ -43,8 +47,9 @@ class Link:
     kind: str | None  # bridge, vlan, veth, ... (None for plain devices)
     master: str | None
     up: bool
-    vlan_id: int | None
-    parent: str | None  # a VLAN's lower device
+    vlan_id: int | None  # a VLAN's id, a VXLAN's VNI
+    parent: str | None  # a VLAN's (or VXLAN's) lower device
+    local: str | None = None  # a VXLAN's VTEP address
 
 
 class Bridges:
@@ -80,8 +85,9 @@ class Bridges:
                 kind=kind,
                 master=raw.get("master"),
                 up="UP" in (raw.get("flags") or []),
-                vlan_id=data.get("id") if kind == "vlan" else None,
-                parent=raw.get("link"),
+                vlan_id=data.get("id") if kind in ("vlan", "vxlan") else None,
+                parent=raw.get("link") or data.get("link"),
+                local=data.get("local") if kind == "vxlan" else None,
             )
         return links
 
@@ -99,6 +105,8 @@ class Bridges:
     # ------------------------------------------------------------------ ensure / delete
 
     def uplink_name(self, l2: L2Spec) -> str:
+        if l2.type == "L2VxlanNetwork":
+            return f"vxlan{l2.vni}"
         if l2.type == "L2VlanNetwork":
             if l2.vlan is None:
                 raise RingstackError(
@@ -117,9 +125,16 @@ class Bridges:
                 )
         return uplink
 
-    def ensure(self, l2: L2Spec) -> bool:
-        """Make the bridge exist with its uplink; True when something changed."""
+    def ensure(self, l2: L2Spec, host_uuid: str | None = None) -> bool:
+        """Make the bridge exist with its uplink; True when something changed. ``host_uuid``: the
+        host this is, which picks a VXLAN's local VTEP out of its pool's."""
         uplink = self._check_names(l2)
+        vtep: tuple[str, list[str]] | None = None
+        if l2.type == "L2VxlanNetwork":
+            try:
+                vtep = l2.local_vtep(host_uuid or "")
+            except ValueError as exc:
+                raise RingstackError(Sys.INVALID_ARGUMENT, str(exc)) from None
         links = self.links()
         phys = links.get(l2.physical_interface)
         if phys is None:
@@ -133,6 +148,8 @@ class Bridges:
         changed = False
         if l2.type == "L2VlanNetwork":  # first: a kernel without 802.1Q must leave no bridge behind
             changed |= self._ensure_vlan(links, l2, uplink)
+        if vtep is not None:
+            changed |= self._ensure_vxlan(links, l2, uplink, vtep[0])
         if bridge is None:
             self.ip("link", "add", "name", l2.bridge_name, "type", "bridge")
             changed = True
@@ -152,8 +169,46 @@ class Bridges:
             if not self.links()[name].up:
                 self.ip("link", "set", name, "up")
                 changed = True
+        if vtep is not None:
+            changed |= self._ensure_flood(uplink, set(vtep[1]))
         self._check(l2, uplink)
         return changed
+
+    def _ensure_vxlan(self, links: dict[str, Link], l2: L2Spec, uplink: str, local: str) -> bool:
+        existing = links.get(uplink)
+        if existing is not None:
+            if existing.kind == "vxlan" and existing.vlan_id == l2.vni and existing.local == local:
+                return False
+            if existing.kind != "vxlan" or existing.master not in (None, l2.bridge_name):
+                raise network_error(f"{uplink} exists and is not VXLAN {l2.vni} from {local}")
+            self.ip("link", "del", uplink)  # ours, from another VTEP address: made again
+        self.ip(
+            "link", "add", uplink, "type", "vxlan", "id", str(l2.vni),
+            "local", local, "dev", l2.physical_interface, "dstport", str(VXLAN_PORT),
+        )  # fmt: skip
+        return True
+
+    def _ensure_flood(self, uplink: str, peers: set[str]) -> bool:
+        """The all-zero FDB entries of ``uplink`` are exactly one per peer VTEP."""
+        entries = self.bridge("fdb", "show", "dev", uplink, json_out=True)
+        have = {e["dst"] for e in entries if e.get("mac") == "00:00:00:00:00:00" and e.get("dst")}
+        for peer in sorted(peers - have):
+            self.bridge("fdb", "append", "00:00:00:00:00:00", "dev", uplink, "dst", peer)
+        for peer in sorted(have - peers):
+            self.bridge("fdb", "del", "00:00:00:00:00:00", "dev", uplink, "dst", peer)
+        return have != peers
+
+    def bridge(self, *args: str, json_out: bool = False) -> Any:
+        argv = ["bridge"]
+        if self.netns:
+            argv += ["-n", self.netns]
+        if json_out:
+            argv.append("-j")
+        argv += list(args)
+        done = self._run(argv)
+        if done.returncode != 0:
+            raise network_error(f"{' '.join(argv)} failed: {done.stderr.strip()}", command=" ".join(argv))
+        return json.loads(done.stdout or "[]") if json_out else done.stdout
 
     def _ensure_vlan(self, links: dict[str, Link], l2: L2Spec, uplink: str) -> bool:
         existing = links.get(uplink)
@@ -208,7 +263,7 @@ class Bridges:
                 f"bridge {l2.bridge_name} still has VM NICs {', '.join(others)}; it was kept",
                 details={"ports": others},
             )
-        if l2.type == "L2VlanNetwork":
+        if l2.type in ("L2VlanNetwork", "L2VxlanNetwork"):
             if uplink in links:
                 self.ip("link", "del", uplink)
         elif uplink in links:

@@ -33,6 +33,8 @@ from bus.topology import QueueSpec
 from schema.agent import (
     REPORT_VM_STATE,
     AgentErrors,
+    ApplyFlatDhcpCommand,
+    ApplySecurityGroupRulesCommand,
     BridgeReply,
     ConnectCommand,
     ConnectReply,
@@ -44,6 +46,7 @@ from schema.agent import (
     DestroyVmCommand,
     EmptyReply,
     EnsureBridgeCommand,
+    FlatDhcpReply,
     HostFacts,
     HypervisorAgent,
     MigrateVmCommand,
@@ -52,8 +55,10 @@ from schema.agent import (
     PingCommand,
     PingReply,
     RebootVmCommand,
+    SecurityGroupReply,
     StartVmCommand,
     StopVmCommand,
+    UpdateSecurityGroupMembersCommand,
     VmSpec,
     VmStateReply,
     VmStateReport,
@@ -119,6 +124,11 @@ class SimHost(HypervisorAgent):
     vms: dict[str, SimVm] = field(default_factory=dict)
     volumes: dict[str, int] = field(default_factory=dict)  # install path -> size
     bridges: set[str] = field(default_factory=set)
+    # security groups as a real host would hold them: NIC -> its groups, group -> rules, set -> IPs
+    sg_nics: dict[str, list[str]] = field(default_factory=dict)
+    sg_rules: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    sg_members: dict[str, set[str]] = field(default_factory=dict)
+    flat_dhcp: dict[str, dict[str, str]] = field(default_factory=dict)  # L3 -> MAC -> IP served here
     faults: dict[str, Fault] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
     pretend_uuid: str | None = None
@@ -312,6 +322,47 @@ class SimHost(HypervisorAgent):
         self.bridges.discard(cmd.l2.bridge_name)
         return EmptyReply(changed=changed)
 
+    async def securitygroup_apply(self, cmd: ApplySecurityGroupRulesCommand) -> SecurityGroupReply:
+        await self._enter("agent.securitygroup.apply")
+        nics = {n.nic_uuid: list(n.security_group_uuids) for n in cmd.nics}
+        used = {g for groups in nics.values() for g in groups}
+        rules = {g.uuid: [r.to_wire() for r in g.rules] for g in cmd.groups if g.uuid in used}
+        remotes = {
+            r["remoteSecurityGroupUuid"]
+            for rs in rules.values()
+            for r in rs
+            if "remoteSecurityGroupUuid" in r
+        }
+        members = {g: set(cmd.members.get(g, [])) for g in remotes | set(cmd.members)} if nics else {}
+        rules_changed = nics != self.sg_nics or rules != self.sg_rules
+        member_changes = _set_changes(self.sg_members, members)
+        self.sg_nics, self.sg_rules, self.sg_members = nics, rules, members
+        return SecurityGroupReply(
+            changed=rules_changed or bool(member_changes),
+            rules_changed=int(rules_changed),
+            set_members_changed=member_changes,
+            restores=int(rules_changed),
+        )
+
+    async def securitygroup_update_members(
+        self, cmd: UpdateSecurityGroupMembersCommand
+    ) -> SecurityGroupReply:
+        await self._enter("agent.securitygroup.update_members")
+        wanted = {g: set(ips) for g, ips in cmd.members.items() if g in self.sg_members}
+        changes = _set_changes({g: self.sg_members[g] for g in wanted}, wanted)
+        self.sg_members.update(wanted)
+        return SecurityGroupReply(changed=bool(changes), set_members_changed=changes)
+
+    async def flat_apply_dhcp(self, cmd: ApplyFlatDhcpCommand) -> FlatDhcpReply:
+        await self._enter("agent.flat.apply_dhcp")
+        wanted = {l3.l3_network_uuid: {e.mac: e.ip for e in l3.entries} for l3 in cmd.l3_networks}
+        changed, self.flat_dhcp = wanted != self.flat_dhcp, wanted
+        return FlatDhcpReply(changed=changed, servers=len(wanted))
+
+
+def _set_changes(old: dict[str, set[str]], new: dict[str, set[str]]) -> int:
+    return sum(len(old.get(k, set()) ^ new.get(k, set())) for k in old.keys() | new.keys())
+
 
 def _volume_path(primary_storage_url: str, volume_uuid: str) -> str:
     return f"{primary_storage_url.rstrip('/')}/{volume_uuid}.qcow2"
@@ -417,6 +468,11 @@ class Simulator:
                         "vms": {v: vm.state for v, vm in h.vms.items()},
                         "calls": h.calls,
                         "volumes": len(h.volumes),
+                        "securityGroups": {
+                            "nics": h.sg_nics,
+                            "rules": h.sg_rules,
+                            "members": {g: sorted(ips) for g, ips in h.sg_members.items()},
+                        },
                     }
                     for uuid, h in self.hosts.items()
                 },

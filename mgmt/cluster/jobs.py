@@ -468,7 +468,7 @@ class JobRunner:
         try:
             route = self.dispatcher.route(job["name"])
             self._running_routes[job_uuid] = route
-            msg = validate(route.message, job["body"])
+            msg = validate(route.message, job["body"], stored=True)
             ctx = CallContext(env, account_from_wire(job["account"]), resumed=job["attempts"] > 0)
             # Never unbounded: past its deadline (plus time to roll back) a job fails rather than
             # staying 'running' for ever.

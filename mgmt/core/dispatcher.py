@@ -74,6 +74,7 @@ class Dispatcher:
         return reply.to_wire()
 
 
-def validate(message: type[ApiMessage], body: dict[str, Any]) -> ApiMessage:
-    """Parse a body into its message model; a failure names every bad field."""
-    return parse_wire(message, body)
+def validate(message: type[ApiMessage], body: dict[str, Any], *, stored: bool = False) -> ApiMessage:
+    """Parse a body into its message model; a failure names every bad field. ``stored``: a job's
+    body read back from the database, whose fields unknown to this release are dropped."""
+    return parse_wire(message, body, stored=stored)

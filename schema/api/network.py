@@ -56,6 +56,8 @@ class L2NetworkInventory(Inventory):
     type: str
     physical_interface: str
     vlan: int | None = None
+    vni: int | None = None  # L2VxlanNetwork
+    pool_uuid: str | None = None  # L2VxlanNetwork: its L2VxlanNetworkPool
     attached_cluster_uuids: list[str] = Field(default_factory=list)
 
 

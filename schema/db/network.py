@@ -16,6 +16,7 @@ once (``selectinload``, see ``mgmt.services.network.common``).
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import (
     BigInteger,
@@ -38,6 +39,10 @@ IP_LENGTH = 64  # room for IPv6 text later
 VIRTUAL_ROUTER_PROVIDER_UUID = "1be7aee8b56d5b9b9c765780604b7755"
 FLAT_PROVIDER_UUID = "cad864e9d0565b79a3d4bebee541d6cd"
 SECURITY_GROUP_PROVIDER_UUID = "3bba6298f0b7543b90f448801e5d7815"
+
+
+if TYPE_CHECKING:
+    from schema.db.vxlan import L2VxlanNetwork
 
 
 class L2NetworkClusterRef(Base):
@@ -74,9 +79,22 @@ class L2Network(ResourceMixin, Base):
         viewonly=True, order_by=L2NetworkClusterRef.cluster_uuid
     )
 
+    # A VXLAN network's VNI and pool (schema/db/vxlan.py); None for other types.
+    vxlan_row: Mapped[L2VxlanNetwork | None] = relationship(
+        "L2VxlanNetwork", viewonly=True, primaryjoin="L2Network.uuid == L2VxlanNetwork.uuid", uselist=False
+    )
+
     @property
     def attached_cluster_uuids(self) -> list[str]:
         return [ref.cluster_uuid for ref in self.cluster_refs]
+
+    @property
+    def vni(self) -> int | None:
+        return self.vxlan_row.vni if self.vxlan_row is not None else None
+
+    @property
+    def pool_uuid(self) -> str | None:
+        return self.vxlan_row.pool_uuid if self.vxlan_row is not None else None
 
 
 class IpRange(ResourceMixin, Base):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import socket
 import time
 from collections import Counter
 
+import aio_pika
 import kombu
 import orjson
 import pytest
@@ -118,7 +121,8 @@ def _raw_publish(queue: str, body: bytes, **properties) -> None:
         b'{"id": "x", "name": "Echo", "kind": "call", "body": [], "reply_to": "q"}',
         b'{"id": "x", "name": "Echo", "kind": "sideways", "body": {}}',
         b'{"id": "x", "name": "Echo", "kind": "call", "body": {}, "deadline": "soon"}',
-        b'{"id": "x", "name": "Echo", "kind": "call", "body": {}, "extra": 1}',
+        b'{"id": "x", "name": "Echo", "kind": "call", "body": {}, "reply_to": "' + b"r" * 256 + b'"}',
+        b'{"id": "' + b"i" * 256 + b'", "name": "Echo", "kind": "call", "body": {}}',
         b"\xff\xfe\x00garbage",
     ],
 )
@@ -133,6 +137,67 @@ async def test_malformed_message_gets_error_reply_and_consumer_goes_on(pair, bod
     reply = await asyncio.wait_for(fut, 5)
     assert reply.error["code"] == Sys.MALFORMED_MESSAGE
     assert await client.call(queue, "Echo", {"after": True}) == {"echo": {"after": True}}
+
+
+async def test_ids_and_addresses_beyond_a_short_string_never_hold_a_prefetch_slot(pair):
+    """More such messages than the consumer's prefetch window: each is settled (answered when it
+    can be), so the window never fills up and the consumer goes on answering."""
+    client, server, queue, _ = pair
+    fut: asyncio.Future = asyncio.get_running_loop().create_future()
+    client._pending["long-corr"] = fut
+    bad = [
+        {"id": "i" * 256, "name": "NoSuchApi", "kind": "api", "body": {}, "reply_to": "x"},
+        {"id": "ok", "name": "Echo", "kind": "call", "body": {}, "reply_to": "x" * 256},
+        {"id": "ok", "name": "Echo", "kind": "call", "body": {}, "correlation_id": "c" * 256},
+    ]
+
+    def flood() -> None:
+        with kombu.Connection(infra.BROKER_URL) as conn:
+            producer = kombu.Producer(conn.default_channel)
+            for i in range(300):
+                producer.publish(orjson.dumps(bad[i % 3]), routing_key=queue, content_encoding="binary")
+            # And one that asks, by property, for its answer.
+            producer.publish(
+                orjson.dumps(bad[0]),
+                routing_key=queue,
+                content_encoding="binary",
+                reply_to=client._reply_queue.name,
+                correlation_id="long-corr",
+            )
+
+    await asyncio.to_thread(flood)
+    reply = await asyncio.wait_for(fut, 10)
+    assert reply.error["code"] == Sys.MALFORMED_MESSAGE
+    assert reply.error["details"] == {"field": "id"}
+    assert await client.call(queue, "Echo", {"after": 300}) == {"echo": {"after": 300}}
+    assert server.connection_count == 1
+
+
+@pytest.mark.parametrize("prop", ["app_id", "type", "reply_to", "correlation_id", "message_id"])
+async def test_properties_that_are_not_utf8_do_not_break_the_connection(pair, prop):
+    """kombu writes the lone surrogate "\udcff" as the bytes ED B3 BF, which pamqp cannot decode:
+    once, that dropped the consumer's connection and the redelivered message did so for ever."""
+    client, server, queue, calls = pair
+    fut: asyncio.Future = asyncio.get_running_loop().create_future()
+    client._pending["poison"] = fut  # a readable envelope is answered by its id
+    env = {"id": "poison", "name": "Echo", "kind": "call", "body": {"key": f"poison-{prop}"}}
+    properties = {"reply_to": client._reply_queue.name, "correlation_id": "poison-corr", prop: "\udcff"}
+    await asyncio.to_thread(_raw_publish, queue, orjson.dumps(env), **properties)
+    assert await client.call(queue, "Echo", {"after": prop}) == {"echo": {"after": prop}}
+    if prop not in ("reply_to", "correlation_id"):
+        # Still answered, because the addresses it needs are intact.
+        assert (await asyncio.wait_for(fut, 5)).body == {"echo": {"key": f"poison-{prop}"}}
+    assert calls[f"poison-{prop}"] == 1
+    assert server.connection_count == 1
+
+
+async def test_a_request_addressed_only_by_the_reply_to_property_is_answered(pair):
+    client, _, queue, _ = pair
+    fut: asyncio.Future = asyncio.get_running_loop().create_future()
+    client._pending["prop-only"] = fut
+    env = {"id": "prop-only", "name": "Echo", "kind": "call", "body": {"by": "property"}}
+    await asyncio.to_thread(_raw_publish, queue, orjson.dumps(env), reply_to=client._reply_queue.name)
+    assert (await asyncio.wait_for(fut, 5)).body == {"echo": {"by": "property"}}
 
 
 async def test_unanswerable_garbage_is_dead_lettered(pair, namespace):
@@ -191,3 +256,21 @@ async def test_events_reach_subscribers_by_topic(pair, namespace):
     await client.publish_event("vm.v1.state", "vm.state", {"n": 1})
     assert await asyncio.wait_for(got.get(), 5) == ("vm.state", {"n": 1})
     assert got.empty()
+
+
+async def test_failed_connects_leave_no_connection_for_the_garbage_collector_to_close():
+    """aio-pika's Connection closes itself in __del__ with ensure_future(self.close()); collected
+    in a thread without a loop, that was 'coroutine Connection.close was never awaited'."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there
+    bus = AsyncBus(f"amqp://guest:guest@127.0.0.1:{port}/", reconnect_initial=0.01, reconnect_max=0.01)
+    gc.disable()  # keep what the failed attempts leave, to look at it
+    try:
+        with pytest.raises(RingstackError):
+            await bus.start(timeout=0.5)
+        await bus.close()
+        unclosed = [o for o in gc.get_objects() if isinstance(o, aio_pika.Connection) and not o.is_closed]
+    finally:
+        gc.enable()
+    assert unclosed == []

@@ -9,13 +9,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bus.envelope import KINDS, MAX_NAME_LENGTH, Envelope, deadline_in, new_uuid
+from bus.envelope import (
+    KINDS,
+    MAX_DEADLINE,
+    MAX_ID_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_SHORT_STR_BYTES,
+    Envelope,
+    deadline_in,
+    new_uuid,
+)
 from bus.errors import RingstackError, Sys
 
 PROPERTY = settings(max_examples=200, deadline=None)
 
 OPTIONAL_STR = ("service", "resource_uuid", "reply_to", "correlation_id", "session")
-KNOWN_KEYS = ("id", "name", "kind", "body", "error", "ring_epoch", "deadline", "hops", *OPTIONAL_STR)
+KNOWN_KEYS = ("id", "name", "kind", "body", "error", "ring_epoch", "deadline", "hops", "v", *OPTIONAL_STR)
 
 
 def full_envelope() -> Envelope:
@@ -33,6 +42,7 @@ def full_envelope() -> Envelope:
         session="s" * 32,
         error={"code": "ZONE.IN_USE", "message": "zone is in use"},
         hops=2,
+        v=3,
     )
 
 
@@ -151,8 +161,6 @@ MALFORMED: dict[str, bytes] = {
     "string": b'"hello"',
     "number": b"42",
     "null": b"null",
-    "unknown key": orjson.dumps(valid_wire(extra=1)),
-    "camelCase key": orjson.dumps(valid_wire(replyTo="q")),
     "missing name": orjson.dumps({"id": "a", "kind": "api"}),
     "name not a string": orjson.dumps(valid_wire(name=5)),
     "name null": orjson.dumps(valid_wire(name=None)),
@@ -167,6 +175,21 @@ MALFORMED: dict[str, bytes] = {
     "id empty": orjson.dumps(valid_wire(id="")),
     "id a number": orjson.dumps(valid_wire(id=12)),
     "id null": orjson.dumps(valid_wire(id=None)),
+    "id longer than the job key": orjson.dumps(valid_wire(id="i" * (MAX_ID_LENGTH + 1))),
+    "id with a space": orjson.dumps(valid_wire(id="a b")),
+    "id with NUL": orjson.dumps(valid_wire(id="a\u0000")),
+    "name with NUL": orjson.dumps(valid_wire(name="Ping\u0000")),
+    "name not ASCII": orjson.dumps(valid_wire(name="P\u00efng")),
+    "reply_to beyond a short string": orjson.dumps(valid_wire(reply_to="r" * (MAX_SHORT_STR_BYTES + 1))),
+    "reply_to of 128 two-byte characters": orjson.dumps(valid_wire(reply_to="\u00e9" * 128)),
+    "correlation_id beyond a short string": orjson.dumps(valid_wire(correlation_id="c" * 256)),
+    "session with NUL": orjson.dumps(valid_wire(session="s\u0000")),
+    "reply_to a lone surrogate": b'{"id":"a","name":"x","kind":"api","reply_to":"\\udcff"}',
+    "deadline beyond the year 2286": orjson.dumps(valid_wire(deadline=MAX_DEADLINE * 2)),
+    "deadline a huge integer": b'{"id":"a","name":"x","kind":"api","deadline":1' + b"0" * 30 + b"}",
+    "v zero": orjson.dumps(valid_wire(v=0)),
+    "v a string": orjson.dumps(valid_wire(v="1")),
+    "v a float": orjson.dumps(valid_wire(v=1.0)),
     "body a list": orjson.dumps(valid_wire(body=[])),
     "body a string": orjson.dumps(valid_wire(body="x")),
     "body null": orjson.dumps(valid_wire(body=None)),
@@ -196,10 +219,39 @@ def test_malformed_envelopes_raise_malformed_message(data: bytes) -> None:
     assert_malformed(data)
 
 
-def test_unknown_keys_are_named() -> None:
-    err = assert_malformed(orjson.dumps(valid_wire(zeta=1, alpha=2)))
-    assert "alpha" in err.message
-    assert "zeta" in err.message
+def test_unknown_keys_are_ignored_so_a_newer_sender_is_understood() -> None:
+    env = Envelope.decode(orjson.dumps(valid_wire(zeta=1, replyTo="q", v=2)))
+    assert (env.name, env.reply_to, env.v) == ("Ping", None, 2)
+
+
+def test_version_is_optional_on_read_and_written_only_when_not_1() -> None:
+    assert Envelope.decode(orjson.dumps(valid_wire())).v == 1
+    assert "v" not in orjson.loads(Envelope(name="Ping", kind="call").encode())
+    assert orjson.loads(Envelope(name="Ping", kind="call", v=2).encode())["v"] == 2
+
+
+@pytest.mark.parametrize(
+    ("field", "wire"),
+    [
+        ("id", valid_wire(id="i" * 256)),
+        ("reply_to", valid_wire(reply_to="r" * 256)),
+        ("correlation_id", valid_wire(correlation_id="c" * 300)),
+        ("deadline", valid_wire(deadline=1e300)),
+    ],
+)
+def test_a_bad_field_is_named(field: str, wire: dict[str, Any]) -> None:
+    err = assert_malformed(orjson.dumps(wire))
+    assert err.details == {"field": field}
+    assert field in err.message
+
+
+def test_short_strings_at_their_limits_are_accepted() -> None:
+    env = Envelope.decode(
+        orjson.dumps(
+            valid_wire(id="i" * MAX_ID_LENGTH, reply_to="\u00e9" * 127 + "r", correlation_id="c" * 255)
+        )
+    )
+    assert len(env.id) == MAX_ID_LENGTH
 
 
 @pytest.mark.parametrize("kind", [[], {}, ["api"], {"api": 1}])
@@ -247,7 +299,10 @@ def _decode_or_malformed(data: bytes) -> None:
     assert 0 < len(env.name) <= MAX_NAME_LENGTH
     assert env.kind in KINDS
     assert isinstance(env.id, str)
-    assert env.id
+    assert 0 < len(env.id) <= MAX_ID_LENGTH
+    for key in OPTIONAL_STR:
+        value = getattr(env, key)
+        assert value is None or len(value.encode("utf-8")) <= MAX_SHORT_STR_BYTES
     assert isinstance(env.body, dict)
     assert type(env.hops) is int
     assert env.hops >= 0
@@ -283,22 +338,26 @@ def test_decode_of_nearly_valid_envelopes_only_raises_malformed(obj: dict[str, A
     _decode_or_malformed(orjson.dumps(obj))
 
 
-OPT_TEXT = st.none() | st.text(max_size=40)
+OPT_TEXT = st.none() | st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=40)
+TOKEN_CHARS = "ABCXYZabcxyz0189_.:@-"
 VALID_ENVELOPES = st.builds(
     Envelope,
-    name=st.text(min_size=1, max_size=MAX_NAME_LENGTH),
+    name=st.text(TOKEN_CHARS, min_size=1, max_size=MAX_NAME_LENGTH),
     kind=st.sampled_from(sorted(KINDS)),
     body=JSON_OBJECTS,
-    id=st.text(min_size=1, max_size=40),
+    id=st.text(TOKEN_CHARS, min_size=1, max_size=MAX_ID_LENGTH),
     service=OPT_TEXT,
     resource_uuid=OPT_TEXT,
     ring_epoch=st.none() | st.integers(min_value=0, max_value=2**63 - 1),
     reply_to=OPT_TEXT,
     correlation_id=OPT_TEXT,
-    deadline=st.none() | st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**53), 2**53),
+    deadline=st.none()
+    | st.floats(max_value=MAX_DEADLINE, allow_nan=False, allow_infinity=False)
+    | st.integers(-(2**53), int(MAX_DEADLINE)),
     session=OPT_TEXT,
     error=st.none() | JSON_OBJECTS,
     hops=st.integers(min_value=0, max_value=2**63 - 1),
+    v=st.integers(min_value=1, max_value=2**63 - 1),
 )
 
 

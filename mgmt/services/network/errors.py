@@ -24,3 +24,9 @@ IP_IN_USE: Final = "L3.IP_IN_USE"  # the static IP asked for is allocated alread
 IP_NOT_IN_RANGE: Final = "L3.IP_NOT_IN_RANGE"  # no range of the L3 can hand out that address
 NETWORK_DISABLED: Final = "L3.NETWORK_DISABLED"  # a Disabled L3 hands out no new addresses
 IP_ALLOCATION_CONTENDED: Final = "L3.IP_ALLOCATION_CONTENDED"  # every retry collided; try again
+
+# VXLAN
+VNI_RANGE_OVERLAP: Final = "L2.VNI_RANGE_OVERLAP"  # with another range of the same pool
+VNI_UNAVAILABLE: Final = "L2.VNI_UNAVAILABLE"  # outside the pool's ranges, taken, or none left
+NOT_A_VXLAN_POOL: Final = "L2.NOT_A_VXLAN_POOL"  # a pool uuid that names another kind of L2
+POOL_IN_USE: Final = "L2.POOL_IN_USE"  # deleting a pool that still has VXLAN networks

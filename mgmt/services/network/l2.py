@@ -17,7 +17,7 @@ from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
 from mgmt.core.query import QueryTarget, Relation, run_query
 from mgmt.core.service import CallContext, Service, handler
-from mgmt.services.network import errors
+from mgmt.services.network import errors, vxlan
 from mgmt.services.network.common import (
     L2_KIND,
     L2_PAGE,
@@ -188,7 +188,14 @@ class L2NetworkService(Service):
         def delete_(session: Session) -> dict[str, list[str]] | None:
             if not lock_l2s(session, L2Network.uuid == msg.uuid):
                 return None
-            load_owned(session, L2Network, msg.uuid, ctx.account, L2_KIND)
+            l2 = load_owned(session, L2Network, msg.uuid, ctx.account, L2_KIND)
+            networks = vxlan.pool_networks(session, l2.uuid) if l2.type == vxlan.POOL else []
+            if networks:
+                raise RingstackError(
+                    errors.POOL_IN_USE,
+                    f"VXLAN pool {l2.uuid} still has {len(networks)} VXLAN networks; delete them first",
+                    details={"l2NetworkUuids": networks},
+                )
             cascaded = self.cascade.delete(session, L2_KIND, msg.uuid, msg.delete_mode)
             delete_l2s(session, [msg.uuid])
             return cascaded
@@ -214,8 +221,13 @@ class L2NetworkService(Service):
                 )
             if session.get(L2NetworkClusterRef, (l2.uuid, cluster.uuid)) is not None:
                 return l2_inventory(l2), False
-            _check_interface_free(session, l2, cluster.uuid)
+            if l2.type not in vxlan.VXLAN_TYPES:  # VXLAN shares its underlay interface freely
+                _check_interface_free(session, l2, cluster.uuid)
             session.add(L2NetworkClusterRef(l2_network_uuid=l2.uuid, cluster_uuid=cluster.uuid))
+            if l2.type == vxlan.POOL:  # the pool's networks go where it goes
+                for network in vxlan.pool_networks(session, l2.uuid):
+                    if session.get(L2NetworkClusterRef, (network, cluster.uuid)) is None:
+                        session.add(L2NetworkClusterRef(l2_network_uuid=network, cluster_uuid=cluster.uuid))
             return l2_inventory(reloaded(session, l2)), True
 
         inv, changed = await self.db.run(attach)
@@ -230,10 +242,13 @@ class L2NetworkService(Service):
         def detach(session: Session) -> tuple[L2NetworkInventory, bool]:
             l2 = load_owned(session, L2Network, msg.l2_network_uuid, ctx.account, L2_KIND)
             load_visible(session, Cluster, msg.cluster_uuid, ctx.account, "cluster")
+            members = (
+                [l2.uuid, *vxlan.pool_networks(session, l2.uuid)] if l2.type == vxlan.POOL else [l2.uuid]
+            )
             gone = session.execute(
                 delete(L2NetworkClusterRef)
                 .where(
-                    L2NetworkClusterRef.l2_network_uuid == l2.uuid,
+                    L2NetworkClusterRef.l2_network_uuid.in_(members),
                     L2NetworkClusterRef.cluster_uuid == msg.cluster_uuid,
                 )
                 .returning(L2NetworkClusterRef.cluster_uuid)

@@ -24,6 +24,7 @@ from mgmt.core.access import load_visible
 from mgmt.core.quota import check_quota
 from mgmt.core.service import Account
 from mgmt.services.network.ipam import allocate_ip, release_ips_for
+from mgmt.services.network.vxlan import vxlan_spec
 from mgmt.services.vm import allocator
 from mgmt.services.vm.states import VmState
 from schema.agent import DeleteVolumeCommand, L2Spec, NicSpec, VmSpec, VolumeSpec
@@ -121,8 +122,18 @@ def bridge_name(l2: Any) -> str:
     return f"{base}_{l2.vlan}" if l2.vlan else base
 
 
-def l2_spec(l2: Any) -> L2Spec:
+def l2_spec(l2: Any, session: Session) -> L2Spec:
     """``l2``: an L2Network, or a row with its columns."""
+    if l2.type == "L2VxlanNetwork":  # one bridge per VNI; the VTEPs of every host of its clusters
+        vni, vteps = vxlan_spec(session, l2.uuid)
+        return L2Spec(
+            uuid=l2.uuid,
+            type=l2.type,
+            physical_interface=l2.physical_interface,
+            bridge_name=f"br_vx{vni}",
+            vni=vni,
+            vteps=vteps,
+        )
     return L2Spec(
         uuid=l2.uuid,
         type=l2.type,
@@ -216,7 +227,11 @@ def _resolve_into(session: Session, plan: CreatePlan, msg: CreateVmInstance) -> 
             raise not_found("L2 network", l3.l2_network_uuid)
         nics.append(
             NicPlan(
-                uuid=_uuid(), l3_uuid=l3.uuid, l2=l2_spec(l2), device_id=index, default=l3.uuid == default_l3
+                uuid=_uuid(),
+                l3_uuid=l3.uuid,
+                l2=l2_spec(l2, session),
+                device_id=index,
+                default=l3.uuid == default_l3,
             )
         )
     if msg.root_disk_offering_uuid:
@@ -546,7 +561,7 @@ def nic_spec(session: Session, nic: VmNic, default_l3: str | None) -> NicSpec:
         netmask=nic.netmask,
         gateway=nic.gateway,
         l3_network_uuid=nic.l3_network_uuid,
-        l2=l2_spec(l2),
+        l2=l2_spec(l2, session),
         device_id=nic.device_id,
         default=nic.l3_network_uuid == default_l3,
     )
