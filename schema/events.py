@@ -71,8 +71,6 @@ KINDS: dict[str, str] = {
     "session": "login sessions (deleted when they end)",
     "ldapServer": "LDAP servers",
     "ldapBinding": "LDAP bindings",
-    "virtualRouterOffering": "virtual-router offerings",
-    "vip": "VIPs (public addresses for EIPs and port forwardings)",
     "job": "jobs: every mutating request about a resource",
 }
 
