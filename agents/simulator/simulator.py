@@ -400,7 +400,9 @@ class RemoveHost(WireModel):
 
 
 class Configure(WireModel):
-    host_uuid: str = Field(description="a host uuid, or * for every host")
+    host_uuid: str = Field(
+        description="a host uuid, * for every host, or appliances for the agents of appliance VMs booted from now on"
+    )
     command: str = Field(description="an agent command name, or * for every command")
     fault: Fault | None = None  # None clears it
     pretend_uuid: str | None = None
@@ -425,6 +427,8 @@ class Simulator:
         self.vrouters: dict[str, SimVrouter] = {}
         self.appliances: dict[str, str] = {}  # VM uuid -> appliance kind, remembered across stops
         self.boot_appliances = True
+        # Faults every appliance's simulated agent gets when it boots (``hostUuid`` "appliances").
+        self.appliance_faults: dict[str, Fault] = {}
 
     @property
     def control_queue(self) -> QueueSpec:
@@ -456,7 +460,8 @@ class Simulator:
         if spec.uuid in self.appliances and self.boot_appliances:
             await self.server.stop_serving(spec.uuid)
             self.vrouters.pop(spec.uuid, None)
-            await self.add_vrouter(spec.uuid)
+            vr = await self.add_vrouter(spec.uuid)
+            vr.faults.update(self.appliance_faults)
 
     async def appliance_down(self, vm_uuid: str) -> None:
         if vm_uuid in self.vrouters and vm_uuid in self.appliances:
@@ -514,6 +519,12 @@ class Simulator:
         raise RingstackError(Sys.UNKNOWN_MESSAGE, f"the simulator does not know {env.name!r}")
 
     def _configure(self, cfg: Configure) -> dict[str, Any]:
+        if cfg.host_uuid == "appliances":
+            if cfg.fault is None:
+                self.appliance_faults.pop(cfg.command, None)
+            else:
+                self.appliance_faults[cfg.command] = cfg.fault
+            return {"configured": len(self.appliance_faults)}
         everyone: dict[str, SimHost | SimVrouter] = {**self.hosts, **self.vrouters}
         targets = list(everyone.values()) if cfg.host_uuid == "*" else [everyone[cfg.host_uuid]]
         for host in targets:

@@ -119,7 +119,6 @@ class VirtualRouterVmInventory(Inventory):
     """A guest L3's virtual router: an appliance VM (its ``vm_instance`` has the same uuid,
     owned by the admin) with NICs on the management, public and guest L3s."""
 
-    name: str = ""
     guest_l3_network_uuid: str
     offering_uuid: str
     management_network_uuid: str

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String, UniqueConstraint, func
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from schema.db.base import UUID_LENGTH, Base, ResourceMixin
@@ -47,14 +47,14 @@ class Vip(ResourceMixin, Base):
     state: Mapped[str] = mapped_column(String(32), default="Enabled")
 
 
-class VirtualRouterVm(Base):
+class VirtualRouterVm(ResourceMixin, Base):
     """A VM that is a guest L3's virtual router (ZStack's ``ApplianceVmVO``/``VirtualRouterVmVO``):
     the appliance's own row beside its ``vm_instance`` row (same uuid). The unique guest L3 makes
     "exactly one VR per guest L3" a database invariant, whatever races above it."""
 
     __tablename__ = "virtual_router_vm"
+    resource_type = "virtualRouterVm"
 
-    uuid: Mapped[str] = mapped_column(String(UUID_LENGTH), primary_key=True)
     guest_l3_network_uuid: Mapped[str] = mapped_column(
         String(UUID_LENGTH), ForeignKey("l3_network.uuid"), unique=True
     )
@@ -69,7 +69,6 @@ class VirtualRouterVm(Base):
     status: Mapped[str] = mapped_column(String(32), index=True, default="Creating")
     status_reason: Mapped[str | None] = mapped_column(String(1024))
     last_sync_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class PortForwardingRule(ResourceMixin, Base):

@@ -254,6 +254,8 @@ def record(session: Session, vr_uuid: str, l3_uuid: str) -> VirtualRouterVm:
         )
     row = VirtualRouterVm(
         uuid=vr_uuid,
+        name=f"vrouter-{l3_uuid[:8]}",
+        owner_account_uuid=SYSTEM_ACCOUNT.uuid,
         guest_l3_network_uuid=l3_uuid,
         offering_uuid=offering.uuid,
         management_network_uuid=offering.management_network_uuid,

@@ -14,7 +14,7 @@ import logging
 import time
 import uuid as uuidlib
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
@@ -226,7 +226,7 @@ def _vr_inventory(session: Session, uuid: str) -> VirtualRouterVmInventory:
         raise not_found("virtual router", uuid)
     vm = session.get(VmInstance, uuid)
     inv = VirtualRouterVmInventory.model_validate(row, from_attributes=True)
-    return inv.model_copy(update={"name": vm.name if vm else "", "state": vm.state if vm else None})
+    return inv.model_copy(update={"state": vm.state if vm else None})
 
 
 def _owned_vrs(session: Session) -> list[tuple[str, str]]:
@@ -303,7 +303,7 @@ class VirtualRouterService(Service):
     cluster: Any
     config: Any
 
-    boot_timeout: float = BOOT_TIMEOUT
+    boot_timeout: ClassVar[float] = BOOT_TIMEOUT
 
     async def start(self) -> None:
         self.cascade.register(OFFERING_RULE)

@@ -14,10 +14,22 @@ branch_labels = None
 depends_on = None
 
 
+def _resource_columns() -> list[sa.Column]:
+    return [
+        sa.Column("uuid", sa.String(length=32), nullable=False),
+        sa.Column("name", sa.String(length=255), nullable=False),
+        sa.Column("description", sa.Text(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column("owner_account_uuid", sa.String(length=32), nullable=True),
+        sa.Column("version", sa.Integer(), nullable=False),
+    ]
+
+
 def upgrade() -> None:
     op.create_table(
         "virtual_router_vm",
-        sa.Column("uuid", sa.String(length=32), nullable=False),
+        *_resource_columns(),
         sa.Column("guest_l3_network_uuid", sa.String(length=32), nullable=False),
         sa.Column("offering_uuid", sa.String(length=32), nullable=False),
         sa.Column("management_network_uuid", sa.String(length=32), nullable=False),
@@ -27,7 +39,6 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=32), nullable=False),
         sa.Column("status_reason", sa.String(length=1024), nullable=True),
         sa.Column("last_sync_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.ForeignKeyConstraint(
             ["guest_l3_network_uuid"],
             ["l3_network.uuid"],
@@ -41,17 +52,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("uuid", name=op.f("pk_virtual_router_vm")),
         sa.UniqueConstraint("guest_l3_network_uuid", name=op.f("uq_virtual_router_vm_guest_l3_network_uuid")),
     )
-    op.create_index(op.f("ix_virtual_router_vm_offering_uuid"), "virtual_router_vm", ["offering_uuid"])
-    op.create_index(op.f("ix_virtual_router_vm_status"), "virtual_router_vm", ["status"])
+    for column in ("name", "owner_account_uuid", "offering_uuid", "status"):
+        op.create_index(op.f(f"ix_virtual_router_vm_{column}"), "virtual_router_vm", [column])
     op.create_table(
         "port_forwarding_rule",
-        sa.Column("uuid", sa.String(length=32), nullable=False),
-        sa.Column("name", sa.String(length=255), nullable=False),
-        sa.Column("description", sa.Text(), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.Column("owner_account_uuid", sa.String(length=32), nullable=True),
-        sa.Column("version", sa.Integer(), nullable=False),
+        *_resource_columns(),
         sa.Column("vip_uuid", sa.String(length=32), nullable=False),
         sa.Column("vip_ip", sa.String(length=15), nullable=False),
         sa.Column("protocol_type", sa.String(length=8), nullable=False),

@@ -1,0 +1,309 @@
+"""The VirtualRouter network service provider through the public API, on simulated hosts and
+simulated VRs (the simulator boots a VR agent when an appliance VM starts): the VR made on a guest
+L3's first VM (one, even when creates race), the NIC's DHCP entry, SNAT and DNS pushed, removed
+on destroy; every step of the VR's creation failing leaves nothing; port forwarding; tracking."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import func, select
+
+from bus.errors import RingstackError
+from schema.db.network import VIRTUAL_ROUTER_PROVIDER_UUID, UsedIp
+from schema.db.vm import VmInstance, VmNic, Volume
+from schema.db.vrouter import VirtualRouterVm
+from tests.support.cluster import until
+from tests.support.zone import SimZone, build_zone, vm_request
+
+GUEST_GATEWAY = "10.20.0.1"
+SERVICES = ["DHCP", "DNS", "SNAT", "PortForwarding"]
+
+
+async def vr_zone(client, tmp_path, *, hosts: int = 1) -> SimZone:  # type: ignore[no-untyped-def]
+    """A zone with a guest L3 (10.20.0.0/22) taking DHCP, DNS, SNAT and port forwarding from the
+    VirtualRouter provider, a public L3, a management L3 and a default VR offering."""
+    z = await build_zone(client, tmp_path, hosts=hosts)
+    api = client.api
+    public = (await api("CreateL3Network", {"l2NetworkUuid": z.l2, "name": "public", "category": "Public"}))[
+        "inventory"
+    ]["uuid"]
+    await api(
+        "AddIpRangeByNetworkCidr", {"l3NetworkUuid": public, "name": "pub", "networkCidr": "198.51.100.0/24"}
+    )
+    mgmt = (await api("CreateL3Network", {"l2NetworkUuid": z.l2, "name": "mgmt", "category": "Private"}))[
+        "inventory"
+    ]["uuid"]
+    await api("AddIpRangeByNetworkCidr", {"l3NetworkUuid": mgmt, "name": "m", "networkCidr": "10.99.0.0/24"})
+    await api("AddDnsToL3Network", {"l3NetworkUuid": z.l3, "dns": "198.51.100.53"})
+    await api(
+        "AttachNetworkServiceToL3Network",
+        {"l3NetworkUuid": z.l3, "networkServices": {VIRTUAL_ROUTER_PROVIDER_UUID: SERVICES}},
+    )
+    offering = (
+        await api(
+            "CreateVirtualRouterOffering",
+            {
+                "name": "vr",
+                "zoneUuid": z.zone,
+                "imageUuid": z.image,
+                "managementNetworkUuid": mgmt,
+                "publicNetworkUuid": public,
+                "cpuNum": 1,
+                "memorySize": 256 << 20,
+                "isDefault": True,
+            },
+        )
+    )["inventory"]["uuid"]
+    z.extra.update(public=public, mgmt=mgmt, vr_offering=offering)
+    return z
+
+
+@pytest.fixture
+async def zone(node, client, simulator, tmp_path):
+    return await vr_zone(client, tmp_path)
+
+
+async def vrs(client) -> list[dict]:  # type: ignore[no-untyped-def]
+    return (await client.api("QueryVirtualRouterVm", {}))["inventories"]
+
+
+async def leftovers(node) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """What a rolled-back VR create must not leave: rows of VRs, appliance VMs and their NICs,
+    volumes and IPs."""
+
+    def count(session) -> dict[str, int]:  # type: ignore[no-untyped-def]
+        def n(stmt) -> int:  # type: ignore[no-untyped-def]
+            return session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+
+        return {
+            "vrs": n(select(VirtualRouterVm.uuid)),
+            "vms": n(select(VmInstance.uuid)),
+            "nics": n(select(VmNic.uuid)),
+            "volumes": n(select(Volume.uuid)),
+            "ips": n(select(UsedIp.uuid).where(UsedIp.used_for_uuid.in_(select(VmNic.uuid)))),
+            "orphan_ips": n(
+                select(UsedIp.uuid).where(
+                    UsedIp.used_for_uuid.is_not(None),
+                    UsedIp.used_for_uuid.not_in(select(VmNic.uuid)),
+                    UsedIp.used_for_uuid != UsedIp.l3_network_uuid,
+                )
+            ),
+        }
+
+    return await node.db.run(count)
+
+
+async def test_the_first_vm_gets_a_vr_and_its_nic_is_served(zone, client, simulator):
+    api = client.api
+    vm = (await api("CreateVmInstance", vm_request(zone, "web")))["inventory"]
+    nic = vm["vmNics"][0]
+    [vr] = await vrs(client)
+    assert vr["status"] == "Connected" and vr["guestL3NetworkUuid"] == zone.l3
+    assert vr["guestIp"] == GUEST_GATEWAY and vr["publicIp"].startswith("198.51.100.")
+    # The appliance is a VM made by the normal chain: three NICs, the guest one is the gateway.
+    appliance = (
+        await api("QueryVmInstance", {"conditions": [{"name": "uuid", "op": "=", "value": vr["uuid"]}]})
+    )["inventories"][0]
+    assert appliance["state"] == "Running"
+    by_l3 = {n["l3NetworkUuid"]: n["ip"] for n in appliance["vmNics"]}
+    assert by_l3 == {
+        zone.extra["mgmt"]: by_l3[zone.extra["mgmt"]],
+        zone.extra["public"]: vr["publicIp"],
+        zone.l3: GUEST_GATEWAY,
+    }
+    # The simulated VR holds the VM's DHCP entry, SNAT of the guest CIDR as the VR's public IP, DNS.
+    state = simulator.vrouters[vr["uuid"]].state
+    assert [(str(d.mac), str(d.ip)) for d in state.dhcp] == [(nic["mac"], nic["ip"])]
+    assert [(str(s.guest_cidr), str(s.public_ip)) for s in state.snats] == [("10.20.0.0/22", vr["publicIp"])]
+    assert [str(s) for s in state.dns.servers] == ["198.51.100.53"]
+    nics = {n.role: str(n.address) for n in simulator.vrouters[vr["uuid"]].nics.values()}
+    assert nics["Guest"] == f"{GUEST_GATEWAY}/22"
+    # A second VM reuses the VR.
+    second = (await api("CreateVmInstance", vm_request(zone, "db")))["inventory"]
+    assert len(await vrs(client)) == 1
+    assert len(simulator.vrouters[vr["uuid"]].state.dhcp) == 2
+    # Tenants do not see the appliance among VMs.
+    tenant = await client.new_account("vr-viewer")
+    seen = (await tenant.api("QueryVmInstance", {}))["inventories"]
+    assert vr["uuid"] not in {v["uuid"] for v in seen}
+    # Destroying a VM takes its entry off the VR.
+    await api("DestroyVmInstance", {"uuid": second["uuid"]})
+    await until(
+        lambda: asyncio.sleep(0, len(simulator.vrouters[vr["uuid"]].state.dhcp) == 1), 10, "the entry removed"
+    )
+    assert str(simulator.vrouters[vr["uuid"]].state.dhcp[0].mac) == nic["mac"]
+    await api("RecoverVmInstance", {"uuid": second["uuid"]})
+    await until(
+        lambda: asyncio.sleep(0, len(simulator.vrouters[vr["uuid"]].state.dhcp) == 2), 10, "the entry back"
+    )
+
+
+async def test_concurrent_first_creates_make_one_vr(zone, client, simulator):
+    api = client.api
+    created = await asyncio.gather(
+        *(api("CreateVmInstance", vm_request(zone, f"vm-{i}"), timeout=60) for i in range(8))
+    )
+    [vr] = await vrs(client)
+    macs = sorted(c["inventory"]["vmNics"][0]["mac"] for c in created)
+    assert sorted(str(d.mac) for d in simulator.vrouters[vr["uuid"]].state.dhcp) == macs
+    assert [u for u in simulator.vrouters] == [vr["uuid"]]
+
+
+# Each step of a VR's creation, failed by the simulator: (target, command).
+STEPS = [
+    ("*", "agent.volume.create"),
+    ("*", "agent.vm.start"),
+    ("appliances", "agent.connect"),
+    ("appliances", "vrouter.configure_nics"),
+    ("appliances", "vrouter.sync"),
+]
+
+
+@pytest.mark.parametrize(("target", "command"), STEPS, ids=[c for _, c in STEPS])
+async def test_a_failure_at_any_step_of_the_vr_create_leaves_nothing(
+    zone, client, simulator, node, target, command
+):
+    api = client.api
+    before = await leftovers(node)
+    await client.call(
+        simulator.control_queue.name,
+        "simulator.configure",
+        {"hostUuid": target, "command": command, "fault": {"failAlways": True}},
+    )
+    with pytest.raises(RingstackError) as err:
+        await api("CreateVmInstance", vm_request(zone, "doomed"), timeout=60)
+    assert "INJECTED_FAILURE" in err.value.code or "INJECTED_FAILURE" in str(err.value)
+    assert await vrs(client) == []
+    assert await leftovers(node) == before
+    host = simulator.hosts[zone.hosts[0]]
+    # What the rollback sent may still be retried by the garbage collector: await it.
+    await until(lambda: asyncio.sleep(0, not host.vms and not host.volumes), 20, "the host emptied")
+    assert simulator.vrouters == {}
+    # Healed, the same request works and makes exactly one VR.
+    await client.call(
+        simulator.control_queue.name,
+        "simulator.configure",
+        {"hostUuid": target, "command": command, "fault": None},
+    )
+    await api("CreateVmInstance", vm_request(zone, "fine"), timeout=60)
+    assert len(await vrs(client)) == 1
+
+
+async def test_a_failing_push_to_an_existing_vr_rolls_the_vm_back_and_keeps_the_vr(
+    zone, client, simulator, node
+):
+    api = client.api
+    await api("CreateVmInstance", vm_request(zone, "first"))
+    [vr] = await vrs(client)
+    await client.call(
+        simulator.control_queue.name,
+        "simulator.configure",
+        {"hostUuid": vr["uuid"], "command": "vrouter.dhcp.add", "fault": {"failAlways": True}},
+    )
+    with pytest.raises(RingstackError):
+        await api("CreateVmInstance", vm_request(zone, "second"))
+    names = {v["name"] for v in (await api("QueryVmInstance", {}))["inventories"]}
+    assert "second" not in names
+    assert len(simulator.vrouters[vr["uuid"]].state.dhcp) == 1
+    assert [v["status"] for v in await vrs(client)] == ["Connected"]
+
+
+async def test_port_forwarding_rules_through_the_vr(zone, client, simulator):
+    api = client.api
+    vm = (await api("CreateVmInstance", vm_request(zone, "web")))["inventory"]
+    nic = vm["vmNics"][0]
+    [vr] = await vrs(client)
+    sim = simulator.vrouters[vr["uuid"]]
+    vip = (await api("CreateVip", {"name": "v", "l3NetworkUuid": zone.extra["public"]}))["inventory"]
+    rule = (
+        await api(
+            "CreatePortForwardingRule",
+            {
+                "name": "http",
+                "vipUuid": vip["uuid"],
+                "vipPortStart": 8080,
+                "vipPortEnd": 8081,
+                "privatePortStart": 80,
+                "protocolType": "TCP",
+                "allowedCidr": "203.0.113.0/24",
+                "vmNicUuid": nic["uuid"],
+            },
+        )
+    )["inventory"]
+    assert (rule["privatePortEnd"], rule["guestIp"], rule["vmNicUuid"]) == (81, nic["ip"], nic["uuid"])
+    [pf] = sim.state.port_forwardings
+    assert (str(pf.vip_ip), pf.vip_port_start, pf.private_port_end, str(pf.allowed_cidr)) == (
+        vip["ip"], 8080, 81, "203.0.113.0/24",
+    )  # fmt: skip
+    assert [str(v.ip) for v in sim.state.vips] == [vip["ip"]]
+    found = (await api("QueryVip", {"conditions": [{"name": "uuid", "op": "=", "value": vip["uuid"]}]}))[
+        "inventories"
+    ]
+    assert found[0]["useFor"] == "PortForwarding"
+    # Overlapping ports of the same VIP and protocol are refused; UDP on the same ports is fine.
+    base = {"name": "x", "vipUuid": vip["uuid"], "vipPortStart": 8081, "protocolType": "TCP"}
+    with pytest.raises(RingstackError) as err:
+        await api("CreatePortForwardingRule", base)
+    assert err.value.code == "VROUTER.PORT_FORWARDING_CONFLICT"
+    udp = (await api("CreatePortForwardingRule", {**base, "protocolType": "UDP"}))["inventory"]
+    assert udp["vmNicUuid"] is None and len(sim.state.port_forwardings) == 1
+    await api("AttachPortForwardingRule", {"ruleUuid": udp["uuid"], "vmNicUuid": nic["uuid"]})
+    assert len(sim.state.port_forwardings) == 2
+    # Bad input is refused before anything runs.
+    with pytest.raises(RingstackError) as err:
+        await api(
+            "CreatePortForwardingRule",
+            {**base, "vipPortStart": 10, "vipPortEnd": 20, "privatePortStart": 30, "privatePortEnd": 31},
+        )
+    assert err.value.code == "SYS.INVALID_ARGUMENT"
+    # Detach takes it off the VR; the VIP stays while another rule uses it.
+    await api("DetachPortForwardingRule", {"uuid": rule["uuid"]})
+    assert [p.uuid for p in sim.state.port_forwardings] == [udp["uuid"]]
+    assert len(sim.state.vips) == 1
+    await api("DeletePortForwardingRule", {"uuid": udp["uuid"]})
+    assert sim.state.port_forwardings == [] and sim.state.vips == []
+    await api("DeletePortForwardingRule", {"uuid": rule["uuid"]})
+    found = (await api("QueryVip", {"conditions": [{"name": "uuid", "op": "=", "value": vip["uuid"]}]}))[
+        "inventories"
+    ]
+    assert found[0].get("useFor") is None
+    assert (await api("QueryPortForwardingRule", {}))["inventories"] == []
+    # A destroyed VM loses its rules (and the VR drops them).
+    again = (await api("CreatePortForwardingRule", {**base, "vmNicUuid": nic["uuid"]}))["inventory"]
+    assert len(sim.state.port_forwardings) == 1
+    await api("DestroyVmInstance", {"uuid": vm["uuid"]})
+    await until(lambda: asyncio.sleep(0, sim.state.port_forwardings == []), 10, "the rule dropped")
+    rows = (await api("QueryPortForwardingRule", {}))["inventories"]
+    assert [(r["uuid"], r.get("vmNicUuid")) for r in rows] == [(again["uuid"], None)]
+
+
+async def test_a_rebooted_vr_gets_its_whole_state_back_and_reconnect_resyncs(zone, client, simulator, node):
+    api = client.api
+    vm = (await api("CreateVmInstance", vm_request(zone, "web")))["inventory"]
+    [vr] = await vrs(client)
+    vip = (await api("CreateVip", {"name": "v", "l3NetworkUuid": zone.extra["public"]}))["inventory"]
+    await api(
+        "CreatePortForwardingRule",
+        {"name": "ssh", "vipUuid": vip["uuid"], "vipPortStart": 2222, "privatePortStart": 22,
+         "protocolType": "TCP", "vmNicUuid": vm["vmNics"][0]["uuid"]},
+    )  # fmt: skip
+    want = simulator.vrouters[vr["uuid"]].state
+    assert want.dhcp and want.snats and want.port_forwardings
+    service = next(s for s in node.services if s.name == "vrouter")
+    await service.check_all()  # the tracker's baseline uptime
+    # The appliance reboots: its agent comes back with nothing; the tracker notices and re-syncs.
+    await api("RebootVmInstance", {"uuid": vr["uuid"]})
+    assert simulator.vrouters[vr["uuid"]].state.dhcp == []
+
+    async def restored() -> bool:
+        await service.check_all()
+        return vr["uuid"] in simulator.vrouters and simulator.vrouters[vr["uuid"]].state == want
+
+    await until(restored, 20, "the rebooted VR's state restored")
+    # Rules lost behind our back come back with ReconnectVirtualRouter.
+    simulator.vrouters[vr["uuid"]].state = type(want)()
+    inv = (await api("ReconnectVirtualRouter", {"vmInstanceUuid": vr["uuid"]}))["inventory"]
+    assert inv["status"] == "Connected"
+    assert simulator.vrouters[vr["uuid"]].state == want
