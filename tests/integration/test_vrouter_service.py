@@ -15,7 +15,7 @@ from schema.db.network import VIRTUAL_ROUTER_PROVIDER_UUID, UsedIp
 from schema.db.vm import VmInstance, VmNic, Volume
 from schema.db.vrouter import VirtualRouterVm
 from tests.support.cluster import until
-from tests.support.zone import SimZone, build_zone, vm_request
+from tests.support.zone import SimZone, add_vr_offering, build_zone, vm_request
 
 GUEST_GATEWAY = "10.20.0.1"
 SERVICES = ["DHCP", "DNS", "SNAT", "PortForwarding"]
@@ -26,37 +26,12 @@ async def vr_zone(client, tmp_path, *, hosts: int = 1) -> SimZone:  # type: igno
     VirtualRouter provider, a public L3, a management L3 and a default VR offering."""
     z = await build_zone(client, tmp_path, hosts=hosts, host_cpu=32, host_memory=64 << 30)
     api = client.api
-    public = (await api("CreateL3Network", {"l2NetworkUuid": z.l2, "name": "public", "category": "Public"}))[
-        "inventory"
-    ]["uuid"]
-    await api(
-        "AddIpRangeByNetworkCidr", {"l3NetworkUuid": public, "name": "pub", "networkCidr": "198.51.100.0/24"}
-    )
-    mgmt = (await api("CreateL3Network", {"l2NetworkUuid": z.l2, "name": "mgmt", "category": "Private"}))[
-        "inventory"
-    ]["uuid"]
-    await api("AddIpRangeByNetworkCidr", {"l3NetworkUuid": mgmt, "name": "m", "networkCidr": "10.99.0.0/24"})
+    await add_vr_offering(client, z)
     await api("AddDnsToL3Network", {"l3NetworkUuid": z.l3, "dns": "198.51.100.53"})
     await api(
         "AttachNetworkServiceToL3Network",
         {"l3NetworkUuid": z.l3, "networkServices": {VIRTUAL_ROUTER_PROVIDER_UUID: SERVICES}},
     )
-    offering = (
-        await api(
-            "CreateVirtualRouterOffering",
-            {
-                "name": "vr",
-                "zoneUuid": z.zone,
-                "imageUuid": z.image,
-                "managementNetworkUuid": mgmt,
-                "publicNetworkUuid": public,
-                "cpuNum": 1,
-                "memorySize": 256 << 20,
-                "isDefault": True,
-            },
-        )
-    )["inventory"]["uuid"]
-    z.extra.update(public=public, mgmt=mgmt, vr_offering=offering)
     return z
 
 

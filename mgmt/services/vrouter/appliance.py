@@ -76,10 +76,6 @@ def vr_of_l3(session: Session, l3_uuid: str) -> VirtualRouterVm | None:
     return session.scalar(select(VirtualRouterVm).where(VirtualRouterVm.guest_l3_network_uuid == l3_uuid))
 
 
-def is_appliance(session: Session, vm_uuid: str) -> bool:
-    return session.get(VirtualRouterVm, vm_uuid) is not None
-
-
 def _range(session: Session, l3_uuid: str) -> IpRange:
     row = session.scalar(
         select(IpRange).where(IpRange.l3_network_uuid == l3_uuid).order_by(IpRange.start_int)

@@ -248,8 +248,6 @@ class VirtualRouterProvider(ProviderExtension):
         self.service = service
 
     async def apply(self, plan: CreatePlan, nics: list[NicServices]) -> None:
-        if await self.db.run(appliance.is_appliance, plan.vm_uuid):
-            return  # the VR's own guest NIC: it is the service
         for l3_uuid in sorted({n.nic.l3_uuid for n in nics}):
             mine = [n for n in nics if n.nic.l3_uuid == l3_uuid]
             services = mine[0].services
@@ -275,8 +273,6 @@ class VirtualRouterProvider(ProviderExtension):
                 await agents.call(DnsSetCommand(host_uuid=vr.uuid, dns=settings.dns), ChangeReply)
 
     async def revoke(self, plan: CreatePlan, nics: list[NicServices]) -> None:
-        if await self.db.run(appliance.is_appliance, plan.vm_uuid):
-            return
         for l3_uuid in sorted({n.nic.l3_uuid for n in nics}):
             macs = [n.nic.mac for n in nics if n.nic.l3_uuid == l3_uuid and n.nic.mac]
             vr = await self.db.run(appliance.vr_of_l3, l3_uuid)
