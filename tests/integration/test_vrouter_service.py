@@ -282,3 +282,26 @@ async def test_a_rebooted_vr_gets_its_whole_state_back_and_reconnect_resyncs(zon
     inv = (await api("ReconnectVirtualRouter", {"vmInstanceUuid": vr["uuid"]}))["inventory"]
     assert inv["status"] == "Connected"
     assert simulator.vrouters[vr["uuid"]].state == want
+
+
+SERVICE_TABLES = {"virtual_router_vm", "port_forwarding_rule"}
+
+
+def test_the_vrouter_services_migration_matches_the_models_and_downgrades():
+    from alembic import command
+
+    from mgmt.core import migrate
+    from tests.support import infra
+
+    name = infra.unique("rs_vrsvc_")
+    url = infra.create_database(name)
+    try:
+        migrate.upgrade(url, "0015")
+        assert infra.schema_diffs(url, SERVICE_TABLES) == []
+        command.downgrade(migrate.alembic_config(url), "-1")
+        added = {d[1].name for d in infra.schema_diffs(url, SERVICE_TABLES) if d[0] == "add_table"}
+        assert added == SERVICE_TABLES
+        migrate.upgrade(url, "0015")
+        assert infra.schema_diffs(url, SERVICE_TABLES) == []
+    finally:
+        infra.drop_database(name)
