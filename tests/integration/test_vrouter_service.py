@@ -305,3 +305,57 @@ def test_the_vrouter_services_migration_matches_the_models_and_downgrades():
         assert infra.schema_diffs(url, SERVICE_TABLES) == []
     finally:
         infra.drop_database(name)
+
+
+async def test_the_readme_cli_session(
+    zone, client, simulator, namespace, broker_url, database_url, tmp_path, monkeypatch
+):
+    """The README's session, through the ``ringstack`` CLI (in this process)."""
+    import orjson
+    from click.testing import CliRunner
+
+    from mgmt.cli import client as cli_client
+    from tests.support.procs import node_env
+
+    env = {**node_env(database_url, namespace, broker_url), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(cli_client, "_catalog", None)
+    session = await client.admin_session()
+
+    def cli(*args: str) -> object:
+        result = CliRunner().invoke(
+            cli_client.cli,
+            ["--session", session, *args, "-f", "json"],
+            prog_name="ringstack",
+            standalone_mode=False,
+        )
+        assert result.exit_code in (0, None), (args, result.output, result.exception)
+        reply = orjson.loads(result.output) if result.output.strip() else {}
+        return reply.get("inventories", reply.get("inventory", reply))
+
+    async def run(*args: str) -> object:
+        return await asyncio.to_thread(cli, *args)
+
+    vm = (await client.api("CreateVmInstance", vm_request(zone, "web")))["inventory"]
+    [vr] = await run("QueryVirtualRouterVm", "-c", "uuid", "-c", "status", "-c", "publicIp", "-c", "guestIp")
+    assert vr["status"] == "Connected" and vr["guestIp"] == GUEST_GATEWAY
+    vip = await run(
+        "CreateVip", "name=web", f"l3NetworkUuid={zone.extra['public']}", "requiredIp=198.51.100.10"
+    )
+    rule = await run(
+        "CreatePortForwardingRule", "name=http", f"vipUuid={vip['uuid']}", "vipPortStart=8080", "vipPortEnd=8081",
+        "privatePortStart=80", "protocolType=TCP", "allowedCidr=198.51.100.0/24", f"vmNicUuid={vm['vmNics'][0]['uuid']}",
+    )  # fmt: skip
+    assert (rule["privatePortEnd"], rule["guestIp"]) == (81, vm["vmNics"][0]["ip"])
+    [used] = await run("QueryVip", "-c", "uuid", "-c", "ip", "-c", "useFor")
+    assert used["useFor"] == "PortForwarding"
+    assert len(simulator.vrouters[vr["uuid"]].state.port_forwardings) == 1
+    await run("DetachPortForwardingRule", f"uuid={rule['uuid']}")
+    assert simulator.vrouters[vr["uuid"]].state.port_forwardings == []
+    await run("AttachPortForwardingRule", f"ruleUuid={rule['uuid']}", f"vmNicUuid={vm['vmNics'][0]['uuid']}")
+    assert len(simulator.vrouters[vr["uuid"]].state.port_forwardings) == 1
+    await run("DeletePortForwardingRule", f"uuid={rule['uuid']}")
+    reconnected = await run("ReconnectVirtualRouter", f"vmInstanceUuid={vr['uuid']}")
+    assert reconnected["status"] == "Connected"
+    assert simulator.vrouters[vr["uuid"]].state.port_forwardings == []
