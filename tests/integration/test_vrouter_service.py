@@ -359,3 +359,48 @@ async def test_the_readme_cli_session(
     reconnected = await run("ReconnectVirtualRouter", f"vmInstanceUuid={vr['uuid']}")
     assert reconnected["status"] == "Connected"
     assert simulator.vrouters[vr["uuid"]].state.port_forwardings == []
+
+
+async def test_a_destroyed_vr_is_replaced_by_the_next_vm_create(zone, client, simulator):
+    api = client.api
+    await api("CreateVmInstance", vm_request(zone, "first"))
+    [old] = await vrs(client)
+    await api("DestroyVmInstance", {"uuid": old["uuid"]})
+    assert old["uuid"] not in simulator.vrouters
+    second = (await api("CreateVmInstance", vm_request(zone, "second"), timeout=60))["inventory"]
+    [new] = await vrs(client)
+    assert new["uuid"] != old["uuid"] and new["status"] == "Connected"
+    # The new VR has every live NIC of the L3, the first VM's included.
+    assert len(simulator.vrouters[new["uuid"]].state.dhcp) == 2
+    assert second["vmNics"][0]["mac"] in {str(d.mac) for d in simulator.vrouters[new["uuid"]].state.dhcp}
+
+
+async def test_first_creates_racing_across_three_nodes_make_one_vr(
+    database_url, namespace, broker_url, client, tmp_path
+):
+    """Three node processes and a simulator process: 30 concurrent first VM creates of one guest
+    L3, spread over the nodes by the API queue, make exactly one VR, which serves all 30 NICs."""
+    from tests.support.cluster import ClusterOfProcesses
+    from tests.support.simulator import SimulatorProcess
+
+    sim = SimulatorProcess(broker_url, namespace).wait_ready()
+    cluster = ClusterOfProcesses(
+        database_url, namespace, broker_url, agent_timeout="30", heartbeat_interval="1", lease_ttl="2.5"
+    )
+    try:
+        await asyncio.to_thread(cluster.start, 3)
+        z = await vr_zone(client, tmp_path, hosts=2)
+        results = await asyncio.gather(
+            *(client.api("CreateVmInstance", vm_request(z, f"vm{i}"), timeout=180) for i in range(30))
+        )
+        assert all(r["inventory"]["state"] == "Running" for r in results)
+        [(vr_uuid, status)] = cluster.sql("SELECT uuid, status FROM virtual_router_vm")
+        assert status == "Connected"
+        appliances = cluster.sql("SELECT count(*) FROM vm_instance WHERE name LIKE 'vrouter-%%'")
+        assert appliances == [(1,)]
+        inventory = await client.call(f"{namespace}.simulator", "simulator.inventory", {}, timeout=30)
+        assert list(inventory["vrouters"]) == [vr_uuid]
+        assert inventory["vrouters"][vr_uuid]["counts"]["dhcpEntries"] == 30
+    finally:
+        cluster.close()
+        sim.close()

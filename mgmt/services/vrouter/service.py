@@ -229,6 +229,11 @@ def _vr_inventory(session: Session, uuid: str) -> VirtualRouterVmInventory:
     return inv.model_copy(update={"state": vm.state if vm else None})
 
 
+def _vm_gone(session: Session, vr_uuid: str) -> bool:
+    vm = session.get(VmInstance, vr_uuid)
+    return vm is None or vm.state in appliance.GONE_STATES
+
+
 def _owned_vrs(session: Session) -> list[tuple[str, str]]:
     rows = session.execute(
         select(VirtualRouterVm.uuid, VirtualRouterVm.status).where(VirtualRouterVm.status != "Creating")
@@ -514,9 +519,11 @@ class VirtualRouterService(Service):
     @handler(EnsureVirtualRouter)
     async def ensure_vr(self, msg: EnsureVirtualRouter, ctx: CallContext) -> VirtualRouterVmReply:
         found = await self.db.run(appliance.vr_of_l3, msg.l3_network_uuid)
-        if found is not None and found.status == "Creating":
-            # Its create's node died half-way (this queue runs one create per L3 at a time).
+        if found is not None and (found.status == "Creating" or await self.db.run(_vm_gone, found.uuid)):
+            # Its create's node died half-way (this queue runs one create per L3 at a time), or
+            # its VM was destroyed: a new VR replaces it.
             await self._discard(found.uuid)
+            await self.events.resource_event(VR_KIND, found.uuid, "deleted")
             found = None
         if found is None:
             vr_uuid = uuidlib.uuid4().hex
