@@ -404,3 +404,26 @@ async def test_first_creates_racing_across_three_nodes_make_one_vr(
     finally:
         cluster.close()
         sim.close()
+
+
+async def test_a_stale_entry_holding_the_new_address_is_cleared_by_a_full_sync(zone, client, simulator):
+    """An entry left on the VR (a rolled-back create whose removal was missed) holds the address
+    IPAM gives the next VM: the agent refuses the duplicate, and the provider syncs the VR whole
+    from the database instead of failing the create."""
+    from ipaddress import IPv4Network
+
+    from schema import vrouter as vr_schema
+
+    api = client.api
+    first = (await api("CreateVmInstance", vm_request(zone, "first")))["inventory"]
+    [vr] = await vrs(client)
+    sim = simulator.vrouters[vr["uuid"]]
+    taken = {str(d.ip) for d in sim.state.dhcp} | {GUEST_GATEWAY}
+    stale = [
+        vr_schema.DhcpEntry(mac=f"02:ee:00:00:{i >> 8:02x}:{i & 255:02x}", ip=ip)  # type: ignore[arg-type]
+        for i, ip in enumerate(str(a) for a in IPv4Network("10.20.0.0/22").hosts() if str(a) not in taken)
+    ]
+    sim.state = sim.state.model_copy(update={"dhcp": [*sim.state.dhcp, *stale]})
+    second = (await api("CreateVmInstance", vm_request(zone, "second")))["inventory"]
+    macs = sorted(str(d.mac) for d in sim.state.dhcp)
+    assert macs == sorted([first["vmNics"][0]["mac"], second["vmNics"][0]["mac"]])

@@ -88,6 +88,7 @@ from schema.vrouter import (
     VipCreateCommand,
     VipRemoveCommand,
     VirtualRouterAgent,
+    VrErrors,
 )
 from schema.vrouter import Vip as VrVip
 
@@ -270,7 +271,15 @@ class VirtualRouterProvider(ProviderExtension):
                     if n.nic.ip
                 ]
                 if entries:
-                    await agents.call(DhcpAddCommand(host_uuid=vr.uuid, entries=entries), ChangeReply)
+                    try:
+                        await agents.call(DhcpAddCommand(host_uuid=vr.uuid, entries=entries), ChangeReply)
+                    except RingstackError as exc:
+                        if exc.code != VrErrors.CONFLICT:
+                            raise
+                        # An entry of a create that rolled back holds the address (its removal
+                        # was missed): the database is the truth, and a full sync makes it so.
+                        log.info("VR %s: %s; syncing it whole", vr.uuid, exc.message)
+                        await self.service.sync_routed(vr.uuid, strict=True)
             settings = await self.db.run(appliance.desired_settings, vr.uuid)
             if "SNAT" in services and settings.snats:
                 await agents.call(SnatSetCommand(host_uuid=vr.uuid, snat=settings.snats[0]), ChangeReply)
@@ -281,7 +290,7 @@ class VirtualRouterProvider(ProviderExtension):
         for l3_uuid in sorted({n.nic.l3_uuid for n in nics}):
             macs = [n.nic.mac for n in nics if n.nic.l3_uuid == l3_uuid and n.nic.mac]
             vr = await self.db.run(appliance.vr_of_l3, l3_uuid)
-            if vr is None or not macs or vr.status != "Connected":
+            if vr is None or not macs or vr.status == "Creating":
                 continue
             try:
                 await self.service.vr_agents.call(
@@ -606,12 +615,16 @@ class VirtualRouterService(Service):
             inv["state"] = states.get(inv.get("uuid"))
         return reply
 
-    async def _sync_routed(self, vr_uuid: str) -> None:
+    async def sync_routed(self, vr_uuid: str, *, strict: bool = False) -> None:
+        """A full sync of the VR, on its owner in its serial queue; ``strict``: a failure raises
+        (else it is logged: the tracker's next reconnect pushes everything anyway)."""
         try:
             await self.cluster.router.call(
                 "SyncVirtualRouter", {"vmInstanceUuid": vr_uuid}, resource_uuid=vr_uuid, timeout=PUSH_TIMEOUT
             )
         except RingstackError as exc:
+            if strict:
+                raise
             log.warning("VR %s not synced: %s", vr_uuid, exc)
 
     async def _on_event(self, env: Envelope) -> None:
@@ -622,7 +635,7 @@ class VirtualRouterService(Service):
         if event.resource_type != "vm":
             return
         vrs = await self.db.run(portforwarding.detach_nics_of, event.resource_uuid)
-        await asyncio.gather(*(self._sync_routed(vr) for vr in vrs))
+        await asyncio.gather(*(self.sync_routed(vr) for vr in vrs))
 
     # ------------------------------------------------------------------ tracking
 
@@ -707,7 +720,7 @@ class VirtualRouterService(Service):
                 await self._push_pf(change, create=True)
             except RingstackError:
                 await self.db.run(portforwarding.rebind, rule_uuid, None, None)
-                await self._sync_routed(change.vr_uuid)  # whatever half of it the VR took goes
+                await self.sync_routed(change.vr_uuid)  # whatever half of it the VR took goes
                 raise
             inv = inv.model_copy(update={"vm_nic_uuid": nic_uuid, "guest_ip": str(change.rule.guest_ip)})
             await self.events.resource_event(PF_KIND, rule_uuid, "attached", inv.to_wire())
@@ -760,7 +773,7 @@ class VirtualRouterService(Service):
                 log.warning(
                     "port forwarding %s left on VR %s until its next sync: %s", msg.uuid, change.vr_uuid, exc
                 )
-                await self._sync_routed(change.vr_uuid)
+                await self.sync_routed(change.vr_uuid)
         if deleted:
             await self.events.resource_event(PF_KIND, msg.uuid, "deleted")
         return EmptyReply()
