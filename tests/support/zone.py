@@ -107,14 +107,20 @@ def vm_request(z: SimZone, name: str = "vm", **extra: Any) -> dict[str, Any]:
     }
 
 
-async def add_vr_offering(client: Any, z: SimZone, *, public_cidr: str = "198.51.100.0/24") -> str:
-    """A public L3, a management L3 and the zone's default virtual-router offering, so that L3s
-    taking services from the VirtualRouter provider get a VR (``z.extra``: public, mgmt)."""
+async def add_vr_offering(
+    client: Any, z: SimZone, *, public: str | None = None, public_cidr: str = "198.51.100.0/24"
+) -> str:
+    """A public L3 (or ``public``, an existing one), a management L3 and the zone's default
+    virtual-router offering, so that L3s taking services from the VirtualRouter provider get a VR
+    (``z.extra``: public, mgmt)."""
     api = client.api
-    public = (await api("CreateL3Network", {"l2NetworkUuid": z.l2, "name": "public", "category": "Public"}))[
-        "inventory"
-    ]["uuid"]
-    await api("AddIpRangeByNetworkCidr", {"l3NetworkUuid": public, "name": "pub", "networkCidr": public_cidr})
+    if public is None:
+        public = (
+            await api("CreateL3Network", {"l2NetworkUuid": z.l2, "name": "public", "category": "Public"})
+        )["inventory"]["uuid"]
+        await api(
+            "AddIpRangeByNetworkCidr", {"l3NetworkUuid": public, "name": "pub", "networkCidr": public_cidr}
+        )
     mgmt = (await api("CreateL3Network", {"l2NetworkUuid": z.l2, "name": "mgmt", "category": "Private"}))[
         "inventory"
     ]["uuid"]
