@@ -426,7 +426,12 @@ class FlatEipSpec(WireModel):
 
     @model_validator(mode="after")
     def _addresses(self) -> FlatEipSpec:
-        for ip in [self.vip_ip, self.guest_ip, self.guest_gateway, *([self.vip_gateway] if self.vip_gateway else [])]:
+        for ip in [
+            self.vip_ip,
+            self.guest_ip,
+            self.guest_gateway,
+            *([self.vip_gateway] if self.vip_gateway else []),
+        ]:
             ipaddress.IPv4Address(ip)
         for mask in (self.vip_netmask, self.guest_netmask):
             ipaddress.IPv4Network(f"0.0.0.0/{mask}")

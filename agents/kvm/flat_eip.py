@@ -131,7 +131,17 @@ class FlatEip(HostNetnsCommands):
         self._exec([*in_ns, "busybox", "arping", "-U", "-c", "1", "-I", pi, eip.vip_ip], check=False)
         gw_mac = port_mac(eip.eip_uuid, "guest")
         self._exec(
-            [*in_ns, sys.executable, "-c", _ANNOUNCE, gi, eip.guest_gateway, gw_mac, eip.guest_ip, eip.guest_mac]
+            [
+                *in_ns,
+                sys.executable,
+                "-c",
+                _ANNOUNCE,
+                gi,
+                eip.guest_gateway,
+                gw_mac,
+                eip.guest_ip,
+                eip.guest_mac,
+            ]
         )
 
     def _rules(self, eips: list[FlatEipSpec]) -> list[str]:

@@ -80,7 +80,9 @@ def provider_type_of(session: Session, l3_uuid: str) -> str | None:
     return session.scalar(
         select(NetworkServiceProvider.type)
         .join(L3NetworkServiceRef, L3NetworkServiceRef.provider_uuid == NetworkServiceProvider.uuid)
-        .where(L3NetworkServiceRef.l3_network_uuid == l3_uuid, L3NetworkServiceRef.service_type == SERVICE_TYPE)
+        .where(
+            L3NetworkServiceRef.l3_network_uuid == l3_uuid, L3NetworkServiceRef.service_type == SERVICE_TYPE
+        )
     )
 
 
@@ -350,4 +352,3 @@ def _drop(session: Session, uuid: str) -> bool:
     forget_sharing(session, [uuid])
     session.delete(eip)
     return True
-
