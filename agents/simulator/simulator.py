@@ -199,6 +199,7 @@ class SimHost(HypervisorAgent):
                 f"host {self.host_uuid} has {self.cpu_num - cpu} CPUs and {self.memory_size - memory} bytes free",
             )
         self.vms[cmd.vm.uuid] = SimVm(cmd.vm, "Running")
+        self.bridges.update(nic.l2.bridge_name for nic in cmd.vm.nics)  # as the KVM agent's start does
         return VmStateReply(vm_uuid=cmd.vm.uuid, state="Running", changed=True)
 
     @_per_vm

@@ -1,14 +1,14 @@
-"""eip (elastic IPs: a VIP mapped onto a VM NIC)
+"""eip (elastic IPs: a VIP mapped onto a VM NIC) and the Flat provider's EIPs applied per host
 
 Revision ID: 0016
-Revises: 0013 (the lead re-chains it at merge)
+Revises: 0012 (main's head when written; the lead re-chains it at merge)
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0016"
-down_revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
@@ -39,7 +39,17 @@ def upgrade() -> None:
     )
     for column in ("name", "owner_account_uuid", "vm_nic_uuid"):
         op.create_index(op.f(f"ix_eip_{column}"), "eip", [column], unique=False)
+    op.create_table(
+        "flat_eip_host",
+        sa.Column("host_uuid", sa.String(length=32), nullable=False),
+        sa.Column("eip_uuid", sa.String(length=32), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["host_uuid"], ["host.uuid"], name=op.f("fk_flat_eip_host_host_uuid_host"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("host_uuid", "eip_uuid", name=op.f("pk_flat_eip_host")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("flat_eip_host")
     op.drop_table("eip")
