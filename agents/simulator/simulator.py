@@ -366,10 +366,11 @@ class SimHost(HypervisorAgent):
     async def flat_apply_eip(self, cmd: ApplyFlatEipCommand) -> FlatEipReply:
         await self._enter("agent.flat.apply_eip")
         for eip in cmd.eips:
-            if eip.public_bridge not in self.bridges or eip.guest_bridge not in self.bridges:
-                raise RingstackError(
-                    AgentErrors.HYPERVISOR_ERROR, f"EIP {eip.vip_ip}: a bridge is missing on this host"
-                )
+            for bridge in (eip.public_bridge, eip.guest_bridge):
+                if bridge not in self.bridges:
+                    raise RingstackError(
+                        AgentErrors.HYPERVISOR_ERROR, f"bridge {bridge} of EIP {eip.vip_ip} is missing"
+                    )
         wanted = {e.vip_ip: (e.guest_ip, e.guest_mac) for e in cmd.eips}
         changed, self.flat_eips = wanted != self.flat_eips, wanted
         return FlatEipReply(changed=changed, eips=len(wanted))
