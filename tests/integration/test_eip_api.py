@@ -11,7 +11,8 @@ import pytest
 from agents.simulator.simulator import Fault
 from bus.errors import RingstackError
 from mgmt.core import migrate
-from schema.db.network import FLAT_PROVIDER_UUID
+from mgmt.services.eip.backends import EipBackend, EipTarget
+from schema.db.network import FLAT_PROVIDER_UUID, VIRTUAL_ROUTER_PROVIDER_UUID
 from tests.support import infra
 from tests.support.cluster import until
 from tests.support.zone import build_zone, vm_request
@@ -247,3 +248,91 @@ def test_the_eip_migration_matches_the_models_and_downgrades():
         assert infra.schema_diffs(url, EIP_TABLES) == []
     finally:
         infra.drop_database(name)
+
+
+async def test_an_eip_goes_when_its_public_network_is_deleted_with_enforcing(zone, client, simulator):
+    api = client.api
+    host = zone.hosts[0]
+    vm = (await api("CreateVmInstance", vm_request(zone, hostUuid=host)))["inventory"]
+    nic = vm["vmNics"][0]
+    vip = await vip_of(client, zone)
+    eip = (await api("CreateEip", {"name": "e", "vipUuid": vip["uuid"], "vmNicUuid": nic["uuid"]}))[
+        "inventory"
+    ]
+    assert eips_on(simulator, host) == {vip["ip"]: (nic["ip"], nic["mac"])}
+    with pytest.raises(RingstackError) as err:
+        await api("DeleteL3Network", {"uuid": zone.extra["public"]})
+    assert err.value.code == "SYS.RESOURCE_IN_USE"
+    await api("DeleteL3Network", {"uuid": zone.extra["public"], "deleteMode": "Enforcing"})
+    assert await eip_row(client, eip["uuid"]) is None
+
+    async def gone():
+        return eips_on(simulator, host) == {}
+
+    await until(gone, 15, "the host to drop an EIP its VIP's network took along")
+
+
+class RecordingEipBackend:
+    """Stands in for the VirtualRouter EIP backend (the vrouter plugin's, not on this branch): it
+    proves the dispatch, not the router's rules."""
+
+    provider_type = "VirtualRouter"
+
+    def __init__(self) -> None:
+        self.applied: list[tuple[str, str]] = []
+        self.removed: list[tuple[str, str]] = []
+
+    async def apply(self, target: EipTarget) -> None:
+        self.applied.append((target.vip_ip, target.guest_ip))
+
+    async def remove(self, target: EipTarget) -> None:
+        self.removed.append((target.vip_ip, target.guest_ip))
+
+
+async def test_one_zone_with_a_flat_l3_and_a_virtual_router_l3(node, zone, client, simulator):
+    """Each NIC's EIP goes to its own L3's provider: the Flat one onto the host, the VirtualRouter
+    one to the VR backend; the flat L3 is served by the host's DHCP, the VR one is not."""
+    api = client.api
+    host = zone.hosts[0]
+    vr_l3 = (await api("CreateL3Network", {"l2NetworkUuid": zone.l2, "name": "behind-vr"}))["inventory"][
+        "uuid"
+    ]
+    await api("AddIpRangeByNetworkCidr", {"l3NetworkUuid": vr_l3, "name": "r", "networkCidr": "10.40.0.0/24"})
+    await api(
+        "AttachNetworkServiceToL3Network",
+        {"l3NetworkUuid": vr_l3, "networkServices": {VIRTUAL_ROUTER_PROVIDER_UUID: ["DHCP", "SNAT", "EIP"]}},
+    )
+    vm = (
+        await api("CreateVmInstance", {**vm_request(zone, hostUuid=host), "l3NetworkUuids": [zone.l3, vr_l3]})
+    )["inventory"]
+    nics = {n["l3NetworkUuid"]: n for n in vm["vmNics"]}
+    flat_nic, vr_nic = nics[zone.l3], nics[vr_l3]
+    vip1, vip2 = await vip_of(client, zone), await vip_of(client, zone)
+
+    with pytest.raises(RingstackError) as err:  # no VirtualRouter EIP backend running yet
+        await api("CreateEip", {"name": "vr", "vipUuid": vip2["uuid"], "vmNicUuid": vr_nic["uuid"]})
+    assert err.value.code == "EIP.NO_PROVIDER" and err.value.details["providerType"] == "VirtualRouter"
+    assert (await api("QueryEip", {}))["inventories"] == []
+
+    backend = RecordingEipBackend()
+    node.extensions.register(EipBackend, backend)
+    flat = (await api("CreateEip", {"name": "f", "vipUuid": vip1["uuid"], "vmNicUuid": flat_nic["uuid"]}))[
+        "inventory"
+    ]
+    vr = (await api("CreateEip", {"name": "vr", "vipUuid": vip2["uuid"], "vmNicUuid": vr_nic["uuid"]}))[
+        "inventory"
+    ]
+    assert eips_on(simulator, host) == {vip1["ip"]: (flat_nic["ip"], flat_nic["mac"])}
+    assert backend.applied == [(vip2["ip"], vr_nic["ip"])]
+
+    async def dhcp_only_for_flat():
+        served = simulator.hosts[host].flat_dhcp
+        return served.get(zone.l3) == {flat_nic["mac"]: flat_nic["ip"]} and vr_l3 not in served
+
+    await until(dhcp_only_for_flat, 15, "the host to serve DHCP for the flat L3 only")
+
+    await api("DetachEip", {"uuid": vr["uuid"]})
+    assert backend.removed == [(vip2["ip"], vr_nic["ip"])]
+    assert eips_on(simulator, host) == {vip1["ip"]: (flat_nic["ip"], flat_nic["mac"])}
+    await api("DeleteEip", {"uuid": flat["uuid"]})
+    assert eips_on(simulator, host) == {} and backend.applied == [(vip2["ip"], vr_nic["ip"])]

@@ -12,13 +12,14 @@ watches VM events; this service is not involved once the attachment is recorded.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from bus.errors import RingstackError
 from mgmt.core.access import forget_sharing, load_owned
+from mgmt.core.cascade import CascadeRegistry, CascadeRule
 from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
 from mgmt.core.extensions import ExtensionRegistry
@@ -69,6 +70,19 @@ QUERY = QueryTarget.for_model(
         "vmNic": Relation("vmNic", Eip.vm_nic_uuid, VmNic.uuid),
     },
 )
+
+
+def _children(session: Session, parent_kind: str, uuids: Sequence[str]) -> list[str]:
+    return list(session.scalars(select(Eip.uuid).where(Eip.vip_uuid.in_(uuids))))
+
+
+def _delete(session: Session, uuids: Sequence[str]) -> None:
+    forget_sharing(session, uuids)
+    session.execute(delete(Eip).where(Eip.uuid.in_(uuids)))
+
+
+# A VIP deleted with its L3 (Enforcing) takes its EIP along; the provider hears ``eip...deleted``.
+RULE = CascadeRule(kind=KIND, parents=("vip",), children_of=_children, delete=_delete)
 
 
 def _inventory(row: Eip) -> EipInventory:
@@ -149,6 +163,13 @@ class EipService(Service):
     db: Database
     events: EventPublisher
     extensions: ExtensionRegistry
+    cascade: CascadeRegistry
+
+    async def start(self) -> None:
+        self.cascade.register(RULE)
+
+    async def stop(self) -> None:
+        self.cascade.unregister(KIND)
 
     def _backend(self, target: EipTarget) -> EipBackend:
         backend = backend_for(self.extensions, target.provider_type)

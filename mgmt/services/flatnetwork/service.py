@@ -195,6 +195,13 @@ def vm_hosts(session: Session, vm_uuid: str) -> list[str]:
     return connected(session, hosts)
 
 
+def eip_hosts(session: Session, eip_uuid: str) -> list[str]:
+    """The connected hosts an EIP was last applied on."""
+    return connected(
+        session, set(session.scalars(select(FlatEipHost.host_uuid).where(FlatEipHost.eip_uuid == eip_uuid)))
+    )
+
+
 def record_served(
     session: Session, host_uuid: str, vm_uuids: set[str], eip_uuids: list[str] | None = None
 ) -> None:
@@ -237,7 +244,9 @@ class FlatNetworkService(Service):
     async def start(self) -> None:
         backend: EipBackend = FlatEipBackend(self)
         self.extensions.register(EipBackend, backend)  # type: ignore[type-abstract]
-        spec = self.bus.topology.event_queue("flatnetwork", "vm.*.*", "host.*.status", durable=True)
+        spec = self.bus.topology.event_queue(
+            "flatnetwork", "vm.*.*", "host.*.status", "eip.*.deleted", durable=True
+        )
         spec = QueueSpec(
             spec.name,
             durable=True,
@@ -274,6 +283,9 @@ class FlatNetworkService(Service):
         if event.resource_type == "host":
             if (event.inventory or {}).get("status") == "Connected":
                 await self._push(await self.db.run(connected, [event.resource_uuid]))
+            return
+        if event.resource_type == "eip":  # deleted behind the EIP service's back (a cascade)
+            await self._push(await self.db.run(eip_hosts, event.resource_uuid))
             return
         if event.resource_type == "vm" and event.action in VM_ACTIONS:
             await self._push(await self.db.run(vm_hosts, event.resource_uuid))
