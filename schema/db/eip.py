@@ -3,10 +3,11 @@ network service provider of the NIC's L3 (the host itself for Flat, the VR for V
 
 from __future__ import annotations
 
-from sqlalchemy import ForeignKey, String
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import ForeignKey, String, select
+from sqlalchemy.orm import Mapped, column_property, mapped_column
 
 from schema.db.base import UUID_LENGTH, Base, ResourceMixin
+from schema.db.vm import VmNic
 
 
 class Eip(ResourceMixin, Base):
@@ -22,7 +23,9 @@ class Eip(ResourceMixin, Base):
     vm_nic_uuid: Mapped[str | None] = mapped_column(
         String(UUID_LENGTH), ForeignKey("vm_nic.uuid", ondelete="SET NULL"), index=True
     )
-    # Copies of the VIP's and the NIC's addresses, as ZStack's EipVO keeps them (queryable).
-    vip_ip: Mapped[str] = mapped_column(String(15))
-    guest_ip: Mapped[str | None] = mapped_column(String(64))
+    vip_ip: Mapped[str] = mapped_column(String(15))  # a copy of the VIP's (which never changes)
     state: Mapped[str] = mapped_column(String(32), default="Enabled")
+    # The NIC's address, read with the row (queryable; never stale when the NIC goes).
+    guest_ip: Mapped[str | None] = column_property(
+        select(VmNic.ip).where(VmNic.uuid == vm_nic_uuid).correlate_except(VmNic).scalar_subquery()
+    )

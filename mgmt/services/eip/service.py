@@ -72,6 +72,13 @@ QUERY = QueryTarget.for_model(
 )
 
 
+def _fresh(session: Session, eip: Eip) -> EipInventory:
+    """The inventory after a change of its NIC (``guest_ip`` is read from the NIC)."""
+    session.flush()
+    session.refresh(eip)
+    return _inventory(eip)
+
+
 def _children(session: Session, parent_kind: str, uuids: Sequence[str]) -> list[str]:
     return list(session.scalars(select(Eip.uuid).where(Eip.vip_uuid.in_(uuids))))
 
@@ -214,14 +221,13 @@ class EipService(Service):
                 )
             nic = check_nic(session, eip, nic_uuid, account)
             target = target_of(session, eip, nic.uuid)  # raises if no provider: nothing changed yet
-            eip.vm_nic_uuid, eip.guest_ip = nic.uuid, nic.ip
-            session.flush()
-            return _inventory(eip), target if eip.state == "Enabled" else None
+            eip.vm_nic_uuid = nic.uuid
+            return _fresh(session, eip), target if eip.state == "Enabled" else None
 
         def undo(session: Session) -> None:
             eip = session.get(Eip, eip_uuid)
             if eip is not None and eip.vm_nic_uuid == nic_uuid:
-                eip.vm_nic_uuid, eip.guest_ip = None, None
+                eip.vm_nic_uuid = None
 
         inv, target = await self.db.run(attach)
         if target is not None:
@@ -238,9 +244,8 @@ class EipService(Service):
             if nic_uuid is None:
                 return _inventory(eip), None, None
             target = target_of(session, eip, nic_uuid) if eip.state == "Enabled" else None
-            eip.vm_nic_uuid, eip.guest_ip = None, None
-            session.flush()
-            return _inventory(eip), target, nic_uuid
+            eip.vm_nic_uuid = None
+            return _fresh(session, eip), target, nic_uuid
 
         inv, target, nic_uuid = await self.db.run(detach)
         if target is not None:
@@ -249,7 +254,7 @@ class EipService(Service):
                 eip = session.get(Eip, eip_uuid)
                 nic = session.get(VmNic, nic_uuid)
                 if eip is not None and nic is not None and eip.vm_nic_uuid is None:
-                    eip.vm_nic_uuid, eip.guest_ip = nic.uuid, nic.ip
+                    eip.vm_nic_uuid = nic.uuid
 
             await self._backend_step(target, lambda b: b.remove, lambda b: b.apply, undo)
         return inv

@@ -26,7 +26,6 @@ def upgrade() -> None:
         sa.Column("vip_uuid", sa.String(length=32), nullable=False),
         sa.Column("vm_nic_uuid", sa.String(length=32), nullable=True),
         sa.Column("vip_ip", sa.String(length=15), nullable=False),
-        sa.Column("guest_ip", sa.String(length=64), nullable=True),
         sa.Column("state", sa.String(length=32), nullable=False),
         sa.ForeignKeyConstraint(
             ["vip_uuid"], ["vip.uuid"], name=op.f("fk_eip_vip_uuid_vip"), ondelete="CASCADE"
