@@ -72,10 +72,13 @@ class FlatEip(HostNetnsCommands):
             self._remove(ns)
             changed += 1
         have = self._namespaces()
+        masters = self._masters()
         for ns, eip in sorted(wanted.items()):
             spec = json.dumps(eip.to_wire(), sort_keys=True)
             record = self.state_dir / f"{ns}.json"
-            if ns in have and record.exists() and record.read_text() == spec:
+            po, _, go, _ = self._ports(eip.eip_uuid)
+            intact = masters.get(po) == eip.public_bridge and masters.get(go) == eip.guest_bridge
+            if ns in have and intact and record.exists() and record.read_text() == spec:
                 continue
             self._remove(ns)
             self._build(ns, eip)
@@ -83,6 +86,11 @@ class FlatEip(HostNetnsCommands):
             changed += 1
         changed += self._ebtables_chain(CHAIN, self._rules(eips))
         return FlatEipReply(changed=bool(changed), eips=len(eips))
+
+    def _masters(self) -> dict[str, str | None]:
+        """The host's links and the bridge each is a port of (a bridge re-made loses its ports)."""
+        links = json.loads(self._host("ip", "-j", "link", "show") or "[]")
+        return {link["ifname"]: link.get("master") for link in links}
 
     def _build(self, ns: str, eip: FlatEipSpec) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -118,7 +126,9 @@ class FlatEip(HostNetnsCommands):
         if eip.vip_gateway:
             self._exec([*inside, "route", "replace", "default", "via", eip.vip_gateway, "dev", pi])
         in_ns = ["ip", "netns", "exec", ns]
-        self._exec([*in_ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        self._exec(
+            [*in_ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.disable_ipv6=1"]
+        )
         nat = (
             "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
             f"-A PREROUTING -d {eip.vip_ip}/32 -j DNAT --to-destination {eip.guest_ip}\n"

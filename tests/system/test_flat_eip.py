@@ -117,6 +117,12 @@ async def test_the_eip_reaches_the_guest_and_its_traffic_leaves_from_the_vip_and
         assert call(guest, OUTSIDE_IP, 7001) == f"outside {VIP}"
         assert GUEST_IP not in router.ip("neigh", "show").stdout
 
+        # A port knocked off its bridge (the bridge re-made) is put back by the next apply.
+        a.ip("link", "set", f"ego{eip[:8]}", "nomaster")
+        assert call(outside, VIP, 7000) is None
+        assert (await agent_a.client.call(cmd, FlatEipReply)).changed
+        assert call(outside, VIP, 7000) == f"guest {OUTSIDE_IP}"
+
         # The guest moves to host B (same MAC and address): A drops the EIP, B takes it up.
         a.ip("link", "del", f"vm{guest.name[-6:]}")
         procs.pop(0).kill()
