@@ -96,35 +96,27 @@ class FlatEip(HostNetnsCommands):
         self.state_dir.mkdir(parents=True, exist_ok=True)
         po, pi, go, gi = self._ports(eip.eip_uuid)
         self._exec(["ip", "netns", "add", ns])
-        inside = ["ip", "-n", ns]
-        self._exec([*inside, "link", "set", "lo", "up"])
+        # Two `ip -batch` runs (the host's side, then the namespace's), not one process per step.
+        host, inside = [], ["link set lo up"]
         for outer, inner, bridge, side in (
             (po, pi, eip.public_bridge, "public"),
             (go, gi, eip.guest_bridge, "guest"),
         ):
-            self._host("ip", "link", "add", outer, "type", "veth", "peer", "name", inner, "netns", ns)
-            self._exec([*inside, "link", "set", inner, "address", port_mac(eip.eip_uuid, side)])
-            self._host("ip", "link", "set", outer, "master", bridge)
-            self._host("ip", "link", "set", outer, "up")
-            self._exec([*inside, "link", "set", inner, "up"])
-        self._exec([*inside, "addr", "add", f"{eip.vip_ip}/{_prefix(eip.vip_netmask)}", "dev", pi])
-        self._exec([*inside, "addr", "add", f"{eip.guest_gateway}/{_prefix(eip.guest_netmask)}", "dev", gi])
-        self._exec(
-            [
-                *inside,
-                "neigh",
-                "replace",
-                eip.guest_ip,
-                "lladdr",
-                eip.guest_mac,
-                "nud",
-                "permanent",
-                "dev",
-                gi,
+            host += [
+                f"link add {outer} type veth peer name {inner} netns {ns}",
+                f"link set {outer} master {bridge}",
+                f"link set {outer} up",
             ]
-        )
+            inside += [f"link set {inner} address {port_mac(eip.eip_uuid, side)}", f"link set {inner} up"]
+        inside += [
+            f"addr add {eip.vip_ip}/{_prefix(eip.vip_netmask)} dev {pi}",
+            f"addr add {eip.guest_gateway}/{_prefix(eip.guest_netmask)} dev {gi}",
+            f"neigh replace {eip.guest_ip} lladdr {eip.guest_mac} nud permanent dev {gi}",
+        ]
         if eip.vip_gateway:
-            self._exec([*inside, "route", "replace", "default", "via", eip.vip_gateway, "dev", pi])
+            inside.append(f"route replace default via {eip.vip_gateway} dev {pi}")
+        self._host("ip", "-batch", "-", stdin="\n".join(host) + "\n")
+        self._exec(["ip", "-n", ns, "-batch", "-"], stdin="\n".join(inside) + "\n")
         in_ns = ["ip", "netns", "exec", ns]
         self._exec(
             [*in_ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.disable_ipv6=1"]
@@ -144,6 +136,8 @@ class FlatEip(HostNetnsCommands):
             [
                 *in_ns,
                 sys.executable,
+                "-I",
+                "-S",
                 "-c",
                 _ANNOUNCE,
                 gi,
