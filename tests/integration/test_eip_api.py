@@ -313,6 +313,12 @@ async def test_one_zone_with_a_flat_l3_and_a_virtual_router_l3(node, zone, clien
         await api("CreateEip", {"name": "vr", "vipUuid": vip2["uuid"], "vmNicUuid": vr_nic["uuid"]})
     assert err.value.code == "EIP.NO_PROVIDER" and err.value.details["providerType"] == "VirtualRouter"
     assert (await api("QueryEip", {}))["inventories"] == []
+    spare = (await api("CreateEip", {"name": "spare", "vipUuid": vip2["uuid"]}))["inventory"]
+    with pytest.raises(RingstackError) as err:
+        await api("AttachEip", {"eipUuid": spare["uuid"], "vmNicUuid": vr_nic["uuid"]})
+    assert err.value.code == "EIP.NO_PROVIDER"
+    assert (await eip_row(client, spare["uuid"])).get("vmNicUuid") is None
+    await api("DeleteEip", {"uuid": spare["uuid"]})
 
     backend = RecordingEipBackend()
     node.extensions.register(EipBackend, backend)

@@ -220,7 +220,8 @@ class EipService(Service):
                     details={"vmNicUuid": eip.vm_nic_uuid},
                 )
             nic = check_nic(session, eip, nic_uuid, account)
-            target = target_of(session, eip, nic.uuid)  # raises if no provider: nothing changed yet
+            target = target_of(session, eip, nic.uuid)
+            self._backend(target)  # no provider, or its plugin not running: refused, nothing changed
             eip.vm_nic_uuid = nic.uuid
             return _fresh(session, eip), target if eip.state == "Enabled" else None
 
@@ -231,7 +232,6 @@ class EipService(Service):
 
         inv, target = await self.db.run(attach)
         if target is not None:
-            self._backend(target)  # a missing plugin fails before anything is pushed
             await self._backend_step(target, lambda b: b.apply, lambda b: b.remove, undo)
         return inv
 
@@ -244,6 +244,8 @@ class EipService(Service):
             if nic_uuid is None:
                 return _inventory(eip), None, None
             target = target_of(session, eip, nic_uuid) if eip.state == "Enabled" else None
+            if target is not None:
+                self._backend(target)
             eip.vm_nic_uuid = None
             return _fresh(session, eip), target, nic_uuid
 
@@ -327,6 +329,8 @@ class EipService(Service):
             eip.state = wanted
             session.flush()
             target = target_of(session, eip, eip.vm_nic_uuid) if eip.vm_nic_uuid is not None else None
+            if target is not None and before["state"] != wanted:
+                self._backend(target)
             return _inventory(eip), target
 
         def undo(session: Session) -> None:
