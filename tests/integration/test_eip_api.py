@@ -272,6 +272,38 @@ async def test_an_eip_goes_when_its_public_network_is_deleted_with_enforcing(zon
     await until(gone, 15, "the host to drop an EIP its VIP's network took along")
 
 
+async def test_a_nic_detached_from_its_vm_takes_the_eip_off_its_host(zone, client, simulator):
+    api = client.api
+    host = zone.hosts[0]
+    second = (await api("CreateL3Network", {"l2NetworkUuid": zone.l2, "name": "second"}))["inventory"]["uuid"]
+    await api(
+        "AddIpRangeByNetworkCidr", {"l3NetworkUuid": second, "name": "r", "networkCidr": "10.50.0.0/24"}
+    )
+    await api(
+        "AttachNetworkServiceToL3Network",
+        {"l3NetworkUuid": second, "networkServices": {FLAT_PROVIDER_UUID: ["DHCP", "EIP"]}},
+    )
+    vm = (
+        await api(
+            "CreateVmInstance", {**vm_request(zone, hostUuid=host), "l3NetworkUuids": [zone.l3, second]}
+        )
+    )["inventory"]
+    nic = next(n for n in vm["vmNics"] if n["l3NetworkUuid"] == second)
+    vip = await vip_of(client, zone)
+    eip = (await api("CreateEip", {"name": "e", "vipUuid": vip["uuid"], "vmNicUuid": nic["uuid"]}))[
+        "inventory"
+    ]
+    assert eips_on(simulator, host) == {vip["ip"]: (nic["ip"], nic["mac"])}
+    await api("DetachL3NetworkFromVm", {"vmInstanceUuid": vm["uuid"], "vmNicUuid": nic["uuid"]})
+    row = await eip_row(client, eip["uuid"])
+    assert row is not None and (row.get("vmNicUuid"), row.get("guestIp")) == (None, None)
+
+    async def gone():
+        return eips_on(simulator, host) == {}
+
+    await until(gone, 15, "the host to drop the EIP of a NIC that went")
+
+
 class RecordingEipBackend:
     """Stands in for the VirtualRouter EIP backend (the vrouter plugin's, not on this branch): it
     proves the dispatch, not the router's rules."""
