@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface
 from typing import Any
@@ -45,6 +44,7 @@ from mgmt.services.vm.states import VmState
 from mgmt.services.vrouter import errors
 from schema.agent import ApplianceSpec, DeleteVolumeCommand, DestroyVmCommand, StartVmCommand, VmStateReply
 from schema.agent_base import ConnectCommand, ConnectReply
+from schema.db.eip import Eip as EipRow
 from schema.db.image import Image
 from schema.db.network import IpRange, L2Network, L3Network
 from schema.db.vm import VmInstance, VmNic
@@ -91,15 +91,6 @@ def hostname_of(vm_uuid: str) -> str:
     return f"vm-{vm_uuid[:12]}"
 
 
-class VrEipSource:
-    """Extension point for the EIP service: the EIPs a guest L3's VR must hold (``desiredState``
-    asks every registered source, so a full sync keeps them). Register an instance with
-    ``extensions.register(VrEipSource, ...)``."""
-
-    def eips(self, session: Session, l3_uuid: str) -> list[Eip]:
-        return []
-
-
 def desired_settings(session: Session, vr_uuid: str) -> VrState:
     """The L3-wide part of a VR's state (SNAT, DNS): what a new NIC's create pushes besides its
     DHCP entry."""
@@ -127,10 +118,10 @@ def _dns(session: Session, vr: VirtualRouterVm, services: frozenset[str]) -> Dns
     return DnsSettings(servers=list(l3.dns), domain=l3.dns_domain)  # type: ignore[arg-type]
 
 
-def desired_state(session: Session, vr_uuid: str, eip_sources: Sequence[VrEipSource] = ()) -> VrState:
+def desired_state(session: Session, vr_uuid: str) -> VrState:
     """Everything the VR of a guest L3 must hold, from the database: SNAT for the guest CIDR, a
     DHCP entry per live NIC on the L3, the L3's DNS, and the port forwardings (with their VIPs)
-    attached to NICs of the L3. Only the services the L3 takes from the VirtualRouter provider."""
+    attached to NICs of the L3, the EIPs on its NICs (with their VIPs). Only the services the L3 takes from the VirtualRouter provider."""
     vr = session.get(VirtualRouterVm, vr_uuid)
     if vr is None:
         raise not_found("virtual router", vr_uuid)
@@ -170,7 +161,21 @@ def desired_state(session: Session, vr_uuid: str, eip_sources: Sequence[VrEipSou
             .order_by(PortForwardingRule.uuid)
         ).all()
         pfs = [pf_of(rule) for rule in rules if rule.guest_ip]
-    eips = [e for source in eip_sources for e in source.eips(session, l3_uuid)] if "EIP" in services else []
+    eips: list[Eip] = []
+    if "EIP" in services:
+        rows = session.execute(
+            select(EipRow.uuid, EipRow.vip_ip, VmNic.ip)
+            .join(VmNic, VmNic.uuid == EipRow.vm_nic_uuid)
+            .join(VmInstance, VmInstance.uuid == VmNic.vm_instance_uuid)
+            .where(
+                VmNic.l3_network_uuid == l3_uuid,
+                VmNic.ip.is_not(None),
+                EipRow.state == "Enabled",
+                VmInstance.state.not_in(GONE_STATES),
+            )
+            .order_by(EipRow.uuid)
+        )
+        eips = [Eip(uuid=u, vip_ip=vip, guest_ip=ip) for u, vip, ip in rows]  # type: ignore[arg-type]
     vips = [Vip(ip=ip) for ip in sorted({p.vip_ip for p in pfs} | {e.vip_ip for e in eips})]
     return VrState(snats=snats, vips=vips, eips=eips, port_forwardings=pfs, dhcp=dhcp, dns=dns)
 
@@ -420,7 +425,7 @@ class VrCreator:
         await configure(self.db, self.vr_agents, c.vr_uuid)
 
     async def _sync(self, c: VrCreation) -> None:
-        await push_state(self.db, self.vr_agents, c.vr_uuid, self.extensions.get(VrEipSource))
+        await push_state(self.db, self.vr_agents, c.vr_uuid)
 
     async def _done(self, c: VrCreation) -> None:
         await self.db.run(set_status, c.vr_uuid, "Connected", None)
@@ -462,10 +467,8 @@ async def configure(db: Database, agents: AgentClient, vr_uuid: str) -> ChangeRe
     return await agents.call(command, ChangeReply)
 
 
-async def push_state(
-    db: Database, agents: AgentClient, vr_uuid: str, eip_sources: Sequence[VrEipSource] = ()
-) -> ChangeReply:
-    state = await db.run(desired_state, vr_uuid, eip_sources)
+async def push_state(db: Database, agents: AgentClient, vr_uuid: str) -> ChangeReply:
+    state = await db.run(desired_state, vr_uuid)
     reply: ChangeReply = await sync_vrouter(agents, vr_uuid, state)
     await db.run(mark_synced, vr_uuid)
     return reply

@@ -12,3 +12,4 @@ AGENT_UNREACHABLE: Final = "VROUTER.AGENT_UNREACHABLE"  # the appliance's agent 
 VIP_NOT_FREE: Final = "VROUTER.VIP_NOT_FREE"  # the VIP is used by another service
 NIC_NOT_SERVED: Final = "VROUTER.NIC_NOT_SERVED"  # the NIC's L3 takes no PortForwarding from a VR
 PF_CONFLICT: Final = "VROUTER.PORT_FORWARDING_CONFLICT"  # overlapping ports on one VIP, or attached
+VIP_NOT_ON_VR: Final = "VROUTER.VIP_NOT_ON_VR"  # the VIP is not on the public network of the NIC's VR

@@ -34,6 +34,7 @@ from mgmt.core.garbage import GarbageCollector
 from mgmt.core.query import QueryTarget, Relation, run_query
 from mgmt.core.quota import check_quota, define_quota, register_usage
 from mgmt.core.service import CallContext, Service, handler
+from mgmt.services.eip.backends import EipBackend, EipTarget
 from mgmt.services.network.ipam import allocate_ip, release_ips_for
 from mgmt.services.network.providers import NicServices, ProviderExtension
 from mgmt.services.vm import plan as plans
@@ -323,6 +324,7 @@ class VirtualRouterService(Service):
         self.vr_agents = AgentClient(self.bus, default_timeout=PUSH_TIMEOUT, protocol=VirtualRouterAgent)
         self.provider = VirtualRouterProvider(self)
         self.extensions.register(VmInstantiateExtension, self.provider)
+        self.extensions.register(EipBackend, VirtualRouterEipBackend(self))  # type: ignore[type-abstract]
         self._misses: dict[str, int] = {}
         self._uptime: dict[str, float] = {}
         self._limit = asyncio.Semaphore(32)
@@ -512,9 +514,6 @@ class VirtualRouterService(Service):
         )
         return VirtualRouterVmReply.model_validate(reply).inventory
 
-    def eip_sources(self) -> list[appliance.VrEipSource]:
-        return self.extensions.get(appliance.VrEipSource)
-
     def creator(self) -> appliance.VrCreator:
         return appliance.VrCreator(
             self.db,
@@ -561,7 +560,7 @@ class VirtualRouterService(Service):
         try:
             reply = await appliance.wait_connected(self.vr_agents, vr_uuid, deadline)
             await appliance.configure(self.db, self.vr_agents, vr_uuid)
-            await appliance.push_state(self.db, self.vr_agents, vr_uuid, self.eip_sources())
+            await appliance.push_state(self.db, self.vr_agents, vr_uuid)
         except RingstackError as exc:
             await self._set_status(vr_uuid, "Disconnected", f"{exc.code}: {exc.message}")
             raise
@@ -593,7 +592,7 @@ class VirtualRouterService(Service):
         inv = await self.db.run(_vr_inventory, msg.vm_instance_uuid)
         if inv.status == "Connected":
             try:
-                await appliance.push_state(self.db, self.vr_agents, msg.vm_instance_uuid, self.eip_sources())
+                await appliance.push_state(self.db, self.vr_agents, msg.vm_instance_uuid)
             except RingstackError as exc:  # the tracker's reconnect pushes it all again
                 await self._set_status(msg.vm_instance_uuid, "Disconnected", f"{exc.code}: {exc.message}")
                 raise
@@ -784,20 +783,42 @@ class VirtualRouterService(Service):
 
     # ------------------------------------------------------------------ EIP backend
 
-    async def apply_eip(self, l3_uuid: str, eip_uuid: str, vip_ip: str, guest_ip: str) -> bool:
-        """The VirtualRouter backend of an EIP (the EIP service owns the API and the rows): the
-        VIP and the EIP on the VR of the guest NIC's L3 ``l3_uuid``. Whether the VR changed."""
-        vr = await self.ensure(l3_uuid)
+    async def apply_eip(self, target: EipTarget) -> None:
+        """The VIP and the EIP on the VR of the NIC's L3 (made if the L3 has none yet)."""
+        vr = await self.ensure(target.nic_l3_uuid)
+        if target.vip_l3_uuid != vr.public_network_uuid:
+            raise RingstackError(
+                errors.VIP_NOT_ON_VR,
+                f"VIP {target.vip_ip} is on L3 network {target.vip_l3_uuid}; the VR of L3 network "
+                f"{target.nic_l3_uuid} is on public network {vr.public_network_uuid}",
+                details={"vipL3NetworkUuid": target.vip_l3_uuid, "publicNetworkUuid": vr.public_network_uuid},
+            )
         agents = self.vr_agents
-        await agents.call(VipCreateCommand(host_uuid=vr.uuid, vip=VrVip(ip=vip_ip)), ChangeReply)  # type: ignore[arg-type]
-        eip = Eip(uuid=eip_uuid, vip_ip=vip_ip, guest_ip=guest_ip)  # type: ignore[arg-type]
-        return (await agents.call(EipCreateCommand(host_uuid=vr.uuid, eip=eip), ChangeReply)).changed
+        await agents.call(VipCreateCommand(host_uuid=vr.uuid, vip=VrVip(ip=target.vip_ip)), ChangeReply)  # type: ignore[arg-type]
+        eip = Eip(uuid=target.eip_uuid, vip_ip=target.vip_ip, guest_ip=target.guest_ip)  # type: ignore[arg-type]
+        await agents.call(EipCreateCommand(host_uuid=vr.uuid, eip=eip), ChangeReply)
 
-    async def remove_eip(self, l3_uuid: str, eip_uuid: str, vip_ip: str) -> bool:
-        vr = await self.db.run(appliance.vr_of_l3, l3_uuid)
-        if vr is None:
-            return False
+    async def remove_eip(self, target: EipTarget) -> None:
+        vr = await self.db.run(appliance.vr_of_l3, target.nic_l3_uuid)
+        if vr is None or vr.status == "Creating":
+            return  # nothing there (a VR being made syncs from the database, without it)
         agents = self.vr_agents
-        changed = (await agents.call(EipRemoveCommand(host_uuid=vr.uuid, uuid=eip_uuid), ChangeReply)).changed
-        await agents.call(VipRemoveCommand(host_uuid=vr.uuid, ip=vip_ip), ChangeReply)  # type: ignore[arg-type]
-        return changed
+        await agents.call(EipRemoveCommand(host_uuid=vr.uuid, uuid=target.eip_uuid), ChangeReply)
+        await agents.call(VipRemoveCommand(host_uuid=vr.uuid, ip=target.vip_ip), ChangeReply)  # type: ignore[arg-type]
+
+
+class VirtualRouterEipBackend:
+    """The VirtualRouter provider's EIP backend (``mgmt.services.eip.backends.EipBackend``): NAT on
+    the VR of the NIC's L3. The EIP service has written the database first, so the VR's full
+    syncs agree with what this pushes."""
+
+    provider_type = appliance.PROVIDER_TYPE
+
+    def __init__(self, service: VirtualRouterService) -> None:
+        self.service = service
+
+    async def apply(self, target: EipTarget) -> None:
+        await self.service.apply_eip(target)
+
+    async def remove(self, target: EipTarget) -> None:
+        await self.service.remove_eip(target)

@@ -1,7 +1,7 @@
 """vrouter services: the VR appliances (one per guest L3) and port-forwarding rules
 
 Revision ID: 0015
-Revises: 0012 (0013 in the brief; chained after this branch's real head so there is one head;
+Revises: 0016 (0013 in the brief; chained after the real head, flat's 0016 EIP, so there is one head;
 the lead re-chains at merge)
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0015"
-down_revision = "0012"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 
