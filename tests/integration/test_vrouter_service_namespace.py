@@ -3,7 +3,8 @@ only: the management side creates the VR appliance (on a simulated host, which b
 it), the real agent process plays the booted appliance in a network namespace (tests/support/
 vrlab.py) with the appliance VM's NIC MACs; the management side then configures it and syncs it.
 A guest namespace with the user VM's MAC gets IPAM's address by DHCP and leaves through SNAT; an
-outside namespace reaches it through port forwarding (TCP and UDP, allowed CIDR enforced)."""
+outside namespace reaches it through port forwarding (TCP and UDP, allowed CIDR enforced)
+and an EIP (detached: unreachable, and the guest leaves as the VR's address again)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,9 @@ async def vr_zone(client, tmp_path):  # type: ignore[no-untyped-def]
         "AttachNetworkServiceToL3Network",
         {
             "l3NetworkUuid": z.l3,
-            "networkServices": {VIRTUAL_ROUTER_PROVIDER_UUID: ["DHCP", "DNS", "SNAT", "PortForwarding"]},
+            "networkServices": {
+                VIRTUAL_ROUTER_PROVIDER_UUID: ["DHCP", "DNS", "SNAT", "PortForwarding", "EIP"]
+            },
         },
     )
     await api(
@@ -162,14 +165,30 @@ async def test_dhcp_snat_and_port_forwarding_with_the_real_agent(node, client, s
         )
         assert gone is None
 
+        # EIP through the API: the outside reaches the guest on the EIP, the guest leaves as it.
+        eip_vip = (await api("CreateVip", {"name": "e", "l3NetworkUuid": z.extra["public"]}))["inventory"]
+        eip = (await api("CreateEip", {"name": "e", "vipUuid": eip_vip["uuid"], "vmNicUuid": nic["uuid"]}))[
+            "inventory"
+        ]
+        answer = await asyncio.to_thread(lab.call, lab.outside, "tcp", eip_vip["ip"], 80, source=OUTSIDE_2)
+        assert answer == f"web {OUTSIDE_2}"
+        seen = await asyncio.to_thread(lab.call, guest, "tcp", PUBLIC_GW, 8080)
+        assert seen == f"outside {eip_vip['ip']}"
+        await api("DetachEip", {"uuid": eip["uuid"]})
+        gone = await asyncio.to_thread(lab.call, lab.outside, "tcp", eip_vip["ip"], 80, timeout=1)
+        assert gone is None
+        seen = await asyncio.to_thread(lab.call, guest, "tcp", PUBLIC_GW, 8080)
+        assert seen == f"outside {vr['publicIp']}"
+        await api("AttachEip", {"eipUuid": eip["uuid"], "vmNicUuid": nic["uuid"]})
+
         # The agent is killed and started again: ReconnectVirtualRouter pushes the whole state
-        # again and SNAT works as before.
+        # again and the EIP works as before.
         lab.kill_agent()
         await lab.start_agent()
         inv = (await api("ReconnectVirtualRouter", {"vmInstanceUuid": vr_uuid}, timeout=60))["inventory"]
         assert inv["status"] == "Connected"
-        seen = await asyncio.to_thread(lab.call, guest, "tcp", PUBLIC_GW, 8080)
-        assert seen == f"outside {vr['publicIp']}"
+        answer = await asyncio.to_thread(lab.call, lab.outside, "tcp", eip_vip["ip"], 81, source=OUTSIDE_2)
+        assert answer == f"web {OUTSIDE_2}"
     finally:
         for proc in (outside, web, dns):
             proc.kill()
