@@ -18,7 +18,7 @@ from tests.support.cluster import until
 from tests.support.zone import SimZone, add_vr_offering, build_zone, vm_request
 
 GUEST_GATEWAY = "10.20.0.1"
-SERVICES = ["DHCP", "DNS", "SNAT", "PortForwarding"]
+SERVICES = ["DHCP", "DNS", "SNAT", "PortForwarding", "EIP"]
 
 
 async def vr_zone(client, tmp_path, *, hosts: int = 1) -> SimZone:  # type: ignore[no-untyped-def]
@@ -356,6 +356,14 @@ async def test_the_readme_cli_session(
     await run("AttachPortForwardingRule", f"ruleUuid={rule['uuid']}", f"vmNicUuid={vm['vmNics'][0]['uuid']}")
     assert len(simulator.vrouters[vr["uuid"]].state.port_forwardings) == 1
     await run("DeletePortForwardingRule", f"uuid={rule['uuid']}")
+    second = await run("CreateVip", "name=db", f"l3NetworkUuid={zone.extra['public']}")
+    eip = await run(
+        "CreateEip", "name=db", f"vipUuid={second['uuid']}", f"vmNicUuid={vm['vmNics'][0]['uuid']}"
+    )
+    eips = simulator.vrouters[vr["uuid"]].state.eips
+    assert [(str(e.vip_ip), str(e.guest_ip)) for e in eips] == [(second["ip"], vm["vmNics"][0]["ip"])]
+    await run("DetachEip", f"uuid={eip['uuid']}")
+    assert simulator.vrouters[vr["uuid"]].state.eips == []
     reconnected = await run("ReconnectVirtualRouter", f"vmInstanceUuid={vr['uuid']}")
     assert reconnected["status"] == "Connected"
     assert simulator.vrouters[vr["uuid"]].state.port_forwardings == []
