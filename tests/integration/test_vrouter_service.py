@@ -435,3 +435,22 @@ async def test_a_stale_entry_holding_the_new_address_is_cleared_by_a_full_sync(z
     second = (await api("CreateVmInstance", vm_request(zone, "second")))["inventory"]
     macs = sorted(str(d.mac) for d in sim.state.dhcp)
     assert macs == sorted([first["vmNics"][0]["mac"], second["vmNics"][0]["mac"]])
+
+
+async def test_a_stopped_vr_is_started_again_and_gets_its_state_back(zone, client, simulator, node):
+    api = client.api
+    await api("CreateVmInstance", vm_request(zone, "web"))
+    [vr] = await vrs(client)
+    want = simulator.vrouters[vr["uuid"]].state
+    service = next(s for s in node.services if s.name == "vrouter")
+    await api("StopVmInstance", {"uuid": vr["uuid"], "type": "cold"})
+    assert vr["uuid"] not in simulator.vrouters
+
+    async def back() -> bool:  # each round: one ping (missed while it is down), then the restart
+        await service.check_all()
+        sim = simulator.vrouters.get(vr["uuid"])
+        return sim is not None and sim.state == want
+
+    await until(back, 90, "the stopped VR started and re-synced")
+    [again] = await vrs(client)
+    assert again["state"] == "Running"

@@ -680,8 +680,10 @@ class VirtualRouterService(Service):
                     return
                 if reason is not None:
                     misses = self._misses[vr_uuid] = self._misses.get(vr_uuid, 0) + 1
-                    if misses >= self.config.host_ping_misses and status != "Disconnected":
-                        await self._set_status(vr_uuid, "Disconnected", reason)
+                    if misses >= self.config.host_ping_misses:
+                        if status != "Disconnected":
+                            await self._set_status(vr_uuid, "Disconnected", reason)
+                        await self._restart_if_stopped(vr_uuid)
                     return
                 assert reply is not None
                 self._misses.pop(vr_uuid, None)
@@ -698,6 +700,22 @@ class VirtualRouterService(Service):
                         )
                     except RingstackError as exc:
                         log.info("VR %s answers pings but did not take its state: %s", vr_uuid, exc)
+
+    async def _restart_if_stopped(self, vr_uuid: str) -> None:
+        """A VR whose VM is Stopped is started again (its agent boots, answers pings, and the next
+        round pushes it everything); one destroyed is replaced by its L3's next VM create."""
+        state = await self.db.run(
+            lambda s: s.scalar(select(VmInstance.state).where(VmInstance.uuid == vr_uuid))
+        )
+        if state != "Stopped":
+            return
+        log.warning("VR %s is stopped: starting it", vr_uuid)
+        try:
+            await self.cluster.router.call(
+                "StartVmInstance", {"uuid": vr_uuid}, resource_uuid=vr_uuid, timeout=PUSH_TIMEOUT
+            )
+        except RingstackError as exc:
+            log.warning("VR %s not started: %s", vr_uuid, exc)
 
     # ------------------------------------------------------------------ port forwarding
 
