@@ -95,6 +95,15 @@ async def test_the_first_vm_gets_a_vr_and_its_nic_is_served(zone, client, simula
     assert [str(s) for s in state.dns.servers] == ["198.51.100.53"]
     nics = {n.role: str(n.address) for n in simulator.vrouters[vr["uuid"]].nics.values()}
     assert nics["Guest"] == f"{GUEST_GATEWAY}/22"
+    # The L3's DNS changes reach the VR at once.
+    await api("AddDnsToL3Network", {"l3NetworkUuid": zone.l3, "dns": "198.51.100.54"})
+
+    async def dns_is(*servers: str) -> bool:
+        return [str(s) for s in simulator.vrouters[vr["uuid"]].state.dns.servers] == list(servers)
+
+    await until(lambda: dns_is("198.51.100.53", "198.51.100.54"), 10, "the new DNS server on the VR")
+    await api("RemoveDnsFromL3Network", {"l3NetworkUuid": zone.l3, "dns": "198.51.100.53"})
+    await until(lambda: dns_is("198.51.100.54"), 10, "the old DNS server gone from the VR")
     # A second VM reuses the VR.
     second = (await api("CreateVmInstance", vm_request(zone, "db")))["inventory"]
     assert len(await vrs(client)) == 1

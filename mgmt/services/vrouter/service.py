@@ -328,7 +328,14 @@ class VirtualRouterService(Service):
         self._misses: dict[str, int] = {}
         self._uptime: dict[str, float] = {}
         self._limit = asyncio.Semaphore(32)
-        spec = self.bus.topology.event_queue("vrouter", "vm.*.destroyed", "vm.*.recovered", durable=True)
+        spec = self.bus.topology.event_queue(
+            "vrouter",
+            "vm.*.destroyed",
+            "vm.*.recovered",
+            "l3_network.*.dns_added",
+            "l3_network.*.dns_removed",
+            durable=True,
+        )
         spec = QueueSpec(
             spec.name,
             durable=True,
@@ -630,6 +637,11 @@ class VirtualRouterService(Service):
         try:
             event = Event.from_wire(env.body)
         except ValueError:
+            return
+        if event.resource_type == "l3_network":  # its DNS changed: its VR tells guests at once
+            vr = await self.db.run(appliance.vr_of_l3, event.resource_uuid)
+            if vr is not None and vr.status == "Connected":
+                await self.sync_routed(vr.uuid)
             return
         if event.resource_type != "vm":
             return
