@@ -21,7 +21,7 @@ from bus.aio import AsyncBus, Consumer, HandlerResult
 from bus.envelope import Envelope, new_uuid
 from bus.errors import RingstackError, Sys
 from bus.topology import Topology
-from mgmt.cluster import Cluster
+from mgmt.cluster import RingRuntime
 from mgmt.config import NodeConfig
 from mgmt.core.agents import AgentClient
 from mgmt.core.auth import AuthStrategy, NoAuth
@@ -91,7 +91,7 @@ class ManagementNode:
         self.extensions = ExtensionRegistry()
         self.agents = AgentClient(self.bus, default_timeout=config.agent_timeout)
         self.garbage = GarbageCollector(self.db, self.agents)
-        self.cluster = Cluster(self)
+        self.cluster = RingRuntime(self)
         self.auth: AuthStrategy = auth or NoAuth()
         self.services: list[Service] = []
         self._api_consumer: Consumer | None = None
@@ -173,7 +173,7 @@ class ManagementNode:
     async def _on_call(self, env: Envelope) -> HandlerResult:
         if self.ops.handles(env.name):
             return await self.ops.on_call(env)
-        if Cluster.is_internal(env.name):
+        if RingRuntime.is_internal(env.name):
             return await self.cluster.on_internal(env)
         return await self.cluster.router.serve(env)
 

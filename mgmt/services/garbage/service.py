@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from bus.errors import RingstackError
-from mgmt.cluster import Cluster
+from mgmt.cluster import RingRuntime
 from mgmt.core.db import Database
 from mgmt.core.garbage import GarbageCollector
 from mgmt.core.query import QueryTarget, run_query
@@ -44,7 +44,7 @@ class GarbageService(Service):
 
     db: Database
     garbage: GarbageCollector
-    cluster: Cluster
+    cluster: RingRuntime
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="garbage-collector")

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from bus.aio import AsyncBus
 from bus.errors import RingstackError, Sys, not_found
-from mgmt.cluster import Cluster as ClusterManager
+from mgmt.cluster import RingRuntime
 from mgmt.config import NodeConfig
 from mgmt.core.access import load_visible
 from mgmt.core.agents import AgentClient
@@ -179,7 +179,7 @@ class HostService(Service):
     agents: AgentClient
     garbage: GarbageCollector
     config: NodeConfig
-    cluster: ClusterManager
+    cluster: RingRuntime
 
     async def start(self) -> None:
         self.cascade.register(HOST_RULE)

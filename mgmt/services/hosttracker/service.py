@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from bus.aio import AsyncBus
 from bus.envelope import Envelope
 from bus.errors import RingstackError
-from mgmt.cluster import Cluster
+from mgmt.cluster import RingRuntime
 from mgmt.config import NodeConfig
 from mgmt.core.agents import AgentClient
 from mgmt.core.db import CURRENT_FENCE, Database, Fence
@@ -77,7 +77,7 @@ class HostTracker(Service):
     db: Database
     agents: AgentClient
     garbage: GarbageCollector
-    cluster: Cluster
+    cluster: RingRuntime
     events: EventPublisher
     config: NodeConfig
     bus: AsyncBus

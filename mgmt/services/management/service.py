@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mgmt.cluster import Cluster
+from mgmt.cluster import RingRuntime
 from mgmt.core.db import Database
 from mgmt.core.query import QueryTarget, run_query
 from mgmt.core.service import CallContext, Service, handler
@@ -31,7 +31,7 @@ class ManagementService(Service):
     name = "management"
 
     db: Database
-    cluster: Cluster
+    cluster: RingRuntime
 
     @handler(QueryManagementNode, serial=False)
     async def query_nodes(self, msg: QueryManagementNode, ctx: CallContext) -> QueryReply:

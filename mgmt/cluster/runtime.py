@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 NODE_STATUS = "ringstack.NodeStatus"
 
 
-class Cluster:
+class RingRuntime:
     def __init__(self, node: ManagementNode) -> None:
         cfg = node.config
         self.node = node
