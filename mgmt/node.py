@@ -24,7 +24,7 @@ from bus.topology import Topology
 from mgmt.cluster import RingRuntime
 from mgmt.config import NodeConfig
 from mgmt.core.agents import AgentClient
-from mgmt.core.auth import AuthStrategy, NoAuth
+from mgmt.core.auth import AuthSlot, AuthStrategy
 from mgmt.core.cascade import CascadeRegistry
 from mgmt.core.db import Database
 from mgmt.core.dispatcher import Dispatcher, validate
@@ -92,7 +92,7 @@ class ManagementNode:
         self.agents = AgentClient(self.bus, default_timeout=config.agent_timeout)
         self.garbage = GarbageCollector(self.db, self.agents)
         self.cluster = RingRuntime(self)
-        self.auth: AuthStrategy = auth or NoAuth()
+        self.auth_slot = AuthSlot(auth)
         self.services: list[Service] = []
         self._api_consumer: Consumer | None = None
         self._node_consumer: Consumer | None = None
@@ -107,14 +107,22 @@ class ManagementNode:
             "events": self.events,
             "bus": self.bus,
             "config": self.config,
-            "node": self,
+            "node_uuid": self.uuid,
             "serial": self.serial,
             "cascade": self.cascade,
             "extensions": self.extensions,
             "agents": self.agents,
             "garbage": self.garbage,
-            "cluster": self.cluster,
+            "owners": self.cluster.owners,
+            "jobs": self.cluster.jobs,
+            "stuck": self.cluster.stuck,
+            "auth_slot": self.auth_slot,
         }
+
+    @property
+    def auth(self) -> AuthStrategy:
+        """The strategy the gateway authenticates with (installed by the identity service)."""
+        return self.auth_slot.strategy
 
     def _build_services(self) -> None:
         provided = self._dependencies()
@@ -160,7 +168,7 @@ class ManagementNode:
         message = route.message
         if message.internal:
             raise RingstackError(Sys.UNKNOWN_MESSAGE, f"{env.name} is not an API")
-        account = ANONYMOUS if message.public else await self.auth.authenticate(env.session, env.name)
+        account = ANONYMOUS if message.public else await self.auth_slot.authenticate(env.session, env.name)
         if message.admin_only and not account.is_admin:
             raise RingstackError(Sys.PERMISSION_DENIED, f"{env.name} needs an admin account")
         msg = validate(message, env.body)
@@ -175,7 +183,7 @@ class ManagementNode:
             return await self.ops.on_call(env)
         if RingRuntime.is_internal(env.name):
             return await self.cluster.on_internal(env)
-        return await self.cluster.router.serve(env)
+        return await self.cluster.owners.serve(env)
 
     async def stop(self) -> bool:
         """Stop taking work, drain, close. True when every in-flight request finished in time."""

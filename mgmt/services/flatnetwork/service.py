@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -25,6 +24,7 @@ from bus.aio import AsyncBus, Consumer
 from bus.envelope import Envelope
 from bus.errors import RingstackError
 from bus.topology import QueueSpec
+from mgmt.cluster.owner import OwnerPath
 from mgmt.core.agents import AgentClient
 from mgmt.core.db import Database
 from mgmt.core.service import CallContext, Service, handler
@@ -133,7 +133,7 @@ class FlatNetworkService(Service):
     db: Database
     agents: AgentClient
     bus: AsyncBus
-    cluster: Any
+    owners: OwnerPath
 
     async def start(self) -> None:
         spec = self.bus.topology.event_queue("flatnetwork", "vm.*.*", "host.*.status", durable=True)
@@ -153,7 +153,7 @@ class FlatNetworkService(Service):
     async def _push(self, hosts: list[str]) -> None:
         async def one(host: str) -> None:
             try:
-                await self.cluster.router.call(
+                await self.owners.call(
                     "SyncFlatNetworkOnHost", {"hostUuid": host}, resource_uuid=host, timeout=PUSH_TIMEOUT
                 )
             except RingstackError as exc:  # the host's next sync (reconnect, next VM event) retries

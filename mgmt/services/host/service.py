@@ -23,7 +23,6 @@ from sqlalchemy.orm import Session
 
 from bus.aio import AsyncBus
 from bus.errors import RingstackError, Sys, not_found
-from mgmt.cluster import RingRuntime
 from mgmt.config import NodeConfig
 from mgmt.core.access import load_visible
 from mgmt.core.agents import AgentClient
@@ -179,7 +178,7 @@ class HostService(Service):
     agents: AgentClient
     garbage: GarbageCollector
     config: NodeConfig
-    cluster: RingRuntime
+    node_uuid: str
 
     async def start(self) -> None:
         self.cascade.register(HOST_RULE)
@@ -261,7 +260,7 @@ class HostService(Service):
             )
         else:
             login = await self.db.run(_kvm_login, inv.uuid)
-            result = await connect_kvm(self.bus, self.config, inv.uuid, login, self.cluster.node.uuid)
+            result = await connect_kvm(self.bus, self.config, inv.uuid, login, self.node_uuid)
         return await self._record_status(inv.uuid, result), result
 
     async def _record_status(self, uuid: str, result: ConnectResult) -> HostInventory:

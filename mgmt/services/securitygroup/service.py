@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -26,6 +25,7 @@ from bus.aio import AsyncBus, Consumer
 from bus.envelope import Envelope, new_uuid
 from bus.errors import RingstackError, Sys, not_found
 from bus.topology import QueueSpec
+from mgmt.cluster.owner import OwnerPath
 from mgmt.core.access import forget_sharing, load_owned, load_visible
 from mgmt.core.agents import AgentClient
 from mgmt.core.db import Database, create_guard
@@ -112,8 +112,7 @@ class SecurityGroupService(Service):
     events: EventPublisher
     agents: AgentClient
     bus: AsyncBus
-    cluster: Any
-    node: Any
+    owners: OwnerPath
 
     async def start(self) -> None:
         self._consumer: Consumer | None = None
@@ -146,7 +145,7 @@ class SecurityGroupService(Service):
 
         async def one(host: str) -> RingstackError | None:
             try:
-                await self.cluster.router.call(
+                await self.owners.call(
                     "SyncSecurityGroupsOnHost", {"hostUuid": host}, resource_uuid=host, timeout=PUSH_TIMEOUT
                 )
             except RingstackError as exc:
@@ -194,7 +193,7 @@ class SecurityGroupService(Service):
             await asyncio.sleep(RETRY_INTERVAL)
             try:
                 hosts = await self.db.run(state.failed_hosts)
-                mine = [h for h in hosts if self.cluster.ring.owner(h) == self.node.uuid]
+                mine = [h for h in hosts if self.owners.owns(h)]
                 if mine:
                     await self._push(mine)
             except Exception:  # the loop must outlive a bad round (database down, ...)
