@@ -69,8 +69,3 @@ def load_owned(session: Session, model: type[M], uuid: str, account: Account, ki
             Sys.PERMISSION_DENIED, f"{kind} {uuid} is shared with you read-only", details={"uuid": uuid}
         )
     return row
-
-
-def require_admin(account: Account, what: str) -> None:
-    if not account.is_admin:
-        raise RingstackError(Sys.PERMISSION_DENIED, f"{what} needs an admin account")

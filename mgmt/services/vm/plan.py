@@ -26,6 +26,7 @@ from mgmt.core.service import Account
 from mgmt.services.network.ipam import allocate_ip, release_ips_for
 from mgmt.services.network.vxlan import vxlan_spec
 from mgmt.services.vm import allocator
+from mgmt.services.vm.errors import VmError
 from mgmt.services.vm.states import VmState
 from schema.agent import DeleteVolumeCommand, L2Spec, NicSpec, VmSpec, VolumeSpec
 from schema.api.vm import CreateVmInstance, VmInstanceInventory
@@ -35,7 +36,6 @@ from schema.db.offering import DiskOffering, InstanceOffering
 from schema.db.storage import PrimaryStorage
 from schema.db.vm import VmInstance, VmNic, Volume
 
-NO_HOST_AVAILABLE = "VM.NO_HOST_AVAILABLE"
 GiB = 1 << 30
 
 
@@ -351,7 +351,7 @@ def reserve(session: Session, plan: CreatePlan) -> CreatePlan:
             return plan
         # else another create took it meanwhile: try the next one
     raise RingstackError(
-        NO_HOST_AVAILABLE,
+        VmError.NO_HOST_AVAILABLE,
         f"no host in zone {plan.zone_uuid} has {plan.cpu} CPUs, {plan.memory} bytes of memory and "
         f"{plan.disk} bytes of primary storage free, with every L2 network attached",
         details={"cpu": plan.cpu, "memory": plan.memory, "disk": plan.disk, "candidates": considered},
