@@ -30,7 +30,7 @@ from mgmt.core.db import Database
 from mgmt.core.service import CallContext, Service, handler
 from mgmt.services.network.ipam import allocate_ip
 from mgmt.services.securitygroup.state import connected
-from mgmt.services.vm.plan import l2_spec
+from mgmt.services.vm.specs import l2_spec
 from schema.agent import ApplyFlatDhcpCommand, FlatDhcpEntry, FlatDhcpL3Spec, FlatDhcpReply
 from schema.api.base import EmptyReply, Event
 from schema.api.flatnetwork import SyncFlatNetworkOnHost

@@ -23,7 +23,7 @@ from mgmt.core.quota import check_quota, register_usage
 from mgmt.core.service import CallContext, Service, handler
 from mgmt.core.stuck import StuckResourceFinder, live_jobs
 from mgmt.services.network.ipam import allocate_ip, release_ips_for
-from mgmt.services.vm import allocator, guards
+from mgmt.services.vm import allocator, guards, specs, usage
 from mgmt.services.vm import plan as plans
 from mgmt.services.vm.contexts import AttachVolume, Migration, NicOp, StartVm
 from mgmt.services.vm.create import CreateVm
@@ -155,10 +155,10 @@ class VmService(Service):
     garbage: GarbageCollector
 
     async def start(self) -> None:
-        register_usage("vm.num", plans.usage_vms)
-        register_usage("vm.cpuNum", plans.usage_cpu)
-        register_usage("vm.memorySize", plans.usage_memory)
-        register_usage("volume.num", plans.usage_volumes)
+        register_usage("vm.num", usage.usage_vms)
+        register_usage("vm.cpuNum", usage.usage_cpu)
+        register_usage("vm.memorySize", usage.usage_memory)
+        register_usage("volume.num", usage.usage_volumes)
         self.creator = CreateVm(self.db, self.agents, self.extensions, self.garbage)
         self.operations = Operations(self.db, self.agents, self.garbage)
         guards.register(self.garbage)
@@ -201,7 +201,7 @@ class VmService(Service):
             if vm is None:
                 return None
             host = vm.host_uuid or vm.last_host_uuid
-            volumes = plans.leftover_volumes(session, vm_uuid, host) if host else []
+            volumes = specs.leftover_volumes(session, vm_uuid, host) if host else []
             return vm.state, host, volumes
 
         found = await self.db.run(read)
@@ -283,7 +283,7 @@ class VmService(Service):
                     f"host {host_uuid} is not connected and enabled; the VM cannot start there",
                 )
             hold_host(session, vm, host_uuid)
-            op.spec = plans.vm_spec(session, vm)
+            op.spec = specs.vm_spec(session, vm)
 
         async def start(op: StartVm) -> None:
             assert op.spec is not None
@@ -650,7 +650,7 @@ class VmService(Service):
             if op.install_path:
                 command = DeleteVolumeCommand(host_uuid=op.volume_host, install_path=op.install_path)
             else:  # the create's answer never came, yet it may have made the file: by uuid
-                command = plans.delete_by_uuid(op.volume_host, op.volume_uuid, *op.storage)
+                command = specs.delete_by_uuid(op.volume_host, op.volume_uuid, *op.storage)
             return [Cleanup(command, op.vm_uuid)]
 
         async def attach(op: AttachVolume) -> None:
@@ -777,7 +777,7 @@ class VmService(Service):
             )
             session.add(nic)
             session.flush()
-            op.spec = plans.nic_spec(session, nic, vm.default_l3_network_uuid)
+            op.spec = specs.nic_spec(session, nic, vm.default_l3_network_uuid)
             op.running = vm.state == VmState.RUNNING and vm.host_uuid is not None
 
         def untake(session: Session, vm: VmInstance, op: NicOp) -> None:
@@ -821,7 +821,7 @@ class VmService(Service):
             nic = session.get(VmNic, msg.vm_nic_uuid)
             if nic is None or nic.vm_instance_uuid != vm.uuid:
                 raise RingstackError(Sys.NOT_FOUND, f"VM {vm.uuid} has no NIC {msg.vm_nic_uuid}")
-            op.spec = plans.nic_spec(session, nic, vm.default_l3_network_uuid)
+            op.spec = specs.nic_spec(session, nic, vm.default_l3_network_uuid)
             op.running = vm.state == VmState.RUNNING and vm.host_uuid is not None
 
         async def detach(op: NicOp) -> None:
@@ -908,7 +908,7 @@ def _prepare_migration(session: Session, vm: VmInstance, destination: str, op: M
     nics = session.scalars(select(VmNic).where(VmNic.vm_instance_uuid == vm.uuid).order_by(VmNic.device_id))
     l2s: dict[str, L2Spec] = {}
     for nic in nics:
-        spec = plans.nic_spec(session, nic, vm.default_l3_network_uuid).l2
+        spec = specs.nic_spec(session, nic, vm.default_l3_network_uuid).l2
         l2s.setdefault(spec.uuid, spec)
     op.l2s = list(l2s.values())
     types = session.scalars(
