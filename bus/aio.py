@@ -390,6 +390,23 @@ class AsyncBus:
             timer.cancel()
             self._pending.pop(env.id, None)
 
+    @property
+    def reply_queue(self) -> str:
+        """The queue this process's replies arrive on (a request's ``reply_to``)."""
+        return self._reply_queue.name
+
+    def expect_reply(self, correlation_id: str) -> asyncio.Future[Envelope]:
+        """A future for the reply to a request sent some other way (a raw AMQP publish with
+        ``reply_to=self.reply_queue``), matched by correlation id like a ``call``'s own."""
+        fut: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
+        self._pending[correlation_id] = fut
+        return fut
+
+    @property
+    def awaiting_replies(self) -> int:
+        """Requests still waiting for their reply."""
+        return len(self._pending)
+
     async def send(self, queue: str, env: Envelope, *, persistent: bool = False) -> None:
         """Deliver a message that expects no reply; confirmed by the broker."""
         await self._ready(env.deadline or time.time() + self.default_timeout)

@@ -4,7 +4,6 @@ flight fail cleanly (never hang) and later calls succeed."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import threading
 import time
 
@@ -12,7 +11,7 @@ import kombu
 import pytest
 
 from bus.aio import AsyncBus
-from bus.envelope import Envelope
+from bus.envelope import Envelope, new_uuid
 from bus.errors import RingstackError, Sys
 from bus.topology import Topology
 from tests.support import infra
@@ -84,28 +83,27 @@ async def test_node_connection_closed_node_recovers(node, client):
     assert reply["total"] == 2
 
 
-async def test_in_flight_api_call_survives_node_connection_loss(node, client):
+async def test_in_flight_api_call_survives_node_connection_loss(node_config, client):
     """The node's connection dies while it handles a request: the unacked request is redelivered
     after the node reconnects, and the client still gets exactly one answer before its deadline."""
-    gate = asyncio.Event()
-    entered = asyncio.Event()
-    original = node.dispatcher.route("CreateZone").fn
+    from mgmt.node import ManagementNode
 
-    async def slow_create(msg, ctx):
-        entered.set()
-        await gate.wait()
-        return await original(msg, ctx)
-
-    node.dispatcher._routes["CreateZone"] = dataclasses.replace(
-        node.dispatcher.route("CreateZone"), fn=slow_create
+    node = ManagementNode(
+        node_config.model_copy(update={"extra_services": ["tests.support.services:GateService"]})
     )
-    call = asyncio.create_task(client.api("CreateZone", {"name": "survivor"}, timeout=30))
-    await asyncio.wait_for(entered.wait(), 10)
-    assert await asyncio.to_thread(infra.close_connections, node.bus.process_name) == 1
-    await _wait_reconnected(node.bus, 2)
-    gate.set()
-    reply = await asyncio.wait_for(call, 30)
-    assert reply["inventory"]["name"] == "survivor"
+    await node.start()
+    try:
+        (gated,) = [s for s in node.services if s.name == "testing-gate"]
+        uuid = new_uuid()
+        call = asyncio.create_task(client.api("GatedWork", {"uuid": uuid}, timeout=30))
+        await asyncio.wait_for(gated.entered.wait(), 10)
+        assert await asyncio.to_thread(infra.close_connections, node.bus.process_name) == 1
+        await _wait_reconnected(node.bus, 2)
+        gated.gate.set()
+        reply = await asyncio.wait_for(call, 30)
+        assert reply["uuid"] == uuid
+    finally:
+        await node.stop()
 
 
 def test_sync_client_recovers_after_its_connection_is_closed(node_config, namespace):

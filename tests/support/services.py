@@ -169,3 +169,34 @@ class LaneProbeService(Service):
     @handler(UnorderedLaneProbe, serial=False)
     async def unordered_probe(self, msg: UnorderedLaneProbe, ctx: CallContext) -> LaneReply:
         return await self._probe(msg)
+
+
+# ---------------------------------------------------------------------- a job held at a gate
+
+
+class GateReply(Reply):
+    uuid: str
+
+
+class GatedWork(ResourceMessage):
+    """A job that, once running, waits until the test opens the gate (``GateService.gate``)."""
+
+    __test__ = False
+    service: ClassVar[str] = "testing"
+    reply = GateReply
+
+
+class GateService(Service):
+    __test__ = False
+    name = "testing-gate"
+
+    def __init__(self, **deps: object) -> None:
+        super().__init__(**deps)
+        self.entered = asyncio.Event()  # set when a GatedWork starts running
+        self.gate = asyncio.Event()  # set by the test to let it finish
+
+    @handler(GatedWork)
+    async def work(self, msg: GatedWork, ctx: CallContext) -> GateReply:
+        self.entered.set()
+        await self.gate.wait()
+        return GateReply(uuid=msg.uuid)
