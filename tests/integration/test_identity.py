@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-import time
 from datetime import datetime, timedelta
 
 import pytest
@@ -30,6 +29,7 @@ from schema.api.identity import DeleteAccount, LogOut
 from schema.db.identity import Account as AccountRow
 from schema.db.identity import SharedResource
 from tests.support import infra
+from tests.support.cluster import until
 from tests.support.identity import ADMIN_PASSWORD, TEST_QUOTA
 from tests.support.procs import node_env, run_cli
 
@@ -59,16 +59,6 @@ async def _events(client, name: str, *patterns: str) -> asyncio.Queue:
 
     await client.start_consumer(client.consume(client.topology.event_queue(name, *patterns), on_event))
     return received
-
-
-async def _eventually(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
-        await asyncio.sleep(0.05)
 
 
 def _zone_uuids(reply) -> set[str]:
@@ -146,7 +136,7 @@ async def test_sessions_expire(short_session_node, client):
         reply = await client.as_session(None).api("ValidateSession", {"sessionUuid": session.session})
         return not reply["validSession"]
 
-    await _eventually(expired, what="session expiry")
+    await until(expired, 10, "session expiry")
     err = await _expect(Sys.AUTH_REQUIRED, session.api("QueryZone", {}))
     assert "expired" in err.message
 
@@ -544,7 +534,7 @@ async def test_logout_on_one_node_ends_the_session_cached_on_another(node, node_
         async def gone():
             return await other.auth.lookup(peggy.session) is None
 
-        await _eventually(gone, timeout=5, what="invalidation on the other node")
+        await until(gone, 5, "invalidation on the other node")
 
         quinn = await client.new_account("quinn", "quinn-pw-12")
         assert await other.auth.lookup(quinn.session) is not None
@@ -553,7 +543,7 @@ async def test_logout_on_one_node_ends_the_session_cached_on_another(node, node_
         async def quinn_gone():
             return await other.auth.lookup(quinn.session) is None
 
-        await _eventually(quinn_gone, timeout=5, what="account invalidation on the other node")
+        await until(quinn_gone, 5, "account invalidation on the other node")
     finally:
         await other.stop()
 

@@ -15,6 +15,7 @@ from bus.envelope import Envelope, new_uuid
 from bus.errors import RingstackError, Sys
 from bus.topology import Topology
 from tests.support import infra
+from tests.support.cluster import until
 from tests.support.identity import SessionSyncClient
 
 
@@ -34,10 +35,9 @@ async def _eventually(coro_fn, timeout: float = 30):
 
 
 async def _wait_reconnected(bus: AsyncBus, count: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while bus.connection_count < count or not bus.connected:
-        assert time.monotonic() < deadline, f"{bus.process_name} did not reconnect"
-        await asyncio.sleep(0.05)
+    await until(
+        lambda: bus.connection_count >= count and bus.connected, timeout, f"{bus.process_name} to reconnect"
+    )
 
 
 async def test_client_connection_closed_fails_in_flight_call_then_recovers(node, client, namespace):

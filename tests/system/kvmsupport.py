@@ -20,7 +20,8 @@ from agents.kvm.config import AgentConfig
 from bus.topology import Topology
 from mgmt.core.agents import AgentClient
 from schema.agent import REPORT_VM_STATE, L2Spec, NicSpec, VmSpec, VmStateReport, VolumeSpec
-from tests.support.netns import Netns, await_until, sh, wait_until
+from tests.support.cluster import until
+from tests.support.netns import Netns, sh, wait_until
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -692,7 +693,7 @@ async def echoes(lab: MigrationLab, host: LibvirtHost, vm_uuid: str, timeout: fl
     fd = os.open(host.serial_pty(vm_uuid), os.O_RDWR | os.O_NOCTTY)
     try:
         os.write(fd, f"{line}\n".encode())
-        await await_until(
+        await until(
             lambda: line in console(lab, vm_uuid),
             timeout,
             f"the guest on {host.ns.name} to echo {line}; its console:\n{console(lab, vm_uuid)[-2000:]}",

@@ -33,7 +33,8 @@ from mgmt.config import NodeConfig
 from mgmt.core.brokeradmin import BrokerAdmin, agent_username
 from mgmt.node import ManagementNode
 from tests.support import infra
-from tests.system.kvmsupport import FakeKvmHost, await_until, delete_agent_queues, sh
+from tests.support.cluster import until
+from tests.system.kvmsupport import FakeKvmHost, delete_agent_queues, sh
 
 BUNDLES = Path("/var/tmp/ringstack-test-bundles")  # the agent bundle cache test_kvm_deploy uses too
 ROOT_PASSWORD = "rs-fake-host-Pa55"
@@ -227,7 +228,7 @@ async def test_add_kvm_host_deploys_the_agent_reconnects_without_reinstalling_an
     assert await client.api("DeleteHost", {"uuid": host_uuid}) == {}
     assert user not in BrokerAdmin().users()
     assert not await can_log_in(url)
-    await await_until(lambda: user not in broker_users_connected(), 30, "the agent's connection to close")
+    await until(lambda: user not in broker_users_connected(), 30, "the agent's connection to close")
     assert client.topology.agent_queue(host_uuid).name not in broker_queues()
     assert (await client.api("QueryHost", {"count": True}))["total"] == 0
 
@@ -319,7 +320,7 @@ def console(workdir: Path, vm_uuid: str) -> str:
 
 async def booted(workdir: Path, vm_uuid: str) -> str:
     # The log starts afresh at every start of the guest (append='off').
-    return await await_until(
+    return await until(
         lambda: "RINGSTACK-GUEST-READY acpi=1" in (text := console(workdir, vm_uuid)) and text,
         BOOT_TIMEOUT,
         f"the guest to boot; its console so far:\n{console(workdir, vm_uuid)[-2000:]}",
