@@ -52,6 +52,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
+if __package__ in (None, ""):  # run as ``python bench/x.py``: make the repository importable, as -m does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from bench.nodes import (
     DEFAULT_BROKER_URL,
     Client,
