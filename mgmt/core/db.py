@@ -61,7 +61,8 @@ class Fence:
 # deadlock_detected, serialization_failure: the transaction lost a race and may simply be retried.
 _RETRYABLE = frozenset({"40P01", "40001"})
 
-# Set by the owner path (mgmt.cluster.owner) around work about a resource; every transaction in it is fenced.
+# Set by the owner path (mgmt.cluster.owner) around work about a resource: every transaction in
+# it is fenced.
 CURRENT_FENCE: ContextVar[Fence | None] = ContextVar("ringstack_fence", default=None)
 
 _FENCE_SQL = text(
