@@ -5,17 +5,35 @@ installations can share one broker without touching each other's queues.
 
 | name | kind | purpose |
 |---|---|---|
-| ``<ns>.api`` | durable queue | API requests from clients; every node consumes it |
+| ``<ns>.api.v2`` | quorum queue | API requests from clients; every node consumes it |
 | ``<ns>.node.<node_uuid>`` | exclusive queue | calls routed to one management node |
 | ``<ns>.agent.<host_uuid>`` | durable queue | commands to one agent (KVM host, virtual router) |
 | ``<ns>.reply.<process_uuid>`` | exclusive queue | replies to one process's calls |
 | ``<ns>.replies`` | direct exchange | how agents reply: bound only to reply queues, so an agent that may publish here cannot reach any other queue |
-| ``<ns>.agent-reports`` | durable queue | agents' reports (``agent.<host>.<report>`` on the events exchange); nodes share it |
+| ``<ns>.agent-reports.v2`` | quorum queue | agents' reports (``agent.<host>.<report>`` on the events exchange); nodes share it |
 | ``<ns>.membership`` | fanout exchange | join / heartbeat / leave broadcasts |
 | ``<ns>.events`` | topic exchange | canonical events, e.g. ``zone.<uuid>.created`` |
 | ``<ns>.dead-letter`` | fanout exchange + queue | messages no one could answer, kept for inspection |
 
 Messages to queues go through the default exchange with the queue name as routing key.
+
+Poison messages. The queues every node shares are RabbitMQ *quorum* queues with a delivery limit:
+a message that breaks whoever takes it (the connection drops, the process dies) comes back to
+the queue each time, and after ``POISON_DELIVERY_LIMIT`` returns the broker dead-letters it
+(``x-death`` reason ``delivery_limit``) instead of handing it to the next node, for ever. The
+node's own and reply queues are exclusive, so they die with the connection and take any such
+message with them; agents' queues keep the classic type (their names are part of each agent's
+broker permissions), and an agent takes only its own host's commands.
+
+Upgrading. RabbitMQ refuses to redeclare a queue with other arguments (``PRECONDITION_FAILED``),
+and a classic queue cannot become a quorum queue, so a queue whose arguments change gets a new
+name (``.v2``) and keeps its old one in ``QueueSpec.previous``: a consumer of the new queue also
+consumes each previous one that still exists (never creating it), so requests that clients of
+the earlier release still send there are answered during a rolling upgrade. Once no node or
+client of the earlier release is left, delete the old queues::
+
+    rabbitmqctl delete_queue ringstack.api
+    rabbitmqctl delete_queue ringstack.agent-reports
 """
 
 from __future__ import annotations
@@ -28,6 +46,9 @@ ExchangeType = Literal["direct", "fanout", "topic"]
 # The dead-letter queue is bounded so a flood of garbage cannot fill the broker's disk.
 DEAD_LETTER_MAX_LENGTH = 10_000
 AGENT_QUEUE_IDLE_EXPIRY_MS = 15 * 60 * 1000
+# How many times a message may go back to a shared queue unsettled (its consumer's connection or
+# process died with it, or it was requeued at shutdown) before the broker dead-letters it.
+POISON_DELIVERY_LIMIT = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +67,8 @@ class QueueSpec:
     arguments: dict[str, Any] = field(default_factory=dict)
     # (exchange, routing key) pairs to bind after declaring
     bindings: tuple[tuple[str, str], ...] = ()
+    # Names this queue had in earlier releases: consumed too while they exist (see the module doc).
+    previous: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +93,23 @@ class Topology:
         return ExchangeSpec(f"{self.namespace}.replies", "direct")
 
     def exchanges(self) -> tuple[ExchangeSpec, ...]:
-        return (self.events_exchange, self.membership_exchange, self.dead_letter_exchange, self.replies_exchange)
+        return (
+            self.events_exchange,
+            self.membership_exchange,
+            self.dead_letter_exchange,
+            self.replies_exchange,
+        )
 
     # queues
     def _dead_lettered(self) -> dict[str, Any]:
         return {"x-dead-letter-exchange": self.dead_letter_exchange.name}
+
+    def _poison_bounded(self) -> dict[str, Any]:
+        return {
+            **self._dead_lettered(),
+            "x-queue-type": "quorum",
+            "x-delivery-limit": POISON_DELIVERY_LIMIT,
+        }
 
     @property
     def dead_letter_queue(self) -> QueueSpec:
@@ -87,7 +122,12 @@ class Topology:
 
     @property
     def api_queue(self) -> QueueSpec:
-        return QueueSpec(f"{self.namespace}.api", durable=True, arguments=self._dead_lettered())
+        return QueueSpec(
+            f"{self.namespace}.api.v2",
+            durable=True,
+            arguments=self._poison_bounded(),
+            previous=(f"{self.namespace}.api",),
+        )
 
     def node_queue(self, node_uuid: str) -> QueueSpec:
         # Exclusive: the broker deletes it the moment the node's connection dies, which is how the
@@ -109,15 +149,18 @@ class Topology:
 
     def reply_queue(self, process_uuid: str) -> QueueSpec:
         name = f"{self.namespace}.reply.{process_uuid}"
-        return QueueSpec(name, exclusive=True, auto_delete=True, bindings=((self.replies_exchange.name, name),))
+        return QueueSpec(
+            name, exclusive=True, auto_delete=True, bindings=((self.replies_exchange.name, name),)
+        )
 
     @property
     def agent_reports_queue(self) -> QueueSpec:
         return QueueSpec(
-            f"{self.namespace}.agent-reports",
+            f"{self.namespace}.agent-reports.v2",
             durable=True,
-            arguments=self._dead_lettered(),
+            arguments=self._poison_bounded(),
             bindings=((self.events_exchange.name, "agent.*.*"),),
+            previous=(f"{self.namespace}.agent-reports",),
         )
 
     def membership_queue(self, node_uuid: str) -> QueueSpec:

@@ -26,6 +26,7 @@ messages, figures as JSON).
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid as uuidlib
 from collections import Counter, defaultdict
@@ -314,6 +315,28 @@ RAW_BODIES = st.one_of(
 )
 
 
+class Nested(list):  # type: ignore[type-arg]
+    """A header value nested ``depth`` lists deep (AMQP field arrays): pamqp's recursive decoder
+    raised RecursionError on it and dropped the consumer's connection, again on every delivery."""
+
+    def __init__(self, depth: int) -> None:
+        value: Any = 1
+        for _ in range(depth - 1):
+            value = [value]
+        super().__init__([value])
+        self.depth = depth
+
+    def __repr__(self) -> str:
+        return f"<array nested {self.depth} deep>"
+
+
+# From harmless to beyond any recursion limit (an encoded level is 5 bytes, a frame 128 KiB). A
+# message with properties that cannot be decoded is read without them (bus.amqp_decode), its
+# reply_to and correlation_id too, so only messages that do not ask for a reply get those.
+NESTED_READABLE: Final = st.sampled_from([2, 50]).map(Nested)
+NESTED_ANY: Final = st.sampled_from([2, 50, 1200, 5000, 20_000]).map(Nested)
+
+
 def _properties(asks: bool) -> st.SearchStrategy[dict[str, Any]]:
     optional = {
         "app_id": st.one_of(TEXT, INVALID_UTF8_PROPS),
@@ -322,7 +345,9 @@ def _properties(asks: bool) -> st.SearchStrategy[dict[str, Any]]:
         "content_type": st.sampled_from(["application/json", "text/plain", "\udcff", ""]),
         "user_id": st.just("guest"),
         "headers": st.dictionaries(
-            st.one_of(TEXT, INVALID_UTF8_PROPS), st.one_of(TEXT, st.integers(0, 10)), max_size=3
+            st.one_of(TEXT, INVALID_UTF8_PROPS),
+            st.one_of(TEXT, st.integers(0, 10), NESTED_READABLE if asks else NESTED_ANY),
+            max_size=3,
         ),
         "priority": st.integers(0, 255),
         "delivery_mode": st.sampled_from([1, 2]),
@@ -448,12 +473,16 @@ class Fuzzer:
         if draft.asks:
             props["reply_to"] = self.reply_queue
             props["correlation_id"] = token
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, 100_000))  # py-amqp encodes nested headers recursively
         try:
             self._producer.publish(body, routing_key=queue, content_encoding="binary", retry=False, **props)
         except (ValueError, TypeError, UnicodeError, OverflowError):
             # The client library refused the properties themselves: nothing reached the broker.
             props = {k: v for k, v in props.items() if k in ("reply_to", "correlation_id")}
             self._producer.publish(body, routing_key=queue, content_encoding="binary", retry=False, **props)
+        finally:
+            sys.setrecursionlimit(limit)
         return deadline
 
     def fire(self, target: Target, batch: Sequence[Draft], *, check: bool = True) -> None:
