@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 import schema.db  # noqa: F401  (imports every model module, so the metadata knows every table)
+from mgmt.core.access import kind_of
 from schema.db.base import Base
 
 # Identity's own tables: an account owns its own row and its sharing records, which are not
@@ -58,7 +59,7 @@ def resource_models() -> list[type[Any]]:
 
 
 def resource_kind(model: type[Any]) -> str:
-    return str(getattr(model, "resource_type", None) or model.__tablename__)  # plain str, for JSON
+    return kind_of(model)
 
 
 def find_resources(session: Session, uuids: Sequence[str]) -> dict[str, type[Any]]:
