@@ -24,7 +24,9 @@ M = TypeVar("M")
 
 def kind_of(model: Any) -> str:
     """A model's resource kind, as sharing records it (``shared_resource.resource_type``)."""
-    return str(getattr(model, "resource_type", None) or model.__tablename__)  # plain str, for JSON
+    # A mapped view (the effective quotas) has no table name: its class's name is its kind.
+    kind = getattr(model, "resource_type", None) or getattr(model, "__tablename__", None) or model.__name__
+    return str(kind)  # plain str, for JSON
 
 
 def visible_clause(model: Any, account: Account) -> ColumnElement[bool] | None:

@@ -15,7 +15,7 @@ from schema.db.base import Base
 
 # Identity's own tables: an account owns its own row and its sharing records, which are not
 # "resources" it must give up before it can be deleted, nor things to share.
-IDENTITY_TABLES = frozenset({"account", "account_session", "quota", "shared_resource"})
+IDENTITY_TABLES = frozenset({"account", "account_session", "quota", "shared_resource", "resource"})
 # Tables whose owner_account_uuid records who *asked* for something (history), not who owns a
 # resource: they neither block an account's deletion nor are shareable. ``job`` is the cluster's
 # request log. A service adds its own with ``register_record_table``.

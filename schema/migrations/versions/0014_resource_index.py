@@ -1,7 +1,7 @@
 """resource index (one uuid namespace across every kind; ownership and sharing by kind and uuid)
 
 Revision ID: 0014
-Revises: 0013
+Revises: 0012
 """
 
 import sqlalchemy as sa
@@ -10,7 +10,7 @@ from alembic import op
 from mgmt.core import resourceindex
 
 revision = "0014"
-down_revision = "0013"
+down_revision = "0012"  # main's head (chain: 0009, 0013, 0011, 0012)
 branch_labels = None
 depends_on = None
 
