@@ -91,6 +91,18 @@ def load_owned(session: Session, model: type[M], uuid: str, account: Account, ki
     return row
 
 
+def load_for_delete(session: Session, model: type[M], uuid: str, account: Account, kind: str) -> M | None:
+    """What an idempotent delete acts on: None when the resource is gone *or hidden* (deleting
+    what does not exist succeeds, so deleting what the caller cannot see must succeed the same
+    way, doing nothing, or the answer would tell the two apart); the row when the caller may
+    change it; ``SYS.PERMISSION_DENIED`` when it may only see it (shared with it read-only)."""
+    stmt = visible(select(model).where(model.uuid == uuid), model, account)  # type: ignore[attr-defined]
+    row = session.scalars(stmt).first()
+    if row is None:
+        return None
+    return load_owned(session, model, uuid, account, kind)
+
+
 def require_admin(account: Account, what: str) -> None:
     if not account.is_admin:
         raise RingstackError(Sys.PERMISSION_DENIED, f"{what} needs an admin account")

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from bus.envelope import new_uuid
 from bus.errors import RingstackError, Sys
 from mgmt.core import capacity
-from mgmt.core.access import load_owned, load_visible
+from mgmt.core.access import load_for_delete, load_owned, load_visible
 from mgmt.core.agents import AgentClient
 from mgmt.core.db import Database, create_guard, ownership_lost, uuid_taken
 from mgmt.core.events import EventPublisher
@@ -379,10 +379,8 @@ class VmService(Service):
     @handler(ExpungeVmInstance)
     async def expunge_vm(self, msg: ExpungeVmInstance, ctx: CallContext) -> ApiEmptyReply:
         def read(session: Session) -> list[str] | None:
-            vm = session.get(VmInstance, msg.uuid)
-            if vm is None:
+            if load_for_delete(session, VmInstance, msg.uuid, ctx.account, "VM") is None:
                 return None
-            load_owned(session, VmInstance, msg.uuid, ctx.account, "VM")
             roots = session.scalars(
                 select(Volume.install_path).where(Volume.vm_instance_uuid == msg.uuid, Volume.type == "Root")
             )
@@ -726,10 +724,9 @@ class VmService(Service):
     @handler(DeleteDataVolume)
     async def delete_volume(self, msg: DeleteDataVolume, ctx: CallContext) -> ApiEmptyReply:
         def delete(session: Session) -> tuple[str | None, str | None] | None:
-            volume = session.get(Volume, msg.uuid)
+            volume = load_for_delete(session, Volume, msg.uuid, ctx.account, "volume")
             if volume is None:
                 return None
-            load_owned(session, Volume, msg.uuid, ctx.account, "volume")
             if volume.type != "Data":
                 raise RingstackError(Sys.INVALID_ARGUMENT, f"volume {volume.uuid} is a {volume.type} volume")
             if volume.vm_instance_uuid is not None:
