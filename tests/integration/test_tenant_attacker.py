@@ -302,3 +302,73 @@ async def test_every_api_against_another_accounts_resources(arena: Arena) -> Non
     assert not unknown_fields, f"uuid fields whose kind the suite cannot tell: {unknown_fields}"
     # The suite is only as good as what reached the handlers: most answers must be NOT_FOUND.
     assert outcomes[f"error:{Sys.NOT_FOUND}"] > 50, outcomes
+
+
+async def _inventories(client: Any, name: str, conditions: list[dict[str, Any]], secret: list[str]) -> Answer:
+    async def send(_: str) -> dict[str, Any]:
+        reply = await client.api(name, {"conditions": conditions})
+        count = await client.api(name, {"conditions": conditions, "count": True})
+        return {
+            "uuids": sorted(i.get("uuid", repr(i)) for i in reply["inventories"]),
+            "total": count["total"],
+        }
+
+    try:
+        got = await send("")
+    except RingstackError as exc:
+        message, details = exc.message, exc.details
+        for value in secret:
+            message, details = _normal(message, value), _normal(details, value)
+        return ("error", exc.code, message, details)
+    return ("ok", got["uuids"], got["total"], None)
+
+
+async def _queryable(client: Any, name: str, prefix: str = "") -> tuple[list[str], list[str]]:
+    probe = f"{prefix}noSuchField"
+    try:
+        await client.api(name, {"conditions": [{"name": probe, "op": "=", "value": "x"}]})
+    except RingstackError as exc:
+        assert exc.code == Sys.INVALID_ARGUMENT, exc
+        return attacker.queryable(exc.message)
+    raise AssertionError(f"{name} accepted the unknown field {probe!r}")
+
+
+async def test_queries_do_not_reveal_another_accounts_rows(arena: Arena) -> None:
+    """Every query API, every queryable field and every relation (two steps deep), with A's uuids,
+    names and IPs against values of nobody: B gets the same rows and the same count."""
+    a, b = arena.a, arena.b
+    registry = load_all()
+    victim = {"uuid": sorted({u for us in a.kinds.values() for u in us}), "name": a.names, "ip": a.ips}
+    absent = {
+        "uuid": [attacker.fresh_uuid() for _ in victim["uuid"]],
+        "name": [f"nobody-{i}" for i in range(len(a.names))],
+        "ip": [f"192.0.2.{i + 1}" for i in range(len(a.ips))],
+    }
+    failures: list[str] = []
+    probes = 0
+    for name in normal_apis():
+        message = registry.get(name)
+        assert message is not None
+        if not attacker.is_query(message):
+            continue
+        fields, relations = await _queryable(b.client, name)
+        paths = list(fields)
+        for relation in relations:
+            inner_fields, inner_relations = await _queryable(b.client, name, f"{relation}.")
+            paths += [f"{relation}.{f}" for f in inner_fields]
+            for deeper in inner_relations:
+                paths += [f"{relation}.{deeper}.uuid", f"{relation}.{deeper}.name"]
+        for path in paths:
+            for mine, nobody in attacker.probe_values(path.rsplit(".", 1)[-1], victim, absent):
+                got = await _inventories(b.client, name, [{"name": path, "op": "?=", "value": mine}], mine)
+                ghost = await _inventories(
+                    b.client, name, [{"name": path, "op": "?=", "value": nobody}], nobody
+                )
+                probes += 1
+                if got[0] == "error" and got[1] == Sys.INVALID_ARGUMENT and got[:2] == ghost[:2]:
+                    continue  # the field's type takes no such value (a uuid in a number field)
+                if got != ghost:
+                    failures.append(f"{name} {path}: A's values {got} != nobody's {ghost}")
+    print(f"query probes: {probes}")
+    assert not failures, "\n".join(failures)
+    assert probes > 200
