@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from sqlalchemy import MetaData, Table, select
+from sqlalchemy import MetaData, Table, select, text
 from sqlalchemy.orm import Session
 
 from bus.errors import RingstackError, Sys
@@ -372,3 +372,136 @@ async def test_queries_do_not_reveal_another_accounts_rows(arena: Arena) -> None
     print(f"query probes: {probes}")
     assert not failures, "\n".join(failures)
     assert probes > 200
+
+
+# ---------------------------------------------------------------- findings 1, 2 and 4, one by one
+
+
+async def _error(call: Awaitable[dict[str, Any]]) -> RingstackError:
+    try:
+        reply = await call
+    except RingstackError as exc:
+        return exc
+    raise AssertionError(f"expected a refusal, got {reply}")
+
+
+def _vm_rows(session: Session, vm: str) -> dict[str, Any]:
+    def rows(sql: str) -> list[Any]:
+        return [tuple(r) for r in session.execute(text(sql), {"vm": vm})]
+
+    return {
+        "vm": rows("SELECT uuid, state, host_uuid, version FROM vm_instance WHERE uuid = :vm"),
+        "nics": rows("SELECT uuid, ip FROM vm_nic WHERE vm_instance_uuid = :vm"),
+        "volumes": rows("SELECT uuid, size FROM volume WHERE vm_instance_uuid = :vm"),
+        "ips": rows(
+            "SELECT uuid, ip FROM used_ip WHERE ip IN (SELECT ip FROM vm_nic WHERE vm_instance_uuid = :vm)"
+        ),
+        "hosts": rows("SELECT uuid, available_cpu, available_memory_size FROM host ORDER BY uuid"),
+        "storage": rows("SELECT uuid, available_capacity FROM primary_storage ORDER BY uuid"),
+    }
+
+
+async def test_a_create_naming_a_taken_uuid_touches_nothing_of_its_holder(arena: Arena) -> None:
+    """Finding 1: a refused create's rollback released the VM holding the uuid (any account)."""
+    a, b, zone = arena.a, arena.b, arena.zone
+    vm = a.one("vm_instance")
+    assert vm is not None
+    before = await arena.node.db.run(_vm_rows, vm)
+    assert before["vm"] and before["nics"] and before["ips"] and before["volumes"]
+    # A retrying its own create (the idempotent pattern), then B squatting A's VM's uuid.
+    for client in (a.client, b.client):
+        exc = await _error(client.api("CreateVmInstance", vm_request(zone, "again", resourceUuid=vm)))
+        assert (exc.code, exc.message) == (Sys.CONFLICT, f"resource uuid {vm} is already in use")
+        assert await arena.node.db.run(_vm_rows, vm) == before
+    # The next VM does not get A's IP.
+    other = (await b.client.api("CreateVmInstance", vm_request(zone, "next")))["inventory"]
+    assert other["vmNics"][0]["ip"] not in a.ips
+
+
+async def test_a_uuid_is_one_resource_of_one_kind(arena: Arena) -> None:
+    """Finding 2: B created an offering under the uuid of A's VM (or account, NIC, job...), shared
+    it with itself and read A's resource. Now any kind's uuid refuses any other kind's create,
+    with the answer B gets for a uuid B itself holds; a deleted resource's uuid stays its owner's."""
+    a, b = arena.a, arena.b
+    offering = {"name": "squat", "cpuNum": 1, "memorySize": GiB}
+    own = b.one("vm_instance")
+    mine = await _error(b.client.api("CreateInstanceOffering", {**offering, "resourceUuid": own}))
+    for kind, uuids in sorted(a.kinds.items()):
+        for uuid in uuids:
+            exc = await _error(b.client.api("CreateInstanceOffering", {**offering, "resourceUuid": uuid}))
+            assert (exc.code, exc.message.replace(uuid, "<u>")) == (
+                mine.code,
+                mine.message.replace(own, "<u>"),
+            ), kind
+    # Nothing to share: the uuid is not B's, whatever it is.
+    exc = await _error(
+        b.client.api("ShareResource", {"resourceUuids": [a.one("vm_instance")], "accountUuids": [b.uuid]})
+    )
+    assert exc.code == Sys.NOT_FOUND and exc.details == {"kind": "resource", "uuid": a.one("vm_instance")}
+    # A tombstone: A deletes its offering; B cannot take the uuid, A can.
+    gone = a.one("instance_offering")
+    await a.client.api("DeleteInstanceOffering", {"uuid": gone})
+    exc = await _error(b.client.api("CreateInstanceOffering", {**offering, "resourceUuid": gone}))
+    assert exc.code == Sys.CONFLICT
+    again = await a.client.api("CreateDiskOffering", {"name": "back", "diskSize": GiB, "resourceUuid": gone})
+    assert again["inventory"]["uuid"] == gone
+
+
+async def test_sharing_answers_alike_for_hidden_and_absent(arena: Arena) -> None:
+    """Finding 4: RevokeResourceSharing said OK for anything; ShareResource told exists from not."""
+    a, b = arena.a, arena.b
+    for api in ("ShareResource", "RevokeResourceSharing"):
+        answers = set()
+        for uuid in (a.one("vm_instance"), a.one("volume"), attacker.fresh_uuid()):
+            exc = await _error(b.client.api(api, {"resourceUuids": [uuid], "accountUuids": [b.uuid]}))
+            answers.add((exc.code, exc.message.replace(uuid, "<u>"), repr(_normal(exc.details, uuid))))
+        assert len(answers) == 1 and next(iter(answers))[0] == Sys.NOT_FOUND, answers
+    # Its owner shares and revokes (twice: revoking what is not shared is a no-op).
+    vip = a.one("vip")
+    await a.client.api("ShareResource", {"resourceUuids": [vip], "accountUuids": [b.uuid]})
+    assert [i["uuid"] for i in (await b.client.api("QueryVip", {}))["inventories"]].count(vip) == 1
+    # Shared read-only: B sees it, so B is told it may not, rather than that it is not there.
+    exc = await _error(b.client.api("RevokeResourceSharing", {"resourceUuids": [vip], "all": True}))
+    assert exc.code == Sys.PERMISSION_DENIED
+    for _ in range(2):
+        await a.client.api("RevokeResourceSharing", {"resourceUuids": [vip], "all": True})
+    assert vip not in [i["uuid"] for i in (await b.client.api("QueryVip", {}))["inventories"]]
+
+
+def test_every_resource_table_is_in_the_uuid_namespace(database_url: str) -> None:
+    """Every table of the models with a uuid and an owner carries the resource index's trigger
+    (a migration adding one must call ``resourceindex.index_table``)."""
+    from sqlalchemy import create_engine
+
+    from mgmt.core import resourceindex
+
+    wanted = {
+        t.name
+        for t in Base.metadata.sorted_tables
+        if {"uuid", "owner_account_uuid"} <= set(t.c.keys()) and t.name != "resource"
+    }
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            assert wanted - resourceindex.indexed_tables(conn) == set()
+    finally:
+        engine.dispose()
+
+
+async def test_admin_only_apis_are_refused_to_a_normal_account(node, client) -> None:
+    registry = load_all()
+    b = await client.new_account("mallory", "mallory-pw-1")
+    refused = 0
+    for name in registry.names():
+        message = registry.get(name)
+        assert message is not None
+        if not message.admin_only or message.internal or message.public:
+            continue
+        uuids = {
+            f.alias: [attacker.fresh_uuid()] if f.is_list else attacker.fresh_uuid()
+            for f in attacker.uuid_fields(message)
+        }
+        exc = await _error(b.api(name, attacker.body(message, uuids)))
+        assert exc.code in (Sys.PERMISSION_DENIED, Sys.UNKNOWN_MESSAGE), (name, exc)
+        refused += exc.code == Sys.PERMISSION_DENIED
+    assert refused > 40
