@@ -563,7 +563,7 @@ class IpamService(Service):
             base = select(IpRange).where(
                 IpRange.l3_network_uuid.in_(visible(select(L3Network.uuid), L3Network, ctx.account))
             )
-            return run_query(session, RANGE_QUERY, msg, None, base)
+            return run_query(session, RANGE_QUERY, msg, ctx.account, base, filter_rows=False)
 
         return await self.db.run(query)
 

@@ -313,5 +313,9 @@ class L3NetworkService(Service):
 
     @handler(QueryNetworkServiceProvider, serial=False)
     async def query_providers(self, msg: QueryNetworkServiceProvider, ctx: CallContext) -> QueryReply:
-        # The catalogue is the system's, readable by every account: no visibility filter.
-        return await self.db.run(run_query, PROVIDER_QUERY, msg, None, PROVIDER_PAGE)
+        # The catalogue is the system's, readable by every account: its rows are not filtered, the
+        # relations a condition reaches through (an L3 network) are.
+        def query(session: Session) -> QueryReply:
+            return run_query(session, PROVIDER_QUERY, msg, ctx.account, PROVIDER_PAGE, filter_rows=False)
+
+        return await self.db.run(query)

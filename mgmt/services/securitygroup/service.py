@@ -26,7 +26,7 @@ from bus.envelope import Envelope, new_uuid
 from bus.errors import RingstackError, Sys, not_found
 from bus.topology import QueueSpec
 from mgmt.cluster.owner import OwnerPath
-from mgmt.core.access import forget_sharing, load_owned, load_visible
+from mgmt.core.access import forget_sharing, load_for_delete, load_owned, load_visible, visible
 from mgmt.core.agents import AgentClient
 from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
@@ -249,10 +249,9 @@ class SecurityGroupService(Service):
     @handler(DeleteSecurityGroup)
     async def delete_group(self, msg: DeleteSecurityGroup, ctx: CallContext) -> EmptyReply:
         def delete_(session: Session) -> list[str] | None:
-            group = session.get(SecurityGroup, msg.uuid)
+            group = load_for_delete(session, SecurityGroup, msg.uuid, ctx.account, "security group")
             if group is None:
                 return None
-            load_owned(session, SecurityGroup, msg.uuid, ctx.account, "security group")
             in_use = session.scalars(
                 select(VmNicSecurityGroupRef.vm_nic_uuid).where(
                     VmNicSecurityGroupRef.security_group_uuid == msg.uuid
@@ -332,9 +331,9 @@ class SecurityGroupService(Service):
     @handler(DeleteSecurityGroupRule)
     async def delete_rules(self, msg: DeleteSecurityGroupRule, ctx: CallContext) -> SecurityGroupReply:
         def remove(session: Session) -> tuple[SecurityGroupInventory, list[str]]:
-            rules = session.scalars(
-                select(SecurityGroupRule).where(SecurityGroupRule.uuid.in_(msg.rule_uuids))
-            ).all()
+            # Rules the caller cannot see are as absent ones: never read, never named in an error.
+            stmt = select(SecurityGroupRule).where(SecurityGroupRule.uuid.in_(msg.rule_uuids))
+            rules = session.scalars(visible(stmt, SecurityGroupRule, ctx.account)).all()
             groups = {r.security_group_uuid for r in rules}
             if not rules:
                 raise not_found("security group rule", msg.rule_uuids[0])

@@ -128,7 +128,10 @@ class CreateVm:
         await self.db.run(plans.prepare, plan)
 
     async def _release(self, plan: CreatePlan) -> None:
-        await self.db.run(plans.release, plan.vm_uuid)
+        # Only what this attempt reserved: a reserve refused because the uuid is taken (by another
+        # account's VM, or by this client's own earlier create) must leave that VM alone.
+        if plan.reserved:
+            await self.db.run(plans.release, plan.vm_uuid)
 
     async def _create_volumes(self, plan: CreatePlan) -> None:
         assert plan.host_uuid and plan.ps_uuid and plan.ps_url and plan.ps_type

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from bus.errors import RingstackError, Sys, not_found
 from mgmt.core import capacity
 from mgmt.core.access import load_visible
+from mgmt.core.db import uuid_taken
 from mgmt.core.quota import check_quota
 from mgmt.core.service import Account
 from mgmt.services.network.ipam import allocate_ip, release_ips_for
@@ -95,6 +96,9 @@ class CreatePlan:
     volume_creates_sent: list[str] = field(default_factory=list)  # volume uuids asked of the agent
     created_on_agent: list[str] = field(default_factory=list)  # volume uuids the agent made
     started_on_agent: bool = False
+    # Set by ``prepare`` once this attempt's own rows are written: the reserve step's rollback
+    # releases the VM only then, never the holder of a uuid that refused this attempt (issue #11).
+    reserved: bool = False
     inventory: VmInstanceInventory | None = None  # read in the transaction that makes it Running
 
     @classmethod
@@ -234,13 +238,12 @@ def prepare(session: Session, plan: CreatePlan) -> CreatePlan:
         plan.guard
         and session.execute(_columns_by_uuid("vm_instance", ("uuid",)), {"uuid": plan.vm_uuid}).first()
     ):
-        raise RingstackError(
-            Sys.CONFLICT, f"resource uuid {plan.vm_uuid} is already in use", details={"uuid": plan.vm_uuid}
-        )
+        raise uuid_taken(plan.vm_uuid)
     # Held while reserving: the session's identity map keeps rows only weakly, and allocate_ip
     # reads the L3 again (from the map, not the database, as long as this reference lives).
     l3s = _resolve_into(session, plan, plan.request)
     reserve(session, plan)
+    plan.reserved = True
     del l3s
     return plan
 

@@ -11,16 +11,16 @@ from sqlalchemy.orm import Session
 from bus.envelope import new_uuid
 from bus.errors import RingstackError, Sys
 from mgmt.core import capacity
-from mgmt.core.access import load_owned, load_visible
+from mgmt.core.access import load_for_delete, load_owned, load_visible
 from mgmt.core.agents import AgentClient
-from mgmt.core.db import Database, create_guard, ownership_lost
+from mgmt.core.db import Database, create_guard, ownership_lost, uuid_taken
 from mgmt.core.events import EventPublisher
 from mgmt.core.extensions import ExtensionRegistry
 from mgmt.core.flow import Cleanup, Flow
 from mgmt.core.garbage import GarbageCollector
 from mgmt.core.query import QueryTarget, Relation, run_query
 from mgmt.core.quota import check_quota, register_usage
-from mgmt.core.service import CallContext, Service, handler
+from mgmt.core.service import Account, CallContext, Service, handler
 from mgmt.core.stuck import StuckResourceFinder, live_jobs
 from mgmt.services.network.ipam import allocate_ip, release_ips_for
 from mgmt.services.vm import allocator, guards, specs, usage
@@ -175,7 +175,7 @@ class VmService(Service):
     async def create_vm(self, msg: CreateVmInstance, ctx: CallContext) -> VmReply:
         vm_uuid = ctx.new_resource_uuid(msg)
         if ctx.resumed:
-            done = await self._clean_interrupted_create(vm_uuid)
+            done = await self._clean_interrupted_create(vm_uuid, ctx.account)
             if done is not None:
                 return VmReply(inventory=done)
         # Guard, resolve and reserve run in the chain's first transaction (``plans.prepare``).
@@ -192,14 +192,17 @@ class VmService(Service):
         await self.events.resource_event("vm", vm_uuid, "created", plan.inventory.to_wire())
         return VmReply(inventory=plan.inventory)
 
-    async def _clean_interrupted_create(self, vm_uuid: str) -> VmInstanceInventory | None:
+    async def _clean_interrupted_create(self, vm_uuid: str, account: Account) -> VmInstanceInventory | None:
         """A create whose node died (or lost its ownership): finished already (return it), or undo
-        what it left, on the host and in the database, so that it can run again from the start."""
+        what it left, on the host and in the database, so that it can run again from the start.
+        A VM under that uuid that is not the caller's was never this create's: refused, untouched."""
 
         def read(session: Session) -> tuple[str, str | None, list[DeleteVolumeCommand]] | None:
             vm = session.get(VmInstance, vm_uuid)
             if vm is None:
                 return None
+            if vm.owner_account_uuid != account.uuid:
+                raise uuid_taken(vm_uuid)
             host = vm.host_uuid or vm.last_host_uuid
             volumes = specs.leftover_volumes(session, vm_uuid, host) if host else []
             return vm.state, host, volumes
@@ -376,10 +379,8 @@ class VmService(Service):
     @handler(ExpungeVmInstance)
     async def expunge_vm(self, msg: ExpungeVmInstance, ctx: CallContext) -> ApiEmptyReply:
         def read(session: Session) -> list[str] | None:
-            vm = session.get(VmInstance, msg.uuid)
-            if vm is None:
+            if load_for_delete(session, VmInstance, msg.uuid, ctx.account, "VM") is None:
                 return None
-            load_owned(session, VmInstance, msg.uuid, ctx.account, "VM")
             roots = session.scalars(
                 select(Volume.install_path).where(Volume.vm_instance_uuid == msg.uuid, Volume.type == "Root")
             )
@@ -723,10 +724,9 @@ class VmService(Service):
     @handler(DeleteDataVolume)
     async def delete_volume(self, msg: DeleteDataVolume, ctx: CallContext) -> ApiEmptyReply:
         def delete(session: Session) -> tuple[str | None, str | None] | None:
-            volume = session.get(Volume, msg.uuid)
+            volume = load_for_delete(session, Volume, msg.uuid, ctx.account, "volume")
             if volume is None:
                 return None
-            load_owned(session, Volume, msg.uuid, ctx.account, "volume")
             if volume.type != "Data":
                 raise RingstackError(Sys.INVALID_ARGUMENT, f"volume {volume.uuid} is a {volume.type} volume")
             if volume.vm_instance_uuid is not None:
