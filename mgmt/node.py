@@ -31,6 +31,7 @@ from mgmt.core.dispatcher import Dispatcher, validate
 from mgmt.core.events import EventPublisher
 from mgmt.core.extensions import ExtensionRegistry
 from mgmt.core.garbage import GarbageCollector
+from mgmt.core.owners import OwnerIndex
 from mgmt.core.serial import SerialQueues
 from mgmt.core.service import ANONYMOUS, Service
 from mgmt.ops import NodeOps
@@ -86,7 +87,7 @@ class ManagementNode:
         self.db = Database(config.database_url, pool_size=config.db_pool_size)
         self.serial = SerialQueues(config.serial_queue_limit)
         self.dispatcher = Dispatcher(self.serial)
-        self.events = EventPublisher(self.bus)
+        self.events = EventPublisher(self.bus, OwnerIndex(self.db))
         self.cascade = CascadeRegistry()
         self.extensions = ExtensionRegistry()
         self.agents = AgentClient(self.bus, default_timeout=config.agent_timeout)
