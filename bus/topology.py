@@ -209,6 +209,11 @@ class Topology:
             bindings=tuple((self.account_events_exchange.name, f"{account_uuid}.{p}") for p in patterns),
         )
 
+    @property
+    def access_key_deletions_queue(self) -> QueueSpec:
+        """Access key deletions, for deleting their broker users; nodes share it (one takes each)."""
+        return self.event_queue("accesskey", "access_key.*.deleted", durable=True)
+
     def shared_queues(self) -> tuple[QueueSpec, ...]:
         """Queues that exist independently of any one process."""
-        return (self.dead_letter_queue, self.api_queue, self.agent_reports_queue)
+        return (self.dead_letter_queue, self.api_queue, self.agent_reports_queue, self.access_key_deletions_queue)

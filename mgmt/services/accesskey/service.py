@@ -17,6 +17,7 @@ machine, as the KVM hosts' agent users are (``mgmt.core.brokeradmin``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import secrets
@@ -83,6 +84,7 @@ class AccessKeyService(Service):
         super().__init__(**deps)
         self.broker = BrokerAdmin()
         self._consumer: Consumer | None = None
+        self._sweeping: asyncio.Task[None] | None = None
 
     @property
     def namespace(self) -> str:
@@ -90,11 +92,13 @@ class AccessKeyService(Service):
 
     async def start(self) -> None:
         self.cascade.register(CASCADE_RULE)
-        # Shared (durable, one name for every node): each deletion is handled by one node.
-        self._consumer = self.bus.consume(
-            self.bus.topology.event_queue("accesskey", f"{KIND}.*.deleted", durable=True), self._on_deleted
-        )
+        # Shared and durable: each deletion is handled by one node, even one started later.
+        self._consumer = self.bus.consume(self.bus.topology.access_key_deletions_queue, self._on_deleted)
         await self.bus.start_consumer(self._consumer)
+        # In the background: rabbitmqctl takes a second or two, and the node need not wait for it.
+        self._sweeping = asyncio.create_task(self._sweep_logged(), name="accesskey-sweep")
+
+    async def _sweep_logged(self) -> None:
         try:
             await self.sweep()
         except RingstackError as exc:  # a node without rabbitmqctl still serves everything else
@@ -102,6 +106,10 @@ class AccessKeyService(Service):
 
     async def stop(self) -> None:
         self.cascade.unregister(KIND)
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeping
         if self._consumer is not None:
             await self.bus.cancel(self._consumer)
             self._consumer = None

@@ -1,14 +1,14 @@
 """access keys (API clients' broker credentials)
 
 Revision ID: 0017
-Revises: 0013
+Revises: 0012
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0017"
-down_revision = "0013"
+down_revision = "0012"  # main's head when written (the brief said 0013; 0012 is chained after it)
 branch_labels = None
 depends_on = None
 
