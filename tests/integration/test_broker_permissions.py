@@ -24,6 +24,7 @@ from bus.topology import Topology
 from mgmt.core.brokeradmin import BrokerAdmin
 from tests.support import infra
 from tests.support.cluster import until
+from tests.support.procs import run_cli
 
 
 @pytest.fixture
@@ -245,3 +246,42 @@ async def test_deleting_the_key_or_its_account_deletes_its_broker_user(keys, cli
         30,
         "bob's key's broker user deleted",
     )
+
+
+async def test_the_cli_calls_and_follows_events_with_an_access_key(keys, namespace, broker_url, tmp_path):
+    """``RINGSTACK_ACCESS_KEY_ID``/``_SECRET`` turn the CLI into a fenced client: its calls work, and
+    ``ringstack events`` shows its own account's events, keyed ``<kind>.<uuid>.<action>``."""
+    alice = keys["alice"]
+    env = {
+        "RINGSTACK_BROKER_URL": broker_url,  # guest's URL: the key replaces its user and password
+        "RINGSTACK_NAMESPACE": namespace,
+        "RINGSTACK_SESSION": alice.session,
+        "RINGSTACK_ACCESS_KEY_ID": alice.id,
+        "RINGSTACK_ACCESS_KEY_SECRET": alice.secret,
+        "XDG_CONFIG_HOME": str(tmp_path),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    }
+    done = await asyncio.to_thread(run_cli, ["QueryAccessKey", "-f", "value", "-c", "uuid"], env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [alice.id]
+
+    follow = asyncio.create_task(
+        asyncio.to_thread(run_cli, ["events", "--kind", "access_key", "--count", "1", "--for", "30", "-f", "json"], env)
+    )
+    # The stream binds before it reads; keep making keys until one is seen (or the stream gives up).
+    made = []
+    while not follow.done() and len(made) < 10:
+        made.append((await client_api_create(alice, namespace))["accessKeyId"])
+        await asyncio.wait([follow], timeout=2)
+    done = await follow
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.splitlines()[0])
+    assert seen["key"].startswith("access_key.") and seen["body"]["resourceUuid"] in made
+
+
+async def client_api_create(key: Key, namespace: str) -> dict:
+    bus = await _key_bus(key, namespace)
+    try:
+        return await bus.api("CreateAccessKey", {"name": "made-by-cli-test"}, session=key.session)
+    finally:
+        await bus.close()
