@@ -77,6 +77,7 @@ class ManagementNode:
         self.config = config
         self.uuid = config.node_uuid or new_uuid()
         self.topology = Topology(config.namespace)
+        self._reply_prefix = f"{config.namespace}.reply."
         self.bus = AsyncBus(
             config.broker_url,
             self.topology,
@@ -157,6 +158,12 @@ class ManagementNode:
         """The API gateway step: check the envelope, authenticate, then route to a handler."""
         if env.kind != "api":
             raise RingstackError(Sys.INVALID_ARGUMENT, f"the API queue takes kind 'api', not {env.kind!r}")
+        if env.reply_to is not None and not env.reply_to.startswith(self._reply_prefix):
+            # The node may publish anywhere; a client must not make it answer into a node's or an
+            # agent's queue (an access key's own user cannot publish there). Nobody is answered.
+            log.warning("API request %s dropped: its reply address is not a reply queue", env.id)
+            env.reply_to = None
+            raise RingstackError(Sys.INVALID_ARGUMENT, "replies go only to reply queues")
         route = self.dispatcher.route(env.name)  # unknown names fail before authentication
         message = route.message
         if message.internal:

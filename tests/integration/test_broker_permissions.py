@@ -18,6 +18,7 @@ import pytest
 
 from bus.aio import AsyncBus
 from bus.credentials import access_key_url, url_with_credentials
+from bus.envelope import Envelope
 from bus.errors import RingstackError, Sys
 from bus.sync import SyncClient
 from bus.topology import Topology
@@ -285,3 +286,19 @@ async def client_api_create(key: Key, namespace: str) -> dict:
         return await bus.api("CreateAccessKey", {"name": "made-by-cli-test"}, session=key.session)
     finally:
         await bus.close()
+
+
+async def test_a_node_answers_api_requests_only_into_reply_queues(node, namespace):
+    """The node may publish anywhere, so a request whose reply address is a node's or an agent's
+    queue is refused and answered nowhere: a client cannot use the node to reach those queues."""
+    topology = Topology(namespace)
+    for address in (topology.agent_queue("h" * 32).name, topology.node_queue(node.uuid).name, topology.api_queue.name):
+        env = Envelope(name="QueryZone", kind="api", body={}, reply_to=address)
+        with pytest.raises(RingstackError) as err:
+            await node._on_api(env)
+        assert err.value.code == Sys.INVALID_ARGUMENT and env.reply_to is None
+    # A reply queue (here an access key client's) is fine: the request goes on to authentication.
+    env = Envelope(name="QueryZone", kind="api", body={}, reply_to=topology.client_queue_prefix("k" * 32) + "x")
+    with pytest.raises(RingstackError) as err:
+        await node._on_api(env)
+    assert err.value.code == Sys.AUTH_REQUIRED and env.reply_to is not None
