@@ -406,7 +406,9 @@ class AsyncBus:
     async def send(self, queue: str, env: Envelope, *, persistent: bool = False) -> None:
         """Deliver a message that expects no reply; confirmed by the broker."""
         await self._ready(env.deadline or time.time() + self.default_timeout)
-        await self._publish_confirmed(*self.topology.route_to(queue), self._message(env, persistent=persistent))
+        await self._publish_confirmed(
+            *self.topology.route_to(queue), self._message(env, persistent=persistent)
+        )
 
     async def publish_event(self, routing_key: str, name: str, body: dict[str, Any]) -> None:
         """Publish on the events exchange; confirmed, but no subscriber is needed."""

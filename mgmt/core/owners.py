@@ -67,7 +67,9 @@ def _owner_columns() -> dict[str, InstrumentedAttribute[Any]]:
         column = _owner_column(cls)
         if column is None:
             continue
-        kind = getattr(cls, "resource_type", None) or {"Job": "job", "AccountSession": "session"}.get(cls.__name__)
+        kind = getattr(cls, "resource_type", None) or {"Job": "job", "AccountSession": "session"}.get(
+            cls.__name__
+        )
         if kind:
             columns.setdefault(kind, getattr(cls, column))
     return columns

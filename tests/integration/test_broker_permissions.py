@@ -96,7 +96,9 @@ async def test_a_client_with_an_access_key_calls_apis_and_gets_its_own_events(ke
     # this test's event loop).
     with SyncClient(alice.url, Topology(namespace), default_timeout=10) as sync:
         assert sync.client_key == alice.id
-        found = (await asyncio.to_thread(sync.api, "QueryAccessKey", {}, session=alice.session))["inventories"]
+        found = (await asyncio.to_thread(sync.api, "QueryAccessKey", {}, session=alice.session))[
+            "inventories"
+        ]
         assert [k["uuid"] for k in found] == [alice.id]  # bob's key is not visible to alice
         assert not {"accessKeySecret", "secretHash"} & found[0].keys()
         assert json.dumps(found).find(alice.secret) == -1
@@ -108,7 +110,9 @@ async def test_a_client_with_an_access_key_calls_apis_and_gets_its_own_events(ke
         async def on_event(env):
             received.put_nowait(env.body)
 
-        spec = bus.topology.client_event_queue(alice.id, "mine", alice.account_uuid, "access_key.*.*", "account.*.*")
+        spec = bus.topology.client_event_queue(
+            alice.id, "mine", alice.account_uuid, "access_key.*.*", "account.*.*"
+        )
         await bus.start_consumer(bus.consume(spec, on_event))
         second = await bus.api("CreateAccessKey", {"name": "alice-ci"}, session=alice.session)
         event = await asyncio.wait_for(received.get(), 10)
@@ -153,7 +157,11 @@ async def _attacks(alice: Key, bob: Key, topology: Topology, bob_reply_queue: st
     assert "ACCESS_REFUSED" in await _refused(alice.url, consume_api)
 
     # Publish to node and agent queues, or the API queue itself, through the default exchange.
-    for queue in (topology.api_queue.name, topology.node_queue("n" * 32).name, topology.agent_queue("h" * 32).name):
+    for queue in (
+        topology.api_queue.name,
+        topology.node_queue("n" * 32).name,
+        topology.agent_queue("h" * 32).name,
+    ):
 
         async def publish_default(channel, queue=queue):
             await channel.default_exchange.publish(message, routing_key=queue)
@@ -267,7 +275,9 @@ async def test_the_cli_calls_and_follows_events_with_an_access_key(keys, namespa
     assert done.stdout.split() == [alice.id]
 
     follow = asyncio.create_task(
-        asyncio.to_thread(run_cli, ["events", "--kind", "access_key", "--count", "1", "--for", "30", "-f", "json"], env)
+        asyncio.to_thread(
+            run_cli, ["events", "--kind", "access_key", "--count", "1", "--for", "30", "-f", "json"], env
+        )
     )
     # The stream binds before it reads; keep making keys until one is seen (or the stream gives up).
     made = []
@@ -292,13 +302,19 @@ async def test_a_node_answers_api_requests_only_into_reply_queues(node, namespac
     """The node may publish anywhere, so a request whose reply address is a node's or an agent's
     queue is refused and answered nowhere: a client cannot use the node to reach those queues."""
     topology = Topology(namespace)
-    for address in (topology.agent_queue("h" * 32).name, topology.node_queue(node.uuid).name, topology.api_queue.name):
+    for address in (
+        topology.agent_queue("h" * 32).name,
+        topology.node_queue(node.uuid).name,
+        topology.api_queue.name,
+    ):
         env = Envelope(name="QueryZone", kind="api", body={}, reply_to=address)
         with pytest.raises(RingstackError) as err:
             await node._on_api(env)
         assert err.value.code == Sys.INVALID_ARGUMENT and env.reply_to is None
     # A reply queue (here an access key client's) is fine: the request goes on to authentication.
-    env = Envelope(name="QueryZone", kind="api", body={}, reply_to=topology.client_queue_prefix("k" * 32) + "x")
+    env = Envelope(
+        name="QueryZone", kind="api", body={}, reply_to=topology.client_queue_prefix("k" * 32) + "x"
+    )
     with pytest.raises(RingstackError) as err:
         await node._on_api(env)
     assert err.value.code == Sys.AUTH_REQUIRED and env.reply_to is not None

@@ -68,7 +68,9 @@ def _delete_rows(session: Session, uuids: Sequence[str]) -> None:
 
 
 # Keys never keep their account from being deleted: they go with it.
-CASCADE_RULE = CascadeRule(kind=KIND, parents=("account",), children_of=_children, delete=_delete_rows, vetoes=())
+CASCADE_RULE = CascadeRule(
+    kind=KIND, parents=("account",), children_of=_children, delete=_delete_rows, vetoes=()
+)
 
 
 class AccessKeyService(Service):

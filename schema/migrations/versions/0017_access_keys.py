@@ -31,7 +31,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("uuid", name=op.f("pk_access_key")),
     )
     op.create_index(op.f("ix_access_key_name"), "access_key", ["name"], unique=False)
-    op.create_index(op.f("ix_access_key_owner_account_uuid"), "access_key", ["owner_account_uuid"], unique=False)
+    op.create_index(
+        op.f("ix_access_key_owner_account_uuid"), "access_key", ["owner_account_uuid"], unique=False
+    )
 
 
 def downgrade() -> None:
