@@ -27,6 +27,8 @@ from tests.support import infra
 from tests.support.cluster import until
 from tests.support.procs import run_cli
 
+KEY_TIMEOUT = 60
+
 
 @pytest.fixture
 def broker_url(namespace: str) -> Iterator[str]:
@@ -58,7 +60,8 @@ async def keys(node, client, namespace, broker_url) -> AsyncIterator[dict[str, K
     made: dict[str, Key] = {}
     for name in ("alice", "bob"):
         account = await client.new_account(name)
-        reply = await account.api("CreateAccessKey", {"name": f"{name}-laptop"})
+        # rabbitmqctl runs three times (an Erlang VM each): seconds on a loaded machine.
+        reply = await account.api("CreateAccessKey", {"name": f"{name}-laptop"}, timeout=KEY_TIMEOUT)
         made[name] = Key(reply, account.account_uuid, account.session, namespace, broker_url)
     yield made
 
@@ -114,7 +117,9 @@ async def test_a_client_with_an_access_key_calls_apis_and_gets_its_own_events(ke
             alice.id, "mine", alice.account_uuid, "access_key.*.*", "account.*.*"
         )
         await bus.start_consumer(bus.consume(spec, on_event))
-        second = await bus.api("CreateAccessKey", {"name": "alice-ci"}, session=alice.session)
+        second = await bus.api(
+            "CreateAccessKey", {"name": "alice-ci"}, session=alice.session, timeout=KEY_TIMEOUT
+        )
         event = await asyncio.wait_for(received.get(), 10)
         assert (event["resourceUuid"], event["action"]) == (second["accessKeyId"], "created")
         # An event whose owner the node looks up (the account's own row): alice's, so she gets it.
@@ -127,7 +132,9 @@ async def test_a_client_with_an_access_key_calls_apis_and_gets_its_own_events(ke
         event = await asyncio.wait_for(received.get(), 10)
         assert event["resourceUuid"] == alice.account_uuid
         assert received.empty()
-        await bus.api("DeleteAccessKey", {"uuid": second["accessKeyId"]}, session=alice.session)
+        await bus.api(
+            "DeleteAccessKey", {"uuid": second["accessKeyId"]}, session=alice.session, timeout=KEY_TIMEOUT
+        )
     finally:
         await bus.close()
 
@@ -241,7 +248,7 @@ async def test_deleting_the_key_or_its_account_deletes_its_broker_user(keys, cli
         codes.add(err.value.code)
     assert codes == {Sys.NOT_FOUND}
 
-    await client.api("DeleteAccessKey", {"uuid": alice.id}, session=alice.session)
+    await client.api("DeleteAccessKey", {"uuid": alice.id}, session=alice.session, timeout=KEY_TIMEOUT)
     assert alice.id not in admin.client_keys(namespace)
     with pytest.raises(RingstackError) as err:
         gone = SyncClient(alice.url, topology, default_timeout=5, connect_timeout=5)
@@ -293,7 +300,9 @@ async def test_the_cli_calls_and_follows_events_with_an_access_key(keys, namespa
 async def client_api_create(key: Key, namespace: str) -> dict:
     bus = await _key_bus(key, namespace)
     try:
-        return await bus.api("CreateAccessKey", {"name": "made-by-cli-test"}, session=key.session)
+        return await bus.api(
+            "CreateAccessKey", {"name": "made-by-cli-test"}, session=key.session, timeout=KEY_TIMEOUT
+        )
     finally:
         await bus.close()
 
@@ -318,3 +327,33 @@ async def test_a_node_answers_api_requests_only_into_reply_queues(node, namespac
     with pytest.raises(RingstackError) as err:
         await node._on_api(env)
     assert err.value.code == Sys.AUTH_REQUIRED and env.reply_to is not None
+
+
+async def test_an_admins_key_reads_every_accounts_events(keys, client, namespace, broker_url):
+    made = await client.api("CreateAccessKey", {"name": "ops"}, timeout=KEY_TIMEOUT)
+    admin_key = Key(made, client.account_uuid, client.session, namespace, broker_url)
+    bus = await _key_bus(admin_key, namespace)
+    try:
+        received: asyncio.Queue = asyncio.Queue()
+
+        async def on_event(env):
+            received.put_nowait(env.body)
+
+        # "*" for the account: every account's (only an admin's key may bind that).
+        spec = bus.topology.client_event_queue(admin_key.id, "all", "*", "account.*.updated")
+        await bus.start_consumer(bus.consume(spec, on_event))
+        await client.api("UpdateAccount", {"uuid": keys["bob"].account_uuid, "description": "seen by admins"})
+        event = await asyncio.wait_for(received.get(), 10)
+        assert event["resourceUuid"] == keys["bob"].account_uuid
+    finally:
+        await bus.close()
+    # The same binding by a normal account's key is refused.
+    alice = keys["alice"]
+
+    async def bind_all(channel):
+        queue = await channel.declare_queue(
+            Topology(namespace).client_queue_prefix(alice.id) + "all", exclusive=True, auto_delete=True
+        )
+        await queue.bind(Topology(namespace).account_events_exchange.name, "*.account.*.updated")
+
+    assert "ACCESS_REFUSED" in await _refused(alice.url, bind_all)
