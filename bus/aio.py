@@ -11,6 +11,10 @@ backoff. Calls made while disconnected wait for the connection until their deadl
 Channels: ``confirm`` (publisher confirms + mandatory routing) for requests and events, which must
 not be lost silently; ``fast`` (no confirms) for replies, whose loss the caller's deadline covers;
 one channel per consumer so each has its own prefetch window and can be cancelled alone.
+
+An API client connecting as an access key's broker user (``<ns>.key.<id>``, see ``bus.credentials``)
+declares no exchanges and uses ``<ns>.reply.<id>.<uuid>`` as its reply queue: the only queues that
+user may touch; its event subscriptions are ``Topology.client_event_queue``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import contextlib
 import functools
 import logging
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -108,13 +113,21 @@ class AsyncBus:
         self.process_uuid = new_uuid()
         self.default_timeout = default_timeout
         self.max_message_bytes = max_message_bytes
-        self.declare_topology = declare_topology
+        # An access key's user (an API client fenced at the broker) may not declare exchanges.
+        self.client_key = self.topology.client_key_of(
+            urllib.parse.unquote(urllib.parse.urlsplit(url).username or "")
+        )
+        self.declare_topology = declare_topology and not self.client_key
         # Where replies are published: the default exchange, or (agents) the replies exchange.
         self.reply_exchange = reply_exchange
         self._reconnect_initial = reconnect_initial
         self._reconnect_max = reconnect_max
 
-        self._reply_queue = self.topology.reply_queue(self.process_uuid)
+        self._reply_queue = (
+            self.topology.client_reply_queue(self.client_key, self.process_uuid)
+            if self.client_key
+            else self.topology.reply_queue(self.process_uuid)
+        )
         self._pending: dict[str, asyncio.Future[Envelope]] = {}
         self._consumers: list[Consumer] = []
         self._connected = asyncio.Event()
@@ -407,7 +420,7 @@ class AsyncBus:
         self._pending[env.id] = fut
         timer = loop.call_later(max(0.0, env.deadline - time.time()), _expire, fut, env)
         try:
-            await self._publish_confirmed("", queue, message, deadline=env.deadline)
+            await self._publish_confirmed(*self.topology.route_to(queue), message, deadline=env.deadline)
             return await fut
         finally:
             timer.cancel()
@@ -433,7 +446,9 @@ class AsyncBus:
     async def send(self, queue: str, env: Envelope, *, persistent: bool = False) -> None:
         """Deliver a message that expects no reply; confirmed by the broker."""
         await self._ready(env.deadline or time.time() + self.default_timeout)
-        await self._publish_confirmed("", queue, self._message(env, persistent=persistent))
+        await self._publish_confirmed(
+            *self.topology.route_to(queue), self._message(env, persistent=persistent)
+        )
 
     async def publish_event(self, routing_key: str, name: str, body: dict[str, Any]) -> None:
         """Publish on the events exchange; confirmed, but no subscriber is needed."""

@@ -31,6 +31,7 @@ from mgmt.core.dispatcher import Dispatcher, validate
 from mgmt.core.events import EventPublisher
 from mgmt.core.extensions import ExtensionRegistry
 from mgmt.core.garbage import GarbageCollector
+from mgmt.core.owners import OwnerIndex
 from mgmt.core.serial import SerialQueues
 from mgmt.core.service import ANONYMOUS, Service
 from mgmt.ops import NodeOps
@@ -76,6 +77,7 @@ class ManagementNode:
         self.config = config
         self.uuid = config.node_uuid or new_uuid()
         self.topology = Topology(config.namespace)
+        self._reply_prefix = f"{config.namespace}.reply."
         self.bus = AsyncBus(
             config.broker_url,
             self.topology,
@@ -86,7 +88,7 @@ class ManagementNode:
         self.db = Database(config.database_url, pool_size=config.db_pool_size)
         self.serial = SerialQueues(config.serial_queue_limit)
         self.dispatcher = Dispatcher(self.serial)
-        self.events = EventPublisher(self.bus)
+        self.events = EventPublisher(self.bus, OwnerIndex(self.db))
         self.cascade = CascadeRegistry()
         self.extensions = ExtensionRegistry()
         self.agents = AgentClient(self.bus, default_timeout=config.agent_timeout)
@@ -164,6 +166,12 @@ class ManagementNode:
         """The API gateway step: check the envelope, authenticate, then route to a handler."""
         if env.kind != "api":
             raise RingstackError(Sys.INVALID_ARGUMENT, f"the API queue takes kind 'api', not {env.kind!r}")
+        if env.reply_to is not None and not env.reply_to.startswith(self._reply_prefix):
+            # The node may publish anywhere; a client must not make it answer into a node's or an
+            # agent's queue (an access key's own user cannot publish there). Nobody is answered.
+            log.warning("API request %s dropped: its reply address is not a reply queue", env.id)
+            env.reply_to = None
+            raise RingstackError(Sys.INVALID_ARGUMENT, "replies go only to reply queues")
         route = self.dispatcher.route(env.name)  # unknown names fail before authentication
         message = route.message
         if message.internal:
