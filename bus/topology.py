@@ -6,7 +6,7 @@ installations can share one broker without touching each other's queues.
 | name | kind | purpose |
 |---|---|---|
 | ``<ns>.api.v2`` | quorum queue | API requests from clients; every node consumes it |
-| ``<ns>.api-entry`` | direct exchange | how clients send API requests: bound only to ``<ns>.api``, so a client that may publish here (an access key's broker user) can reach no other queue |
+| ``<ns>.api-entry`` | direct exchange | how clients send API requests: bound only to ``<ns>.api.v2``, so a client that may publish here (an access key's broker user) can reach no other queue |
 | ``<ns>.node.<node_uuid>`` | exclusive queue | calls routed to one management node |
 | ``<ns>.agent.<host_uuid>`` | durable queue | commands to one agent (KVM host, virtual router) |
 | ``<ns>.reply.<process_uuid>`` | exclusive queue | replies to one process's calls |
