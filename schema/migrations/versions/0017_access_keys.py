@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0017"
-down_revision = "0012"  # main's head when written (the brief said 0013; 0012 is chained after it)
+down_revision = "0014"  # chained in merge order: 0009, 0013, 0011, 0012, 0014, 0017
 branch_labels = None
 depends_on = None
 
