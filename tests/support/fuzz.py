@@ -316,7 +316,7 @@ RAW_BODIES = st.one_of(
 )
 
 
-class Nested(list):  # type: ignore[type-arg]
+class Nested(list[Any]):
     """A header value nested ``depth`` lists deep (AMQP field arrays): pamqp's recursive decoder
     raised RecursionError on it and dropped the consumer's connection, again on every delivery."""
 
