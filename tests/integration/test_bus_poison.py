@@ -14,6 +14,7 @@ import asyncio
 import struct
 from collections import Counter
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiormq
 import kombu
@@ -126,7 +127,8 @@ async def test_a_message_that_breaks_its_consumer_is_dead_lettered_after_the_del
 
     message = await asyncio.wait_for(dead.get(), 60)
     assert Envelope.decode(message.body).id == poison.id
-    (death,) = message.header.properties.headers["x-death"]
+    headers: dict[str, Any] = dict(message.header.properties.headers or {})
+    (death,) = headers["x-death"]
     assert death["reason"] == "delivery_limit" and death["queue"] == topo.api_queue.name
     # Taken once, then returned POISON_DELIVERY_LIMIT times (each time breaking the connection).
     assert deliveries["Breaks"] == POISON_DELIVERY_LIMIT + 1

