@@ -103,7 +103,14 @@ def uuid_fields(message: type[ApiMessage]) -> list[UuidField]:
     ]
 
 
-_IPS = {"dns", "ip", "staticIp", "requiredIp", "startIp", "endIp", "gateway"}
+# Addresses in TEST-NET-1, nobody's: a valid range of its own.
+_NOBODYS = {
+    "networkCidr": "192.0.2.0/28",
+    "netmask": "255.255.255.0",
+    "gateway": "192.0.2.1",
+    "startIp": "192.0.2.10",
+    "endIp": "192.0.2.20",
+}
 
 
 def _example(alias: str, node: dict[str, Any], defs: dict[str, Any]) -> Any:
@@ -130,12 +137,10 @@ def _example(alias: str, node: dict[str, Any], defs: dict[str, Any]) -> Any:
         return max(1.0, float(node.get("minimum", 1)))
     if kind == "boolean":
         return False
-    if alias in _IPS or node.get("format") == "ipv4":
+    if alias in _NOBODYS:
+        return _NOBODYS[alias]
+    if node.get("format") == "ipv4":
         return "192.0.2.7"  # TEST-NET-1: nobody's
-    if alias == "networkCidr":
-        return "192.0.2.0/28"
-    if alias == "netmask":
-        return "255.255.255.0"
     return "attacker"
 
 
