@@ -103,7 +103,16 @@ def uuid_fields(message: type[ApiMessage]) -> list[UuidField]:
     ]
 
 
-_IPS = {"dns", "ip", "staticIp", "requiredIp", "startIp", "endIp", "gateway"}
+# Values that need no other field (a TCP rule would need ports), and a pattern-checked name.
+_CHOICES = {"protocol": "ALL"}
+# Addresses in TEST-NET-1, nobody's: a valid range of its own.
+_NOBODYS = {
+    "networkCidr": "192.0.2.0/28",
+    "netmask": "255.255.255.0",
+    "gateway": "192.0.2.1",
+    "startIp": "192.0.2.10",
+    "endIp": "192.0.2.20",
+}
 
 
 def _example(alias: str, node: dict[str, Any], defs: dict[str, Any]) -> Any:
@@ -113,29 +122,35 @@ def _example(alias: str, node: dict[str, Any], defs: dict[str, Any]) -> Any:
     if "anyOf" in node:
         options = [o for o in node["anyOf"] if o.get("type") != "null"]
         return _example(alias, options[0], defs)
+    if alias in _CHOICES:
+        return _CHOICES[alias]
     if "enum" in node:
         return node["enum"][0]
     if "const" in node:
         return node["const"]
     kind = node.get("type")
+    if kind == "object" and "patternProperties" in node:  # a map: one entry
+        ((pattern, value),) = node["patternProperties"].items()
+        key = "f" * 32 if pattern == UUID_PATTERN else "key"
+        return {key: _example(alias, value, defs)}
     if kind == "object":
         required = set(node.get("required", []))
         props = node.get("properties", {})
         return {k: _example(k, v, defs) for k, v in props.items() if k in required}
     if kind == "array":
         return [_example(alias, node.get("items", {}), defs) for _ in range(max(1, node.get("minItems", 0)))]
+    if "pattern" in node and node["pattern"].startswith("^[A-Za-z]"):
+        return "DHCP"
     if kind == "integer":
         return max(1, int(node.get("minimum", 1)), int(node.get("exclusiveMinimum", 0)) + 1)
     if kind == "number":
         return max(1.0, float(node.get("minimum", 1)))
     if kind == "boolean":
         return False
-    if alias in _IPS or node.get("format") == "ipv4":
+    if alias in _NOBODYS:
+        return _NOBODYS[alias]
+    if node.get("format") == "ipv4":
         return "192.0.2.7"  # TEST-NET-1: nobody's
-    if alias == "networkCidr":
-        return "192.0.2.0/28"
-    if alias == "netmask":
-        return "255.255.255.0"
     return "attacker"
 
 

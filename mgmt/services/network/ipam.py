@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 
 from bus.envelope import new_uuid
 from bus.errors import RingstackError, Sys, invalid_argument, not_found
-from mgmt.core.access import load_owned, load_visible, visible
+from mgmt.core.access import load_for_delete, load_owned, load_visible, visible
 from mgmt.core.cascade import CascadeRegistry, announce_deleted
 from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
@@ -544,7 +544,12 @@ class IpamService(Service):
         """Deleting a range that is already gone succeeds, so a retried delete is safe."""
 
         def delete_(session: Session) -> dict[str, list[str]] | None:
-            if session.get(IpRange, msg.uuid) is None:
+            row = session.get(IpRange, msg.uuid)
+            # A range whose L3 the caller cannot see is gone to it, as one that does not exist.
+            if (
+                row is None
+                or load_for_delete(session, L3Network, row.l3_network_uuid, ctx.account, L3_KIND) is None
+            ):
                 return None
             load_range(session, msg.uuid, ctx.account, write=True)
             cascaded = self.cascade.delete(session, RANGE_KIND, msg.uuid, msg.delete_mode)
