@@ -94,7 +94,7 @@ class OwnerIndex:
         model = column.class_
 
         def look(session: Session) -> str | None:
-            return session.scalar(select(column).where(model.uuid == uuid))  # type: ignore[attr-defined]
+            return session.scalar(select(column).where(model.uuid == uuid))
 
         owner = await self.db.run_unfenced(look)
         if owner is not None:
