@@ -168,8 +168,8 @@ class ManagementNode:
             raise RingstackError(Sys.INVALID_ARGUMENT, f"the API queue takes kind 'api', not {env.kind!r}")
         if env.reply_to is not None and not env.reply_to.startswith(self._reply_prefix):
             # The node may publish anywhere; a client must not make it answer into a node's or an
-            # agent's queue (an access key's own user cannot publish there). Nobody is answered.
-            log.warning("API request %s dropped: its reply address is not a reply queue", env.id)
+            # agent's queue (an access key's own user cannot publish there). Nobody is answered;
+            # the bus logs the one line ("failed with no one to tell").
             env.reply_to = None
             raise RingstackError(Sys.INVALID_ARGUMENT, "replies go only to reply queues")
         route = self.dispatcher.route(env.name)  # unknown names fail before authentication

@@ -89,6 +89,9 @@ def client_topic_permissions(namespace: str, account_uuid: str, is_admin: bool) 
     return Topology(namespace).account_events_exchange.name, "^$", read
 
 
+NO_SUCH_USER_EXIT = 67  # rabbitmqctl's exit code (EX_NOUSER) for a user that does not exist
+
+
 class BrokerAdmin:
     """Manages agent users through ``rabbitmqctl`` (run as the broker host's root or rabbitmq)."""
 
@@ -165,10 +168,15 @@ class BrokerAdmin:
         topology = Topology(namespace)
         return {key for key in map(topology.client_key_of, self.users()) if key}
 
-    def delete_client_user(self, namespace: str, key_id: str) -> None:
-        username = Topology(namespace).client_username(key_id)
-        if username in self.users():
-            self._ctl("delete_user", username)
+    def delete_client_user(self, namespace: str, key_id: str) -> bool:
+        """Delete access key ``key_id``'s user (one rabbitmqctl run); False if there was none."""
+        try:
+            self._ctl("delete_user", Topology(namespace).client_username(key_id))
+        except RingstackError as exc:
+            if exc.details.get("exitCode") == NO_SUCH_USER_EXIT:
+                return False
+            raise
+        return True
 
     async def ensure_agent_user_async(
         self, namespace: str, host_uuid: str, vhost: str = "/"

@@ -24,54 +24,56 @@ from schema.db.base import Base
 CACHE_SIZE = 100_000
 
 _lock = Lock()
-_cache: OrderedDict[str, str] = OrderedDict()
+# Keyed by (kind, uuid), never by uuid alone: a uuid taken by rows of two kinds (another account's
+# offering made with the uuid of my VM) must not route my VM's events to that account.
+_cache: OrderedDict[tuple[str, str], str] = OrderedDict()
+_KINDS = {"Job": "job", "AccountSession": "session"}  # kinds of tables without ``resource_type``
 
 
-def _remember(uuid: str, owner: str) -> None:
+def _remember(kind: str, uuid: str, owner: str) -> None:
     with _lock:
-        _cache[uuid] = owner
-        _cache.move_to_end(uuid)
+        _cache[(kind, uuid)] = owner
+        _cache.move_to_end((kind, uuid))
         while len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)
 
 
-def _cached(uuid: str) -> str | None:
+def _cached(kind: str, uuid: str) -> str | None:
     with _lock:
-        return _cache.get(uuid)
+        return _cache.get((kind, uuid))
 
 
-def _owner_column(cls: type[Any]) -> str | None:
+def _kind_and_column(cls: type[Any]) -> tuple[str, str] | None:
+    """The event kind of a model's rows and the column naming their owner, if it has both."""
+    kind = getattr(cls, "resource_type", None) or _KINDS.get(cls.__name__)
+    if not isinstance(kind, str):
+        return None
     if hasattr(cls, "owner_account_uuid"):
-        return "owner_account_uuid"
+        return kind, "owner_account_uuid"
     if cls.__name__ == "AccountSession":
-        return "account_uuid"
+        return kind, "account_uuid"
     return None
 
 
 @event.listens_for(Session, "after_flush")
 def _capture(session: Session, _context: Any) -> None:
     for obj in (*session.new, *session.dirty, *session.deleted):
-        column = _owner_column(type(obj))
-        if column is None:
+        found = _kind_and_column(type(obj))
+        if found is None:
             continue
+        kind, column = found
         owner, uuid = getattr(obj, column, None), getattr(obj, "uuid", None)
         if isinstance(owner, str) and isinstance(uuid, str):
-            _remember(uuid, owner)
+            _remember(kind, uuid, owner)
 
 
 def _owner_columns() -> dict[str, InstrumentedAttribute[Any]]:
     """Event kind -> the column holding the owner of that kind's rows."""
     columns: dict[str, InstrumentedAttribute[Any]] = {}
     for mapper in Base.registry.mappers:
-        cls = mapper.class_
-        column = _owner_column(cls)
-        if column is None:
-            continue
-        kind = getattr(cls, "resource_type", None) or {"Job": "job", "AccountSession": "session"}.get(
-            cls.__name__
-        )
-        if kind:
-            columns.setdefault(kind, getattr(cls, column))
+        found = _kind_and_column(mapper.class_)
+        if found is not None:
+            columns.setdefault(found[0], getattr(mapper.class_, found[1]))
     return columns
 
 
@@ -81,7 +83,7 @@ class OwnerIndex:
         self._columns: dict[str, InstrumentedAttribute[Any]] | None = None
 
     async def owner_of(self, kind: str, uuid: str) -> str | None:
-        found = _cached(uuid)
+        found = _cached(kind, uuid)
         if found is not None:
             return found
         if self._columns is None:
@@ -92,9 +94,9 @@ class OwnerIndex:
         model = column.class_
 
         def look(session: Session) -> str | None:
-            return session.scalar(select(column).where(model.uuid == uuid))  # type: ignore[attr-defined]
+            return session.scalar(select(column).where(model.uuid == uuid))
 
         owner = await self.db.run_unfenced(look)
         if owner is not None:
-            _remember(uuid, owner)
+            _remember(kind, uuid, owner)
         return owner

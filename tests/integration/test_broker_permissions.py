@@ -357,3 +357,20 @@ async def test_an_admins_key_reads_every_accounts_events(keys, client, namespace
         await queue.bind(Topology(namespace).account_events_exchange.name, "*.account.*.updated")
 
     assert "ACCESS_REFUSED" in await _refused(alice.url, bind_all)
+
+
+async def test_an_events_owner_is_that_kinds_row_owner_even_when_another_kind_shares_its_uuid(keys, node):
+    """Issue 11's uuid squatting: a row of another kind under alice's account uuid, owned by bob,
+    must not route alice's account events to bob."""
+    from schema.db.zone import Zone
+
+    alice, bob = keys["alice"], keys["bob"]
+
+    def squat(session):
+        session.add(
+            Zone(uuid=alice.account_uuid, name="squat", state="Enabled", owner_account_uuid=bob.account_uuid)
+        )
+
+    await node.db.run(squat)  # flushed: bob is remembered as the owner of zone <alice's uuid>
+    assert await node.events.owners.owner_of("zone", alice.account_uuid) == bob.account_uuid
+    assert await node.events.owners.owner_of("account", alice.account_uuid) == alice.account_uuid

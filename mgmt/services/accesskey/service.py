@@ -87,6 +87,8 @@ class AccessKeyService(Service):
         self.broker = BrokerAdmin()
         self._consumer: Consumer | None = None
         self._sweeping: asyncio.Task[None] | None = None
+        # Keys whose users this node deleted itself: their deletion events need no rabbitmqctl run.
+        self._deleted_here: set[str] = set()
 
     @property
     def namespace(self) -> str:
@@ -139,7 +141,9 @@ class AccessKeyService(Service):
         def exists(session: Session) -> bool:
             return session.get(AccessKey, key) is not None
 
-        if not await self.db.run_unfenced(exists):
+        if key in self._deleted_here:  # DeleteAccessKey on this node already did it
+            self._deleted_here.discard(key)
+        elif not await self.db.run_unfenced(exists):
             await self._broker(self.broker.delete_client_user, self.namespace, key)
 
     async def _broker(self, fn: Any, *args: Any) -> Any:
@@ -203,6 +207,8 @@ class AccessKeyService(Service):
         owner = await self.db.run(owned)
         await self._broker(self.broker.delete_client_user, self.namespace, msg.uuid)
         await self.db.run(_delete_rows, [msg.uuid])
+        if len(self._deleted_here) < 10_000:
+            self._deleted_here.add(msg.uuid)
         await self.events.resource_event(KIND, msg.uuid, "deleted", account_uuid=owner)
         return EmptyReply()
 
