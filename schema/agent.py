@@ -406,6 +406,54 @@ class FlatDhcpReply(AgentReply):
     servers: int
 
 
+# The host's whole flat EIP state: every Enabled EIP attached to a NIC of a VM on this host. The
+# agent realises each as a NAT between the public bridge (holding the VIP) and the VM's bridge
+# (answering the VM, and only it, as its gateway); EIPs not listed are removed.
+
+
+class FlatEipSpec(WireModel):
+    eip_uuid: Uuid = Field(pattern=UUID_PATTERN)
+    vip_ip: str
+    vip_netmask: str
+    vip_gateway: str | None = None  # the public network's router (the EIP's default route)
+    public_bridge: str
+    guest_ip: str
+    guest_mac: str = Field(pattern=MAC_PATTERN)
+    guest_netmask: str
+    guest_gateway: str  # the VM's default gateway, which the EIP stands in for toward this VM
+    guest_bridge: str
+    guest_uplink: str  # the guest bridge's port toward other hosts
+
+    @model_validator(mode="after")
+    def _addresses(self) -> FlatEipSpec:
+        for ip in [
+            self.vip_ip,
+            self.guest_ip,
+            self.guest_gateway,
+            *([self.vip_gateway] if self.vip_gateway else []),
+        ]:
+            ipaddress.IPv4Address(ip)
+        for mask in (self.vip_netmask, self.guest_netmask):
+            ipaddress.IPv4Network(f"0.0.0.0/{mask}")
+        return self
+
+
+class ApplyFlatEipCommand(HostCommand):
+    eips: list[FlatEipSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> ApplyFlatEipCommand:
+        for what in ("eip_uuid", "vip_ip", "guest_mac"):
+            values = [getattr(e, what) for e in self.eips]
+            if len(values) != len(set(values)):
+                raise ValueError(f"two EIPs with one {what}")
+        return self
+
+
+class FlatEipReply(AgentReply):
+    eips: int
+
+
 # ---------------------------------------------------------------------- reports
 
 
@@ -501,3 +549,7 @@ class HypervisorAgent(AgentInterface):
     @command("agent.flat.apply_dhcp")
     @abstractmethod
     async def flat_apply_dhcp(self, cmd: ApplyFlatDhcpCommand) -> FlatDhcpReply: ...
+
+    @command("agent.flat.apply_eip")
+    @abstractmethod
+    async def flat_apply_eip(self, cmd: ApplyFlatEipCommand) -> FlatEipReply: ...

@@ -28,6 +28,7 @@ import libvirt
 from agents.kvm import domxml, facts, vms
 from agents.kvm.config import AgentConfig
 from agents.kvm.flat import FlatDhcp
+from agents.kvm.flat_eip import FlatEip
 from agents.kvm.hypervisor import Hypervisor
 from agents.kvm.network import Bridges
 from agents.kvm.secgroup import SecurityGroups
@@ -36,6 +37,7 @@ from bus.errors import RingstackError
 from schema.agent import (
     AgentErrors,
     ApplyFlatDhcpCommand,
+    ApplyFlatEipCommand,
     ApplySecurityGroupRulesCommand,
     BridgeReply,
     ConnectCommand,
@@ -49,6 +51,7 @@ from schema.agent import (
     EmptyReply,
     EnsureBridgeCommand,
     FlatDhcpReply,
+    FlatEipReply,
     HypervisorAgent,
     L2Spec,
     MigrateVmCommand,
@@ -91,6 +94,7 @@ class KvmAgent(HypervisorAgent):
         self.bridges = Bridges(config.netns)
         self.secgroups = SecurityGroups(config.netns)
         self.flat = FlatDhcp(config.flat_dir, config.netns)
+        self.flat_eip = FlatEip(f"{config.flat_dir}/eip", config.netns)
         self._secgroup_lock = asyncio.Lock()  # one table read-compare-restore at a time
         self.version = facts.agent_version()
         self.started = time.monotonic()
@@ -414,6 +418,17 @@ class KvmAgent(HypervisorAgent):
                         f"bridge {l3.bridge_name} of L3 {l3.l3_network_uuid} is missing",
                     )
             return await self._blocking(self.flat.apply, cmd.l3_networks, action="apply flat DHCP")
+
+    async def flat_apply_eip(self, cmd: ApplyFlatEipCommand) -> FlatEipReply:
+        async with self._network_lock:
+            links = await self._blocking(self.bridges.links, action="read links")
+            for eip in cmd.eips:
+                for bridge in (eip.public_bridge, eip.guest_bridge):
+                    if bridge not in links:
+                        raise RingstackError(
+                            AgentErrors.HYPERVISOR_ERROR, f"bridge {bridge} of EIP {eip.vip_ip} is missing"
+                        )
+            return await self._blocking(self.flat_eip.apply, cmd.eips, action="apply flat EIPs")
 
     def _has_bridge(self, name: str) -> bool:
         return name in self.bridges.links()

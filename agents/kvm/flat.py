@@ -30,16 +30,24 @@ from schema.agent import AgentErrors, FlatDhcpL3Spec, FlatDhcpReply
 CHAIN = "rs-flat"
 
 
-class FlatDhcp:
+class HostNetnsCommands:
+    """Commands on the host (in ``netns`` when the host is a namespace) and in the namespaces the
+    flat services make, whose names start with ``<netns or 'rs'>-<kind>-``."""
+
+    kind: str
+
     def __init__(self, state_dir: str, netns: str | None = None, run: Runner = run_command) -> None:
         self.state_dir = Path(state_dir)
         self.netns = netns
         self._run = run
 
-    # ------------------------------------------------------------------ commands
-
     def _exec(self, argv: list[str], stdin: str | None = None, check: bool = True) -> str:
-        done = self._run(argv, stdin)
+        try:
+            done = self._run(argv, stdin)
+        except FileNotFoundError:
+            raise RingstackError(
+                AgentErrors.HYPERVISOR_ERROR, f"{argv[0]} is not installed on this host"
+            ) from None
         if check and done.returncode != 0:
             raise RingstackError(
                 AgentErrors.HYPERVISOR_ERROR,
@@ -52,17 +60,43 @@ class FlatDhcp:
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         return self._exec([*prefix, *argv], stdin, check)
 
-    def namespace(self, l3_uuid: str) -> str:
-        return f"{self.netns or 'rs'}-dhcp-{l3_uuid[:8]}"
+    def namespace(self, uuid: str) -> str:
+        return f"{self.netns or 'rs'}-{self.kind}-{uuid[:8]}"
+
+    def _namespaces(self) -> set[str]:
+        prefix = f"{self.netns or 'rs'}-{self.kind}-"
+        out = self._exec(["ip", "netns", "list"])
+        return {line.split()[0] for line in out.splitlines() if line.startswith(prefix)}
+
+    def _ebtables_chain(self, chain: str, rules: list[str]) -> int:
+        """Make ebtables chain ``chain`` (hooked first in FORWARD while it has rules) hold exactly
+        ``rules``, in one ``ebtables-restore --noflush``; 1 if it changed."""
+        save = self._host("ebtables-save")
+        current = [line for line in save.splitlines() if line.startswith(f"-A {chain} ")]
+        hooked = f"-A FORWARD -j {chain}" in save.splitlines()
+        declared = f":{chain} " in save
+        if current == rules and hooked == bool(rules) and (declared or not rules):
+            return 0
+        lines = ["*filter"]
+        if rules or declared:
+            lines.append(f":{chain} RETURN")  # declaring flushes it
+        lines += rules
+        if rules and not hooked:
+            lines.append(f"-I FORWARD 1 -j {chain}")
+        if not rules and hooked:
+            lines.append(f"-D FORWARD -j {chain}")
+        if not rules and declared:
+            lines.append(f"-X {chain}")
+        self._host("ebtables-restore", "--noflush", stdin="\n".join([*lines, "COMMIT", ""]))
+        return 1
+
+
+class FlatDhcp(HostNetnsCommands):
+    kind = "dhcp"
 
     @staticmethod
     def _ports(l3_uuid: str) -> tuple[str, str]:
         return f"dho{l3_uuid[:8]}", f"dhi{l3_uuid[:8]}"  # host end (on the bridge), server end
-
-    def _namespaces(self) -> set[str]:
-        prefix = f"{self.netns or 'rs'}-dhcp-"
-        out = self._exec(["ip", "netns", "list"])
-        return {line.split()[0] for line in out.splitlines() if line.startswith(prefix)}
 
     # ------------------------------------------------------------------ apply
 
@@ -160,24 +194,7 @@ class FlatDhcp:
                 f"-A {CHAIN} -i {l3.uplink} -o {outer} -j DROP",
                 f"-A {CHAIN} -i {outer} -o {l3.uplink} -j DROP",
             ]
-        save = self._host("ebtables-save")
-        current = [line for line in save.splitlines() if line.startswith(f"-A {CHAIN} ")]
-        hooked = f"-A FORWARD -j {CHAIN}" in save.splitlines()
-        declared = f":{CHAIN} " in save
-        if current == rules and hooked == bool(rules) and (declared or not rules):
-            return 0
-        lines = ["*filter"]
-        if rules or declared:
-            lines.append(f":{CHAIN} RETURN")  # declaring flushes it
-        lines += rules
-        if rules and not hooked:
-            lines.append(f"-I FORWARD 1 -j {CHAIN}")
-        if not rules and hooked:
-            lines.append(f"-D FORWARD -j {CHAIN}")
-        if not rules and declared:
-            lines.append(f"-X {CHAIN}")
-        self._host("ebtables-restore", "--noflush", stdin="\n".join([*lines, "COMMIT", ""]))
-        return 1
+        return self._ebtables_chain(CHAIN, rules)
 
 
 def _write(path: Path, text: str) -> bool:

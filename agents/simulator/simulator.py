@@ -34,6 +34,7 @@ from schema.agent import (
     REPORT_VM_STATE,
     AgentErrors,
     ApplyFlatDhcpCommand,
+    ApplyFlatEipCommand,
     ApplySecurityGroupRulesCommand,
     BridgeReply,
     ConnectCommand,
@@ -47,6 +48,7 @@ from schema.agent import (
     EmptyReply,
     EnsureBridgeCommand,
     FlatDhcpReply,
+    FlatEipReply,
     HostFacts,
     HypervisorAgent,
     MigrateVmCommand,
@@ -129,6 +131,7 @@ class SimHost(HypervisorAgent):
     sg_rules: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     sg_members: dict[str, set[str]] = field(default_factory=dict)
     flat_dhcp: dict[str, dict[str, str]] = field(default_factory=dict)  # L3 -> MAC -> IP served here
+    flat_eips: dict[str, tuple[str, str]] = field(default_factory=dict)  # VIP -> (guest IP, MAC) here
     faults: dict[str, Fault] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
     pretend_uuid: str | None = None
@@ -196,6 +199,7 @@ class SimHost(HypervisorAgent):
                 f"host {self.host_uuid} has {self.cpu_num - cpu} CPUs and {self.memory_size - memory} bytes free",
             )
         self.vms[cmd.vm.uuid] = SimVm(cmd.vm, "Running")
+        self.bridges.update(nic.l2.bridge_name for nic in cmd.vm.nics)  # as the KVM agent's start does
         return VmStateReply(vm_uuid=cmd.vm.uuid, state="Running", changed=True)
 
     @_per_vm
@@ -358,6 +362,18 @@ class SimHost(HypervisorAgent):
         wanted = {l3.l3_network_uuid: {e.mac: e.ip for e in l3.entries} for l3 in cmd.l3_networks}
         changed, self.flat_dhcp = wanted != self.flat_dhcp, wanted
         return FlatDhcpReply(changed=changed, servers=len(wanted))
+
+    async def flat_apply_eip(self, cmd: ApplyFlatEipCommand) -> FlatEipReply:
+        await self._enter("agent.flat.apply_eip")
+        for eip in cmd.eips:
+            for bridge in (eip.public_bridge, eip.guest_bridge):
+                if bridge not in self.bridges:
+                    raise RingstackError(
+                        AgentErrors.HYPERVISOR_ERROR, f"bridge {bridge} of EIP {eip.vip_ip} is missing"
+                    )
+        wanted = {e.vip_ip: (e.guest_ip, e.guest_mac) for e in cmd.eips}
+        changed, self.flat_eips = wanted != self.flat_eips, wanted
+        return FlatEipReply(changed=changed, eips=len(wanted))
 
 
 def _set_changes(old: dict[str, set[str]], new: dict[str, set[str]]) -> int:

@@ -16,3 +16,14 @@ class FlatDhcpHostVm(Base):
         String(UUID_LENGTH), ForeignKey("host.uuid", ondelete="CASCADE"), primary_key=True
     )
     vm_instance_uuid: Mapped[str] = mapped_column(String(UUID_LENGTH), primary_key=True, index=True)
+
+
+class FlatEipHost(Base):
+    """The EIPs last applied on each host (so a host that had some is told when it has none)."""
+
+    __tablename__ = "flat_eip_host"
+
+    host_uuid: Mapped[str] = mapped_column(
+        String(UUID_LENGTH), ForeignKey("host.uuid", ondelete="CASCADE"), primary_key=True
+    )
+    eip_uuid: Mapped[str] = mapped_column(String(UUID_LENGTH), primary_key=True)

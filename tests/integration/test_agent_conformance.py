@@ -27,6 +27,7 @@ from bus.topology import Topology
 from mgmt.core.agents import AgentClient
 from schema.agent import (
     AgentErrors,
+    ApplyFlatEipCommand,
     BridgeReply,
     ConnectCommand,
     ConnectReply,
@@ -36,6 +37,8 @@ from schema.agent import (
     DestroyVmCommand,
     EmptyReply,
     EnsureBridgeCommand,
+    FlatEipReply,
+    FlatEipSpec,
     HypervisorAgent,
     NicAttachCommand,
     NicDetachCommand,
@@ -114,6 +117,7 @@ async def subject(request, tmp_path, client, broker_url, namespace) -> AsyncIter
         mount_dir=str(tmp_path / "mounts"),
         netns=hostnet.host.name,
         stop_timeout=5,
+        flat_dir=str(tmp_path / "flat"),
     )
     kvm = await InProcessAgent.start(config, client)
     try:
@@ -287,6 +291,33 @@ async def test_bridges_are_idempotent(subject):
     assert [(r.bridge_name, r.changed) for r in ensured] == [("br_eth0", True), ("br_eth0", False)]
     deleted = await twice(subject, DeleteBridgeCommand(host_uuid=subject.host_uuid, l2=network), EmptyReply)
     assert [r.changed for r in deleted] == [True, False]
+
+
+async def test_flat_eips_are_idempotent_and_need_their_bridges(subject):
+    host = subject.host_uuid
+    spec = FlatEipSpec(
+        eip_uuid=uuidlib.uuid4().hex,
+        vip_ip="203.0.113.5",
+        vip_netmask="255.255.255.0",
+        public_bridge="br_eth0",
+        guest_ip="10.0.0.5",
+        guest_mac="fa:16:3e:00:00:09",
+        guest_netmask="255.255.255.0",
+        guest_gateway="10.0.0.1",
+        guest_bridge="br_eth0",
+        guest_uplink="eth0",
+    )
+    apply = ApplyFlatEipCommand(host_uuid=host, eips=[spec])
+    with pytest.raises(RingstackError) as err:
+        await subject.call(apply, FlatEipReply)
+    assert err.value.code == AgentErrors.HYPERVISOR_ERROR and "br_eth0" in str(err.value)
+    await subject.call(EnsureBridgeCommand(host_uuid=host, l2=l2("br_eth0")), BridgeReply)
+    try:
+        applied = await twice(subject, apply, FlatEipReply)
+        assert [(r.changed, r.eips) for r in applied] == [(True, 1), (False, 1)]
+    finally:
+        removed = await twice(subject, ApplyFlatEipCommand(host_uuid=host), FlatEipReply)
+    assert [(r.changed, r.eips) for r in removed] == [(True, 0), (False, 0)]
 
 
 async def test_the_client_refuses_a_reply_of_another_version(client, namespace):
