@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import orjson
 
 from mgmt.config import ConfigError, NodeConfig, load_config
+
+if TYPE_CHECKING:
+    from mgmt.cli.supervise import State
 
 
 def _config(path: str | None) -> NodeConfig:
@@ -30,10 +36,60 @@ _CONFIG_START = click.option(
 )
 
 
+_RUN_DIR = click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="the supervised node's pid, state and log files [env RINGSTACK_RUN_DIR, default /run/ringstack]",
+)
+
+
 @main.command()
 @_CONFIG_START
-def start(config_path: str | None) -> None:
-    """Run a management node in the foreground until SIGTERM/SIGINT."""
+@click.option("--supervise", is_flag=True, help="run the node under ringstack-ctl's supervision")
+@click.option("--daemon", is_flag=True, help="with --supervise: detach, return once the node is ready")
+@_RUN_DIR
+@click.option(
+    "--wait", "wait_seconds", type=float, default=120.0, show_default=True, help="--daemon: seconds to wait"
+)
+def start(
+    config_path: str | None, supervise: bool, daemon: bool, run_dir: str | None, wait_seconds: float
+) -> None:
+    """Run a management node in the foreground until SIGTERM/SIGINT (drain, hand over, exit).
+
+    Exit codes: 0 stopped, all drained; 5 stopped with work still running at the drain deadline;
+    75 stopped to be restarted (ringstack-ctl restart); anything else is a crash.
+
+    --supervise (where there is no systemd): run it as a child and keep it running: start it again
+    at once after a restart, with back-off (1 s doubling to 30 s) after a crash; SIGTERM stops it,
+    SIGHUP restarts it. --daemon: the supervisor detaches (log in RUN_DIR/supervisor.log) and this
+    command returns once the node is ready (exit 4 after --wait); nothing happens if it already runs."""
+    from mgmt.cli import supervise as sv
+
+    if supervise or daemon:
+        _config(config_path)  # a bad config fails here, not in a restart loop
+        directory = Path(run_dir) if run_dir else sv.default_run_dir()
+        if not daemon:
+            supervisor = sv.Supervisor(sv.node_argv(config_path), directory, sys.stderr)
+            sys.exit(supervisor.run())
+        running = sv.read_state(directory)
+        if running is not None:
+            click.echo(
+                f"already running: supervisor {running.supervisorPid}, node {running.nodeUuid} ({running.state})"
+            )
+            return
+        pid = sv.spawn_detached(config_path, directory)
+        state = sv.wait_for(
+            directory, lambda s: s.supervisorPid == pid and s.state == "ready", wait_seconds, pid
+        )
+        if state is None:
+            click.echo(
+                f"Error: the node is not ready after {wait_seconds:g} s:\n{sv.log_tail(directory)}", err=True
+            )
+            sys.exit(4 if sv.pid_alive(pid) else 1)
+        click.echo(f"node {state.nodeUuid} ready (supervisor {pid}, log {directory / 'supervisor.log'})")
+        return
+
     from mgmt.node import ManagementNode
 
     config = _config(config_path)
@@ -51,7 +107,9 @@ def start(config_path: str | None) -> None:
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
     node = ManagementNode(config)
     drained = asyncio.run(node.run_until_signalled())
-    sys.exit(0 if drained else 1)
+    if node.ops.restart_requested:
+        sys.exit(sv.EXIT_RESTART)
+    sys.exit(sv.EXIT_STOPPED if drained else sv.EXIT_UNDRAINED)
 
 
 _CONFIG = click.option(
@@ -123,20 +181,46 @@ def drain(config_path: str | None, nodes: tuple[str, ...]) -> None:
         )
 
 
+def _local_supervisor(run_dir: str | None) -> tuple[Path, State | None]:
+    from mgmt.cli.supervise import default_run_dir, read_state
+
+    directory = Path(run_dir) if run_dir else default_run_dir()
+    return directory, read_state(directory)
+
+
 @main.command()
 @_CONFIG
-@click.argument("nodes", nargs=-1, required=True)
+@click.argument("nodes", nargs=-1)
 @click.option(
     "--timeout", type=float, default=60.0, show_default=True, help="seconds to wait for each node to exit"
 )
-def stop(config_path: str | None, nodes: tuple[str, ...], timeout: float) -> None:
+@_RUN_DIR
+def stop(config_path: str | None, nodes: tuple[str, ...], timeout: float, run_dir: str | None) -> None:
     """Stop nodes (uuid or prefix), one at a time: each drains (no new API requests), finishes or
-    hands over its jobs to the other nodes, and exits. Exit 4 if one is still running after --timeout."""
+    hands over its jobs to the other nodes, and exits. Without NODES: this machine's supervised
+    node (RUN_DIR), and its supervisor. Exit 4 if one is still running after --timeout."""
     import time
 
     from mgmt.cli.status import node_gone, send_ops
+    from mgmt.cli.supervise import pid_alive
     from mgmt.ops import OPS_STOP
 
+    if not nodes:
+        directory, state = _local_supervisor(run_dir)
+        if state is None:
+            click.echo(f"not running (no supervisor in {directory})")
+            return
+        started = time.monotonic()
+        os.kill(state.supervisorPid, signal.SIGTERM)  # it sends the node SIGTERM: the drain path
+        while pid_alive(state.supervisorPid):
+            if time.monotonic() - started > timeout:
+                click.echo(
+                    f"Error: supervisor {state.supervisorPid} still runs after {timeout:.0f} s", err=True
+                )
+                sys.exit(4)
+            time.sleep(0.1)
+        click.echo(f"node {state.nodeUuid}: stopped in {time.monotonic() - started:.1f} s")
+        return
     config = _config(config_path)
     for uuid in _nodes(config, nodes):
         started = time.monotonic()
@@ -147,6 +231,75 @@ def stop(config_path: str | None, nodes: tuple[str, ...], timeout: float) -> Non
                 sys.exit(4)
             time.sleep(0.2)  # polling the broker: the node's queue goes when its process ends
         click.echo(f"node {uuid}: stopped in {time.monotonic() - started:.1f} s")
+
+
+@main.command()
+@_CONFIG
+@click.argument("nodes", nargs=-1)
+@click.option(
+    "--timeout",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="seconds for each node to stop and its successor to be ready",
+)
+@_RUN_DIR
+def restart(config_path: str | None, nodes: tuple[str, ...], timeout: float, run_dir: str | None) -> None:
+    """Restart nodes (uuid or prefix) one at a time, each as stop does (drain, finish or hand over
+    its jobs, exit), started again by its supervisor (ringstack-ctl start --supervise, or systemd);
+    the next one only once the cluster is back to as many ready nodes as before, and healthy.
+    Without NODES: this machine's supervised node (RUN_DIR). Refused for a node nothing would
+    start again. Exit 4 when a node or the cluster is not back within --timeout."""
+    import time
+
+    from bus.errors import RingstackError
+    from mgmt.cli.status import cluster_status, node_gone, send_ops
+    from mgmt.cli.supervise import wait_for
+    from mgmt.ops import OPS_RESTART
+
+    if not nodes:
+        directory, state = _local_supervisor(run_dir)
+        if state is None:
+            raise click.ClickException(f"no supervised node runs here (no supervisor in {directory})")
+        started = time.monotonic()
+        before = state.restarts
+        os.kill(state.supervisorPid, signal.SIGHUP)
+        pid = state.supervisorPid
+        after = wait_for(directory, lambda s: s.restarts > before and s.state == "ready", timeout, pid)
+        if after is None:
+            click.echo(f"Error: the node is not ready again after {timeout:.0f} s", err=True)
+            sys.exit(4)
+        click.echo(
+            f"node {state.nodeUuid}: restarted as {after.nodeUuid} in {time.monotonic() - started:.1f} s"
+        )
+        return
+    config = _config(config_path)
+    for uuid in _nodes(config, nodes):
+        started = time.monotonic()
+        wanted = sum(1 for n in cluster_status(config).nodes if n.state == "alive" and n.ready)
+        try:
+            send_ops(config, uuid, OPS_RESTART)
+        except RingstackError as exc:
+            raise click.ClickException(f"node {uuid}: {exc}") from None
+        while not node_gone(config, uuid):
+            if time.monotonic() - started > timeout:
+                click.echo(f"Error: node {uuid} still runs after {timeout:.0f} s", err=True)
+                sys.exit(4)
+            time.sleep(0.2)
+        while True:
+            status = cluster_status(config)
+            ready = [n for n in status.nodes if n.state == "alive" and n.ready and n.uuid != uuid]
+            if status.healthy and len(ready) >= wanted:
+                break
+            if time.monotonic() - started > timeout:
+                click.echo(
+                    f"Error: after restarting {uuid}, {len(ready)} of {wanted} nodes ready: "
+                    + "; ".join(status.problems),
+                    err=True,
+                )
+                sys.exit(4)
+            time.sleep(0.2)
+        click.echo(f"node {uuid}: restarted, cluster healthy in {time.monotonic() - started:.1f} s")
 
 
 @main.command()
