@@ -416,10 +416,15 @@ def upgrade(config_path: str | None) -> None:
 
     config = _config(config_path)
     try:
+        before = current(config.database_url)
         do_upgrade(config.database_url)
+        after = current(config.database_url)
     except Exception as exc:
         raise click.ClickException(f"migration failed: {exc}") from None
-    click.echo(f"database at revision {current(config.database_url)}")
+    if before == after:
+        click.echo(f"database already at revision {after}")
+    else:
+        click.echo(f"database upgraded from revision {before} to {after}")
 
 
 @main.group()
