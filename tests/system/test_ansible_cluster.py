@@ -37,7 +37,7 @@ def playbook(inventory: Path, work: Path, *extra: str) -> tuple[dict[str, int], 
     """Run cluster.yml; each host's changed count from the recap, the output, and the seconds."""
     env = {
         **os.environ,
-        "ANSIBLE_CONFIG": "/dev/null",
+        "ANSIBLE_CONFIG": str(work / "ansible.cfg"),  # empty: no ansible.cfg of the cwd applies
         "ANSIBLE_HOST_KEY_CHECKING": "False",
         "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=60s -o UserKnownHostsFile=/dev/null",
         "ANSIBLE_SSH_CONTROL_PATH_DIR": str(work / "cp"),
@@ -178,6 +178,7 @@ def test_cluster_playbook_installs_is_idempotent_and_reconfigures_one_node(lab, 
     inventory(inv, db, managers, pg_root, namespace)
     work = tmp_path / "ansible"
     (work / "cp").mkdir(parents=True)
+    (work / "ansible.cfg").write_text("")
 
     first, out, install_seconds = playbook(inv, work)
     assert first["db"] > 0 and all(first[f"mn{i}"] > 0 for i in range(3)), out
