@@ -402,6 +402,44 @@ def restore_command(config_path: str | None, archive: str, force: bool, config_t
     click.echo(f"restored the backup of {manifest['createdAt']} (revision {manifest['revision']})")
 
 
+@main.command()
+@_CONFIG
+@click.option("-i", "--inventory", default=None, help="a cluster from this inventory (cluster.yml, over SSH)")
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False),
+    default="/opt/ringstack",
+    show_default=True,
+    help="all-in-one: where the node's config, run and log directories go",
+)
+@click.option("-e", "--extra", "extra", multiple=True, help="key=value: a playbook variable (repeatable)")
+@click.option("--check", is_flag=True, help="report what would change, change nothing")
+@click.option("-v", "--verbose", is_flag=True)
+def install(
+    config_path: str | None,
+    inventory: str | None,
+    root: str,
+    extra: tuple[str, ...],
+    check: bool,
+    verbose: bool,
+) -> None:
+    """Install ringstack with its Ansible playbooks: an all-in-one management node on this machine
+    (allinone.yml, against the broker and database of the current configuration), or a cluster from
+    an inventory (cluster.yml; see ansible/inventory/example.ini). Running it again changes nothing
+    that is as it should be; a changed setting restarts only the nodes it concerns."""
+    from mgmt.cli.install import InstallError, allinone_vars, parse_extra, run
+
+    try:
+        variables = {} if inventory else allinone_vars(_config(config_path), Path(root).resolve())
+        variables.update(parse_extra(extra))
+        code, recap, seconds = run(variables, inventory, check=check, verbose=verbose)
+    except InstallError as exc:
+        raise click.ClickException(str(exc)) from None
+    changed = sum(recap.values())
+    click.echo(f"install: {'failed' if code else 'done'} in {seconds:.1f} s, {changed} change(s)")
+    sys.exit(1 if code else 0)
+
+
 @main.group()
 def db() -> None:
     """Database schema."""
