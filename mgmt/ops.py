@@ -43,6 +43,7 @@ from sqlalchemy import text
 from bus.envelope import Envelope
 from bus.errors import RingstackError, Sys
 from mgmt.cli.supervise import supervisor_name
+from mgmt.cli.upgrade import known_head
 
 if TYPE_CHECKING:
     from mgmt.node import ManagementNode
@@ -199,6 +200,7 @@ class NodeOps:
             "opsAddress": self.address,
             "pid": os.getpid(),
             "supervisor": supervisor_name(),
+            "schemaHead": known_head(),  # the contract step waits until every node knows the newest
         }
 
     def log_tail(self, wanted: Any) -> dict[str, Any]:

@@ -233,6 +233,42 @@ def stop(config_path: str | None, nodes: tuple[str, ...], timeout: float, run_di
         click.echo(f"node {uuid}: stopped in {time.monotonic() - started:.1f} s")
 
 
+def _restart_node(config: NodeConfig, uuid: str, timeout: float) -> None:
+    """ops.Restart to one node; back once it is gone and the cluster is healthy with as many ready
+    nodes as before. Exits 4 past the timeout."""
+    import time
+
+    from bus.errors import RingstackError
+    from mgmt.cli.status import cluster_status, node_gone, send_ops
+    from mgmt.ops import OPS_RESTART
+
+    started = time.monotonic()
+    wanted = sum(1 for n in cluster_status(config).nodes if n.state == "alive" and n.ready)
+    try:
+        send_ops(config, uuid, OPS_RESTART)
+    except RingstackError as exc:
+        raise click.ClickException(f"node {uuid}: {exc}") from None
+    while not node_gone(config, uuid):
+        if time.monotonic() - started > timeout:
+            click.echo(f"Error: node {uuid} still runs after {timeout:.0f} s", err=True)
+            sys.exit(4)
+        time.sleep(0.2)  # polling the broker: the node's queue goes when its process ends
+    while True:
+        status = cluster_status(config)
+        ready = [n for n in status.nodes if n.state == "alive" and n.ready and n.uuid != uuid]
+        if status.healthy and len(ready) >= wanted:
+            break
+        if time.monotonic() - started > timeout:
+            click.echo(
+                f"Error: after restarting {uuid}, {len(ready)} of {wanted} nodes ready: "
+                + "; ".join(status.problems),
+                err=True,
+            )
+            sys.exit(4)
+        time.sleep(0.2)
+    click.echo(f"node {uuid}: restarted, cluster healthy in {time.monotonic() - started:.1f} s")
+
+
 @main.command()
 @_CONFIG
 @click.argument("nodes", nargs=-1)
@@ -252,10 +288,7 @@ def restart(config_path: str | None, nodes: tuple[str, ...], timeout: float, run
     start again. Exit 4 when a node or the cluster is not back within --timeout."""
     import time
 
-    from bus.errors import RingstackError
-    from mgmt.cli.status import cluster_status, node_gone, send_ops
     from mgmt.cli.supervise import wait_for
-    from mgmt.ops import OPS_RESTART
 
     if not nodes:
         directory, state = _local_supervisor(run_dir)
@@ -275,31 +308,7 @@ def restart(config_path: str | None, nodes: tuple[str, ...], timeout: float, run
         return
     config = _config(config_path)
     for uuid in _nodes(config, nodes):
-        started = time.monotonic()
-        wanted = sum(1 for n in cluster_status(config).nodes if n.state == "alive" and n.ready)
-        try:
-            send_ops(config, uuid, OPS_RESTART)
-        except RingstackError as exc:
-            raise click.ClickException(f"node {uuid}: {exc}") from None
-        while not node_gone(config, uuid):
-            if time.monotonic() - started > timeout:
-                click.echo(f"Error: node {uuid} still runs after {timeout:.0f} s", err=True)
-                sys.exit(4)
-            time.sleep(0.2)
-        while True:
-            status = cluster_status(config)
-            ready = [n for n in status.nodes if n.state == "alive" and n.ready and n.uuid != uuid]
-            if status.healthy and len(ready) >= wanted:
-                break
-            if time.monotonic() - started > timeout:
-                click.echo(
-                    f"Error: after restarting {uuid}, {len(ready)} of {wanted} nodes ready: "
-                    + "; ".join(status.problems),
-                    err=True,
-                )
-                sys.exit(4)
-            time.sleep(0.2)
-        click.echo(f"node {uuid}: restarted, cluster healthy in {time.monotonic() - started:.1f} s")
+        _restart_node(config, uuid, timeout)
 
 
 @main.command()
@@ -445,24 +454,104 @@ def db() -> None:
     """Database schema."""
 
 
-@db.command()
-@click.option("--config", "config_path", default=None)
-def upgrade(config_path: str | None) -> None:
-    """Apply every pending migration."""
-    from mgmt.core.migrate import current
-    from mgmt.core.migrate import upgrade as do_upgrade
+_MIGRATIONS = click.option(
+    "--migrations",
+    "migrations",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    hidden=True,
+    help="another Alembic script directory (tests)",
+)
 
+
+def _migrations(path: str | None) -> Path:
+    from mgmt.core.migrate import MIGRATIONS
+
+    return Path(path) if path else MIGRATIONS
+
+
+def _migrate(config: NodeConfig, location: Path, contract: bool) -> None:
+    """Expand steps, then contract steps when every live node runs code that knows them."""
+    from mgmt.cli import upgrade as up
+
+    steps = up.plan(config.database_url, location)
+    if not steps.expand and not steps.contract:
+        click.echo(f"database already at revision {steps.current}")
+        return
+    up.expand(config.database_url, steps, location)
+    if steps.expand:
+        click.echo(f"database upgraded from revision {steps.current} to {steps.expand[-1]} (expand)")
+    if not steps.contract:
+        return
+    try:
+        old = up.old_nodes(config, location)
+    except Exception as exc:
+        old = [f"cannot ask the nodes: {type(exc).__name__}: {exc}"]
+    if old:
+        message = (
+            f"contract step(s) {', '.join(steps.contract)} wait until every node runs this release: "
+            + "; ".join(old)
+        )
+        if contract:
+            click.echo(f"Error: {message}", err=True)
+            sys.exit(1)
+        click.echo(message)
+        return
+    up.contract(config.database_url, location)
+    click.echo(f"database contracted to revision {steps.contract[-1]}")
+
+
+@db.command("upgrade")
+@click.option("--config", "config_path", default=None)
+@_MIGRATIONS
+def db_upgrade(config_path: str | None, migrations: str | None) -> None:
+    """Apply the pending expand migrations (safe while the previous release's nodes run), and the
+    contract ones too when every live node runs this release (else they wait: db contract)."""
     config = _config(config_path)
     try:
-        before = current(config.database_url)
-        do_upgrade(config.database_url)
-        after = current(config.database_url)
+        _migrate(config, _migrations(migrations), contract=False)
     except Exception as exc:
         raise click.ClickException(f"migration failed: {exc}") from None
-    if before == after:
-        click.echo(f"database already at revision {after}")
-    else:
-        click.echo(f"database upgraded from revision {before} to {after}")
+
+
+@db.command("contract")
+@click.option("--config", "config_path", default=None)
+@_MIGRATIONS
+def db_contract(config_path: str | None, migrations: str | None) -> None:
+    """Apply every pending migration, contract steps included; refused (exit 1) while a live node
+    runs code that does not know them (the previous release)."""
+    config = _config(config_path)
+    try:
+        _migrate(config, _migrations(migrations), contract=True)
+    except SystemExit:
+        raise
+    except Exception as exc:
+        raise click.ClickException(f"migration failed: {exc}") from None
+
+
+@main.command("upgrade")
+@_CONFIG
+@click.option(
+    "--timeout", type=float, default=120.0, show_default=True, help="seconds for each node's restart"
+)
+def upgrade_command(config_path: str | None, timeout: float) -> None:
+    """A rolling upgrade to the code installed on the nodes' machines now (install it first, e.g.
+    with the playbooks: ringstack-ctl install): the expand migrations, then every live node
+    restarted one at a time (drain, hand over, start again on the new code; each must run under a
+    supervisor: systemd or ringstack-ctl start --supervise), then the contract migrations."""
+    from mgmt.cli.status import _recorded
+
+    config = _config(config_path)
+    location = _migrations(None)
+    try:
+        _migrate(config, location, contract=False)
+    except Exception as exc:
+        raise click.ClickException(f"migration failed: {exc}") from None
+    alive = [r["uuid"] for r in _recorded(config)[0] if r["state"] == "alive"]
+    for uuid in alive:
+        _restart_node(config, uuid, timeout)
+    _migrate(config, location, contract=True)
+    click.echo(f"upgrade: {len(alive)} node(s) restarted one at a time")
 
 
 @main.group()
