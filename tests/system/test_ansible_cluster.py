@@ -1,7 +1,7 @@
 """cluster.yml over real SSH into namespace hosts, each with its own sshd and install prefix: a
-database host (the postgresql role runs a PostgreSQL instance of its own there) and three management
-nodes (no systemd in a namespace: ringstack-ctl's supervision) sharing it and the broker (the
-machine's, through a relay on each host's link, as a real host reaches its broker). Proven: the
+database host and a broker host (the postgresql and rabbitmq roles run instances of their own
+there) and three management nodes (no systemd in a namespace: ringstack-ctl's supervision) sharing
+them (through relays on each host's link: the namespaces are joined to the root one only). Proven: the
 cluster forms a ring; check mode changes nothing; a second run is changed=0; a reconfigure of one
 node restarts that node only (process ids compared)."""
 
@@ -16,12 +16,10 @@ import sys
 import time
 import uuid as uuidlib
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
 from mgmt.cli.supervise import read_state
-from tests.support import infra
 from tests.support.procs import CTL, ROOT
 from tests.system.kvmsupport import FakeKvmHost, TcpRelay
 
@@ -85,18 +83,20 @@ def lab(tmp_path, namespace):
         db = FakeKvmHost(tmp_path / "db")
         hosts.append(db)
         db.start_sshd()
+        mq = FakeKvmHost(tmp_path / "mq")
+        hosts.append(mq)
+        mq.start_sshd()
         managers = []
-        broker = urlsplit(infra.BROKER_URL)
         for i in range(3):
             host = FakeKvmHost(tmp_path / f"mn{i}")
             hosts.append(host)
             host.start_sshd()
-            host.start_broker_relay((broker.hostname or "127.0.0.1", broker.port or 5672))
             relays.append(TcpRelay((host.root_ip, 5433), (db.ip, 5432)))
+            relays.append(TcpRelay((host.root_ip, 5673), (mq.ip, 5672)))
             managers.append(host)
-        yield db, managers, pg_root
+        yield db, mq, managers, pg_root
     finally:
-        for host in hosts[1:]:
+        for host in hosts[2:]:
             state = read_state(host.base / "prefix" / "run")
             if state is not None:
                 ctl(["stop", "--run-dir", str(host.base / "prefix" / "run")], {})
@@ -127,25 +127,27 @@ def lab(tmp_path, namespace):
 def inventory(
     path: Path,
     db: FakeKvmHost,
+    mq: FakeKvmHost,
     managers: list[FakeKvmHost],
     pg_root: Path,
     namespace: str,
     extra: dict[str, dict[str, object]] | None = None,
 ) -> None:
-    broker = urlsplit(infra.BROKER_URL)
     lines = [
         "[database]",
         f"db ansible_host={db.ip} ansible_ssh_private_key_file={db.base / 'ssh' / 'client_key'}",
         "",
+        "[broker]",
+        f"mq ansible_host={mq.ip} ansible_ssh_private_key_file={mq.base / 'ssh' / 'client_key'}",
+        "",
         "[management]",
     ]
     for i, host in enumerate(managers):
-        user = f"{broker.username}:{broker.password}@" if broker.username else ""
         host_vars = {
             "ansible_host": host.ip,
             "ansible_ssh_private_key_file": str(host.base / "ssh" / "client_key"),
             "ringstack_root": str(host.base / "prefix"),
-            "ringstack_broker_url": f"amqp://{user}{host.root_ip}:{broker.port or 5672}/",
+            "ringstack_broker_url": f"amqp://ringstack:s3cret@{host.root_ip}:5673/",
             "ringstack_database_url": f"postgresql+psycopg2://ringstack:s3cret@{host.root_ip}:5433/ringstack",
             "ringstack_settings": {
                 "heartbeat_interval": 0.5,
@@ -167,26 +169,28 @@ def inventory(
         f"ringstack_namespace={namespace}",
         f"postgresql_root={pg_root}",
         "postgresql_password=s3cret",
+        f"rabbitmq_root={mq.base / 'rabbitmq'}",
+        "rabbitmq_password=s3cret",
         "",
     ]
     path.write_text("\n".join(lines))
 
 
 def test_cluster_playbook_installs_is_idempotent_and_reconfigures_one_node(lab, tmp_path, namespace):
-    db, managers, pg_root = lab
+    db, mq, managers, pg_root = lab
     inv = tmp_path / "inventory.ini"
-    inventory(inv, db, managers, pg_root, namespace)
+    inventory(inv, db, mq, managers, pg_root, namespace)
     work = tmp_path / "ansible"
     (work / "cp").mkdir(parents=True)
     (work / "ansible.cfg").write_text("")
 
     first, out, install_seconds = playbook(inv, work)
-    assert first["db"] > 0 and all(first[f"mn{i}"] > 0 for i in range(3)), out
+    assert first["db"] > 0 and first["mq"] > 0 and all(first[f"mn{i}"] > 0 for i in range(3)), out
     assert "database upgraded from revision None" in out or "changed: [mn0]" in out
     status_env = {
         "RINGSTACK_CONFIG": "/dev/null",
         "RINGSTACK_NAMESPACE": namespace,
-        "RINGSTACK_BROKER_URL": infra.BROKER_URL,
+        "RINGSTACK_BROKER_URL": f"amqp://ringstack:s3cret@{mq.ip}:5672/",
         "RINGSTACK_DATABASE_URL": f"postgresql+psycopg2://ringstack:s3cret@{db.ip}:5432/ringstack",
     }
     deadline = time.monotonic() + 60
@@ -207,9 +211,9 @@ def test_cluster_playbook_installs_is_idempotent_and_reconfigures_one_node(lab, 
     assert {i: read_state(h.base / "prefix" / "run").nodePid for i, h in enumerate(managers)} == pids  # type: ignore[union-attr]
 
     # A reconfigure of mn1 only: it restarts (a new process), the others keep theirs.
-    inventory(inv, db, managers, pg_root, namespace, {"mn1": {"log_level": "DEBUG"}})
+    inventory(inv, db, mq, managers, pg_root, namespace, {"mn1": {"log_level": "DEBUG"}})
     third, out, _ = playbook(inv, work)
-    assert third["mn1"] > 0 and third["mn0"] == third["mn2"] == third["db"] == 0, (third, out)
+    assert third["mn1"] > 0 and third["mn0"] == third["mn2"] == third["db"] == third["mq"] == 0, (third, out)
     after = {i: read_state(h.base / "prefix" / "run").nodePid for i, h in enumerate(managers)}  # type: ignore[union-attr]
     assert after[0] == pids[0] and after[2] == pids[2] and after[1] != pids[1]
     assert 'log_level = "DEBUG"' in (managers[1].base / "prefix" / "etc" / "ringstack.toml").read_text()
