@@ -106,6 +106,7 @@ def start(
     for noisy in ("aiormq", "aio_pika", "amqp", "kombu"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
     node = ManagementNode(config)
+    sv.die_with_supervisor()
     drained = asyncio.run(node.run_until_signalled())
     if node.ops.restart_requested:
         sys.exit(sv.EXIT_RESTART)

@@ -41,7 +41,7 @@ from typing import Any, TextIO
 EXIT_STOPPED = 0
 EXIT_UNDRAINED = 5
 EXIT_RESTART = 75
-SUPERVISED_ENV = "RINGSTACK_SUPERVISED"  # set in the node's environment: restart is possible
+SUPERVISED_ENV = "RINGSTACK_SUPERVISED"  # the supervisor's pid, in the node's environment
 BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0
@@ -59,6 +59,20 @@ def supervisor_name() -> str | None:
     if os.environ.get("INVOCATION_ID"):  # systemd sets it for every unit it runs
         return "systemd"
     return None
+
+
+def die_with_supervisor() -> None:
+    """In a supervised node: SIGTERM (the drain path) when the supervisor dies, even by SIGKILL,
+    so that no node runs on unsupervised and unseen (Linux's PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    supervisor = os.environ.get(SUPERVISED_ENV, "")
+    if not supervisor.isdigit():
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != int(supervisor):  # it died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @dataclass
@@ -163,7 +177,7 @@ class Supervisor:
                 started = time.monotonic()
                 child = subprocess.Popen(
                     self.argv,
-                    env={**os.environ, SUPERVISED_ENV: "1", "PYTHONUNBUFFERED": "1"},
+                    env={**os.environ, SUPERVISED_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"},
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,

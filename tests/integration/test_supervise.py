@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from mgmt.cli.supervise import EXIT_STOPPED, read_state
+from mgmt.cli.supervise import EXIT_STOPPED, pid_alive, read_state
 from tests.integration.test_ops import ctl, env, node_uuid  # noqa: F401  (env is a fixture)
 from tests.support.procs import CTL, ROOT, NodeProcess
 
@@ -134,6 +134,8 @@ async def test_crash_restart_and_stop_under_supervision(supervised, env, client)
 
 def test_daemon_start_is_idempotent_and_stops(env, tmp_path):  # noqa: F811
     run_dir = tmp_path / "run"
+    log_file = tmp_path / "node.log"
+    env = {**env, "RINGSTACK_LOG_FILE": str(log_file)}
     started = time.monotonic()
     first = ctl(["start", "--daemon", "--run-dir", str(run_dir), "--wait", "90"], env)
     start_seconds = time.monotonic() - started
@@ -145,9 +147,15 @@ def test_daemon_start_is_idempotent_and_stops(env, tmp_path):  # noqa: F811
         assert again.returncode == 0 and again.stdout.startswith("already running"), again.stdout
         assert read_state(run_dir).supervisorPid == state.supervisorPid  # type: ignore[union-attr]
         assert f"node {state.nodeUuid} ready" in (run_dir / "supervisor.log").read_text()
+        # A supervisor killed outright: its node does not run on unseen, it drains and exits.
+        os.kill(state.supervisorPid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while pid_alive(state.nodePid):  # type: ignore[arg-type]
+            assert time.monotonic() < deadline, "the node outlived its supervisor"
+            time.sleep(0.1)
+        assert f"node {state.nodeUuid}: stop requested; draining" in log_file.read_text()
     finally:
         stopped = ctl(["stop", "--run-dir", str(run_dir)], env)
-    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.returncode == 0 and stopped.stdout.startswith("not running"), stopped.stderr
     assert read_state(run_dir) is None
-    assert ctl(["stop", "--run-dir", str(run_dir)], env).stdout.startswith("not running")
     print(f"start --daemon: node ready in {start_seconds:.1f} s")
