@@ -184,6 +184,11 @@ def test_cluster_playbook_installs_is_idempotent_and_reconfigures_one_node(lab, 
     (work / "cp").mkdir(parents=True)
     (work / "ansible.cfg").write_text("")
 
+    # Check mode on fresh hosts: it reports what it would do and does none of it.
+    fresh, out, _ = playbook(inv, work, "--check")
+    assert all(fresh[f"mn{i}"] > 0 for i in range(3)), out
+    assert not any((h.base / "prefix").exists() for h in managers) and not pg_root.exists()
+
     first, out, install_seconds = playbook(inv, work)
     assert first["db"] > 0 and first["mq"] > 0 and all(first[f"mn{i}"] > 0 for i in range(3)), out
     assert "database upgraded from revision None" in out or "changed: [mn0]" in out
