@@ -88,9 +88,11 @@ async def test_rolling_upgrade_under_load(env, client, database_url, tmp_path): 
             stopped = await asyncio.to_thread(ctl, ["stop", node_uuid(old), "--timeout", "60"], env)
             assert stopped.returncode == 0, (stopped.stdout, stopped.stderr, old.log)
             assert old.proc.wait(10) == 0
+            stop_seconds = time.monotonic() - step
             new = NodeProcess(env, f"new-{i}")
             new_nodes.append(new)
             await asyncio.to_thread(new.wait_ready, 90)
+            ready_seconds = time.monotonic() - step - stop_seconds
 
             def healthy() -> bool:
                 status = ctl(["status", "-f", "json"], env)
@@ -99,7 +101,9 @@ async def test_rolling_upgrade_under_load(env, client, database_url, tmp_path): 
             deadline = time.monotonic() + 60
             while not await asyncio.to_thread(healthy):
                 assert time.monotonic() < deadline, "the mixed cluster did not become healthy"
-            steps.append(time.monotonic() - step)
+            steps.append(
+                f"stop {stop_seconds:.1f} + start {ready_seconds:.1f} + healthy {time.monotonic() - step - stop_seconds - ready_seconds:.1f} s"
+            )
         stop_load.set()
         await loader
         await asyncio.wait_for(asyncio.gather(*calls), 120)
@@ -119,6 +123,6 @@ async def test_rolling_upgrade_under_load(env, client, database_url, tmp_path): 
     engine.dispose()
     assert (left, failed) == (0, 0)
     print(
-        f"rolling upgrade {PREVIOUS} -> this tree: 2 nodes in {total:.1f} s (steps {', '.join(f'{s:.1f}' for s in steps)} s),"
+        f"rolling upgrade {PREVIOUS} -> this tree: 2 nodes in {total:.1f} s (per node: {'; '.join(steps)}),"
         f" {len(outcomes)} calls, {answered} answered, {len(retried)} retryable errors, 0 lost, 0 jobs left"
     )
