@@ -122,7 +122,7 @@ async def test_a_message_that_breaks_its_consumer_is_dead_lettered_after_the_del
     client, server, deliveries = api_consumer
     topo = Topology(namespace)
     dead = await _dead_letters(client, namespace)
-    poison = Envelope(name="Breaks", kind="api", body={"n": 1}, reply_to=client._reply_queue.name)
+    poison = Envelope(name="Breaks", kind="api", body={"n": 1}, reply_to=client.reply_queue)
     await client.send(topo.api_queue.name, poison, persistent=True)
 
     message = await asyncio.wait_for(dead.get(), 60)
@@ -149,14 +149,13 @@ async def test_properties_no_decoder_can_read_do_not_drop_the_connection(
 ):
     client, server, deliveries = api_consumer
     topo = Topology(namespace)
-    answered: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
-    client._pending["raw-props"] = answered
+    answered = client.expect_reply("raw-props")
     env = {"id": "raw-props", "name": "Odd", "kind": "api", "body": {"k": 1}}
-    properties = RawProperties(nested_header(depth), "raw-props", client._reply_queue.name)
+    properties = RawProperties(nested_header(depth), "raw-props", client.reply_queue)
     await publish_raw_properties(broker_url, topo.api_queue.name, orjson.dumps(env), properties)
     # The envelope (in the body) is intact: answered, addressed by the envelope's id. Properties
     # that could not be read count as absent, reply_to among them: then only the second is answered.
-    env["reply_to"] = client._reply_queue.name
+    env["reply_to"] = client.reply_queue
     await publish_raw_properties(broker_url, topo.api_queue.name, orjson.dumps(env), properties)
     assert (await asyncio.wait_for(answered, 10)).body == {"echo": {"k": 1}}
     assert deliveries["Odd"] == 2

@@ -1,14 +1,16 @@
 """access keys (API clients' broker credentials)
 
 Revision ID: 0017
-Revises: 0012
+Revises: 0016
 """
 
 import sqlalchemy as sa
 from alembic import op
 
+from mgmt.core import resourceindex
+
 revision = "0017"
-down_revision = "0014"  # chained in merge order: 0009, 0013, 0011, 0012, 0014, 0017
+down_revision = "0016"  # chain: 0009, 0013, 0011, 0012, 0014, 0016, 0017
 branch_labels = None
 depends_on = None
 
@@ -34,6 +36,7 @@ def upgrade() -> None:
     op.create_index(
         op.f("ix_access_key_owner_account_uuid"), "access_key", ["owner_account_uuid"], unique=False
     )
+    resourceindex.index_table(op.get_bind(), "access_key")  # one uuid namespace (0014)
 
 
 def downgrade() -> None:
