@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import orjson
-import pytest
 from sqlalchemy import create_engine, text
 
 from bus.envelope import new_uuid
