@@ -192,16 +192,19 @@ class VmService(Service):
         await self.events.resource_event("vm", vm_uuid, "created", plan.inventory.to_wire())
         return VmReply(inventory=plan.inventory)
 
-    async def _clean_interrupted_create(self, vm_uuid: str, account: Account) -> VmInstanceInventory | None:
+    async def _clean_interrupted_create(
+        self, vm_uuid: str, account: Account | None
+    ) -> VmInstanceInventory | None:
         """A create whose node died (or lost its ownership): finished already (return it), or undo
         what it left, on the host and in the database, so that it can run again from the start.
-        A VM under that uuid that is not the caller's was never this create's: refused, untouched."""
+        A VM under that uuid that is not the caller's was never this create's: refused, untouched
+        (``account`` None: the caller has already checked it may change the VM)."""
 
         def read(session: Session) -> tuple[str, str | None, list[DeleteVolumeCommand]] | None:
             vm = session.get(VmInstance, vm_uuid)
             if vm is None:
                 return None
-            if vm.owner_account_uuid != account.uuid:
+            if account is not None and vm.owner_account_uuid != account.uuid:
                 raise uuid_taken(vm_uuid)
             host = vm.host_uuid or vm.last_host_uuid
             volumes = specs.leftover_volumes(session, vm_uuid, host) if host else []
@@ -245,7 +248,7 @@ class VmService(Service):
             )
         if creating:
             # Its create ended without finishing (its caller was told so): undo it all.
-            await self._clean_interrupted_create(msg.uuid)
+            await self._clean_interrupted_create(msg.uuid, None)  # load_owned checked the caller
             log.warning("VM %s was left %s by an unfinished create: rolled back", msg.uuid, before)
             await self.events.resource_event("vm", msg.uuid, "settled", {"from": before, "to": "Deleted"})
             return SettleVmInstanceReply(from_state=before, to_state="Deleted", action="rolledBack")
