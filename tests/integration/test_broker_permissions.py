@@ -361,7 +361,8 @@ async def test_an_admins_key_reads_every_accounts_events(keys, client, namespace
 
 async def test_an_events_owner_is_that_kinds_row_owner_even_when_another_kind_shares_its_uuid(keys, node):
     """Issue 11's uuid squatting: a row of another kind under alice's account uuid, owned by bob,
-    must not route alice's account events to bob."""
+    must not route alice's account events to bob. The uuid namespace refuses the row itself; the
+    owner cache, keyed by (kind, uuid), must not have learnt bob from the refused flush either."""
     from schema.db.zone import Zone
 
     alice, bob = keys["alice"], keys["bob"]
@@ -371,6 +372,8 @@ async def test_an_events_owner_is_that_kinds_row_owner_even_when_another_kind_sh
             Zone(uuid=alice.account_uuid, name="squat", state="Enabled", owner_account_uuid=bob.account_uuid)
         )
 
-    await node.db.run(squat)  # flushed: bob is remembered as the owner of zone <alice's uuid>
-    assert await node.events.owners.owner_of("zone", alice.account_uuid) == bob.account_uuid
+    with pytest.raises(RingstackError) as refused:
+        await node.db.run(squat)
+    assert refused.value.code == Sys.CONFLICT
     assert await node.events.owners.owner_of("account", alice.account_uuid) == alice.account_uuid
+    assert await node.events.owners.owner_of("zone", alice.account_uuid) != bob.account_uuid

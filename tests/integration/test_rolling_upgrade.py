@@ -17,15 +17,49 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 from sqlalchemy import create_engine, text
 
 from bus.envelope import new_uuid
 from bus.errors import RingstackError
+from bus.topology import QueueSpec, Topology
 from tests.integration.test_ops import ctl, env, node_uuid  # noqa: F401  (env is a fixture)
 from tests.support.procs import ROOT, NodeProcess
 
 # v0.1.0 (the tag names this commit; the id works in a clone fetched without tags).
 PREVIOUS = os.environ.get("RINGSTACK_PREVIOUS_RELEASE", "750bc31ff55c775ce892a605fc5a0e2faf1a490e")
+
+
+class PreviousReleaseTopology(Topology):
+    """What a 0.1.0 client addresses: the classic ``<ns>.api`` queue through the default exchange.
+    Clients are upgraded after the nodes, so the load during the upgrade comes from such clients;
+    the new nodes keep serving that queue while it exists (``QueueSpec.previous``)."""
+
+    @property
+    def api_queue(self) -> QueueSpec:
+        return QueueSpec(f"{self.namespace}.api", durable=True, arguments=self._dead_lettered())
+
+    def route_to(self, queue: str) -> tuple[str, str]:
+        return "", queue
+
+
+@pytest.fixture
+async def old_client(namespace: str, broker_url: str):
+    from tests.support.identity import SessionBus
+
+    bus = SessionBus(
+        broker_url,
+        PreviousReleaseTopology(namespace),
+        process_name=f"old-client-{namespace}",
+        default_timeout=10,
+    )
+    await bus.start()
+    try:
+        yield bus
+    finally:
+        await bus.close()
+
+
 RETRYABLE = {"SYS.SHUTTING_DOWN", "SYS.UNAVAILABLE", "SYS.BUSY"}
 
 
@@ -47,7 +81,7 @@ def previous_release(into: Path) -> Path:
     return into
 
 
-async def test_rolling_upgrade_under_load(env, client, database_url, tmp_path):  # noqa: F811
+async def test_rolling_upgrade_under_load(env, old_client, client, database_url, tmp_path):  # noqa: F811
     old_tree = previous_release(tmp_path / "previous")
     old_env = {**env, "PYTHONPATH": str(old_tree)}
     nodes = [NodeProcess(old_env, f"old-{i}", cwd=old_tree) for i in range(2)]
@@ -57,7 +91,7 @@ async def test_rolling_upgrade_under_load(env, client, database_url, tmp_path): 
             node.wait_ready(90)
             cwd = await asyncio.to_thread(os.readlink, f"/proc/{node.proc.pid}/cwd")
             assert Path(cwd) == old_tree  # the old code runs
-        zone = (await client.api("CreateZone", {"name": "z"}))["inventory"]["uuid"]
+        zone = (await old_client.api("CreateZone", {"name": "z"}))["inventory"]["uuid"]
         outcomes: list[object] = []
         calls: list[asyncio.Task] = []
         stop_load = asyncio.Event()
@@ -65,9 +99,9 @@ async def test_rolling_upgrade_under_load(env, client, database_url, tmp_path): 
         async def one(i: int) -> None:
             try:
                 if i % 2:
-                    await client.api("AuditedWork", {"uuid": new_uuid(), "seconds": 0.3}, timeout=90)
+                    await old_client.api("AuditedWork", {"uuid": new_uuid(), "seconds": 0.3}, timeout=90)
                 else:
-                    await client.api("UpdateZone", {"uuid": zone, "description": str(i)}, timeout=90)
+                    await old_client.api("UpdateZone", {"uuid": zone, "description": str(i)}, timeout=90)
                 outcomes.append("ok")
             except RingstackError as exc:
                 outcomes.append(exc)
@@ -107,6 +141,8 @@ async def test_rolling_upgrade_under_load(env, client, database_url, tmp_path): 
         await loader
         await asyncio.wait_for(asyncio.gather(*calls), 120)
         total = time.monotonic() - started
+        # Upgraded, clients of this release are served too.
+        assert (await client.api("QueryZone", {"conditions": [{"name": "uuid", "op": "=", "value": zone}]}))["inventories"]
     finally:
         for node in [*nodes, *new_nodes]:
             node.close()

@@ -41,6 +41,8 @@ KIND_NAMES: dict[str, tuple[str, ...]] = {
     "security_group": ("SecurityGroup",),
     "security_group_rule": ("SecurityGroupRule", "Rule"),
     "vip": ("Vip",),
+    "eip": ("Eip",),
+    "access_key": ("AccessKey",),
     "account": ("Account", "Identity"),
     "job": ("Job",),
     "zone": ("Zone",),
