@@ -142,7 +142,9 @@ async def test_rolling_upgrade_under_load(env, old_client, client, database_url,
         await asyncio.wait_for(asyncio.gather(*calls), 120)
         total = time.monotonic() - started
         # Upgraded, clients of this release are served too.
-        assert (await client.api("QueryZone", {"conditions": [{"name": "uuid", "op": "=", "value": zone}]}))["inventories"]
+        assert (await client.api("QueryZone", {"conditions": [{"name": "uuid", "op": "=", "value": zone}]}))[
+            "inventories"
+        ]
     finally:
         for node in [*nodes, *new_nodes]:
             node.close()
