@@ -8,7 +8,6 @@ of the veth: the shared broker listens on 127.0.0.1 only).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import shutil
 import uuid as uuidlib
 from pathlib import Path
@@ -20,12 +19,11 @@ from bus.errors import RingstackError
 from mgmt.core import hostdeploy
 from mgmt.core.agents import AgentClient
 from mgmt.core.brokeradmin import BrokerAdmin
-from mgmt.core.flow import Flow
-from mgmt.core.hostdeploy import DEPLOY_FAILED, HostDeploy, deploy_kvm_host
+from mgmt.core.hostdeploy import DEPLOY_FAILED, deploy_kvm_host
 from schema.agent import PingCommand, PingReply, StartVmCommand, VmStateReply
 from tests.support import infra
 from tests.support.cluster import until
-from tests.system.kvmsupport import FakeKvmHost, delete_agent_queues, vm_spec
+from tests.system.kvmsupport import FakeKvmHost, delete_agent_queues, deploy_failing_at, vm_spec
 
 # Bundles are cached by build id across runs: a rerun without code changes skips the pip work.
 BUNDLES = Path("/var/tmp/ringstack-test-bundles")
@@ -157,27 +155,13 @@ async def test_a_failing_playbook_names_its_step_and_task(fakehost, client, clea
 # ---------------------------------------------------------------------- undo at every step
 
 
-def _failing_at(step: str) -> tuple[Flow[HostDeploy], ...]:
-    """The deployment's steps with ``step`` failing after its real work is done (the worst case:
-    what it made exists, and it still failed)."""
-
-    def failing(flow: Flow[HostDeploy]) -> Flow[HostDeploy]:
-        async def run(ctx: HostDeploy) -> None:
-            await flow.run(ctx)
-            raise hostdeploy.failure(step, "injected fault")
-
-        return dataclasses.replace(flow, run=run)
-
-    return tuple(failing(f) if f.name == step else f for f in hostdeploy.STEPS)
-
-
 def agent_queues(namespace: str) -> set[str]:
     out = infra.rabbitmqctl("list_queues", "name", "--no-table-headers", "--quiet")
     return {q.strip() for q in out.splitlines() if q.strip().startswith(f"{namespace}.agent.")}
 
 
 async def _fails_at(step, fakehost, client, host_uuid, bundle, monkeypatch) -> RingstackError:
-    monkeypatch.setattr(hostdeploy, "STEPS", _failing_at(step))
+    monkeypatch.setattr(hostdeploy, "STEPS", deploy_failing_at(step))
     try:
         with pytest.raises(RingstackError) as err:
             await deploy(fakehost, client, host_uuid, bundle)
