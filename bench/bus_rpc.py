@@ -54,6 +54,9 @@ import aio_pika
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
+if __package__ in (None, ""):  # run as ``python bench/x.py``: make the repository importable, as -m does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from bus.aio import AsyncBus
 from bus.envelope import Envelope
 from bus.topology import Topology

@@ -29,6 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # run as ``python bench/x.py``: make the repository importable, as -m does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from bench.nodes import ADMIN, Nodes, environment, machine, percentile
 
 

@@ -1,9 +1,9 @@
-"""Failover time: from a node's SIGKILL until a mutating API call on one of its resources succeeds.
+"""Failover time: from a node's SIGKILL (or SIGSTOP) until a mutating API call on one of its resources succeeds.
 
 Method
 ------
 Three real ``ringstack-ctl start`` processes run with the *default* cluster settings (heartbeat
-every 1 s, lease TTL 2.5 s, eviction after 3 missed heartbeats; the values are read from
+every 0.5 s, lease TTL 2 s, eviction looked at after 3 missed heartbeats; the values are read from
 ``mgmt.config.NodeConfig`` and printed), with the ``AuditService`` test service loaded
 (``RINGSTACK_EXTRA_SERVICES``) on a fresh database. Each round:
 
@@ -31,6 +31,17 @@ Variants (``--variants``):
   finds it gone (mandatory publish returned), and that evicts the victim.
 * ``no-events-idle``: no event exchange and no traffic: nothing is sent until the survivors have
   evicted the victim on their own (``misses`` heartbeats missed); then the call is sent.
+* ``frozen``: the victim is SIGSTOPped instead of killed, as a machine that hangs or drops off the
+  network looks: its TCP connection stays open, so the broker deletes none of its queues (the event
+  exchange, on here, says nothing) and a call routed to its node queue is not returned. Survivors
+  notice the missed heartbeats and evict it once its lease expired. The call is sent at the freeze
+  through the shared API queue; when the broker hands it to the frozen node's API consumer, no
+  survivor sees it until the broker drops that connection (AMQP heartbeat timeout, 60 s by
+  default): such a round is recorded with ``gateway_frozen`` true and its reply time cut at
+  ``FROZEN_CALL_TIMEOUT`` (the goal counts it as missed); so is a round whose call a survivor
+  recorded only after ``HELD_CALL_S`` (the broker requeued it when it dropped the frozen connection,
+  which a short AMQP heartbeat in ``--broker-url``, e.g. ``?heartbeat=2``, makes happen within
+  seconds). The frozen victim is SIGKILLed once the round is measured.
 
 Every variant gets its own database and broker namespace (or vhost), removed at the end; the nodes
 are killed at the end.
@@ -42,6 +53,7 @@ import argparse
 import asyncio
 import json
 import random
+import signal
 import statistics
 import sys
 import threading
@@ -51,6 +63,9 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
+
+if __package__ in (None, ""):  # run as ``python bench/x.py``: make the repository importable, as -m does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.nodes import (
     DEFAULT_BROKER_URL,
@@ -67,15 +82,18 @@ from bus.ring import Ring
 from mgmt.cluster.ownership import LEASE_MARGIN
 from mgmt.config import NodeConfig
 
-VARIANTS: Final = ("events", "no-events", "no-events-idle")
+VARIANTS: Final = ("events", "no-events", "no-events-idle", "frozen")
 DESCRIPTIONS: Final = {
     "events": "broker event exchange on; call sent at the kill",
     "no-events": "no event exchange (own vhost); call sent at the kill",
     "no-events-idle": "no event exchange, no traffic; call sent once the victim is evicted",
+    "frozen": "victim SIGSTOPped (connection stays open); event exchange on; call sent at the freeze",
 }
 NODES: Final = 3
 GOAL_SECONDS: Final = 3.0
 CALL_TIMEOUT: Final = 60.0
+FROZEN_CALL_TIMEOUT: Final = 15.0  # a call stuck in the frozen node's API consumer is cut here
+HELD_CALL_S: Final = 1.0  # a call recorded as a job later than this after the freeze was held by the victim
 POLL_INTERVAL: Final = 0.01
 WATCH_TIMEOUT: Final = 60.0
 DEFAULTS: Final = NodeConfig()
@@ -90,10 +108,11 @@ class Round:
     reply_s: float  # kill -> the reply of AuditedWork on the victim's resource
     evicted_s: float  # kill -> the victim is no longer 'alive' in management_node
     takeover_s: float  # kill -> the resource's partition is held by a survivor
-    accepted_s: float  # kill -> a gateway recorded the call as a job (database clock)
-    started_s: float  # kill -> the new owner started the job (database clock)
+    accepted_s: float | None  # kill -> a gateway recorded the call as a job (database clock)
+    started_s: float | None  # kill -> the new owner started the job (database clock)
     evicted_by: str
     eviction_reason: str
+    gateway_frozen: bool = False  # the call was delivered to the frozen victim's API consumer
 
 
 # ---------------------------------------------------------------------------------------- one round
@@ -157,9 +176,23 @@ def watch(
     return evicted, taken, holder
 
 
-async def timed_call(client: Client, resource: str) -> tuple[float, dict[str, Any]]:
-    reply = await client.api("AuditedWork", {"uuid": resource, "seconds": 0}, timeout=CALL_TIMEOUT)
+async def timed_call(
+    client: Client, resource: str, timeout: float = CALL_TIMEOUT
+) -> tuple[float, dict[str, Any]]:
+    reply = await client.api("AuditedWork", {"uuid": resource, "seconds": 0}, timeout=timeout)
     return time.monotonic(), reply
+
+
+def freeze(node: Node) -> float:
+    """SIGSTOP; the monotonic time just before the signal was sent (the node counts as gone)."""
+    at = time.monotonic()
+    node.proc.send_signal(signal.SIGSTOP)
+    node.killed_at = at
+    return at
+
+
+def job_count(scratch: Scratch, resource: str) -> int:
+    return int(scratch.sql("SELECT count(*) FROM job WHERE resource_uuid = %s", resource)[0][0])
 
 
 def eviction_line(survivors: list[Node], victim: str, since: float) -> tuple[str, str]:
@@ -185,9 +218,10 @@ async def one_round(
         raise RuntimeError(f"{resource} ran on {warm['nodeUuid']}, but the ring gives it to {victim.uuid}")
     await asyncio.sleep(rng.uniform(0, DEFAULTS.heartbeat_interval))
 
+    jobs_before = await asyncio.to_thread(job_count, scratch, resource)
     left, db_clock = await asyncio.to_thread(lease_left, scratch, victim.uuid)
     read_at = time.monotonic()
-    killed = victim.kill()
+    killed = freeze(victim) if variant == "frozen" else victim.kill()
     left -= killed - read_at
     killed_db = db_clock + timedelta(seconds=killed - read_at)
     on_evicted = threading.Event()
@@ -196,13 +230,35 @@ async def one_round(
     )
     if variant == "no-events-idle":
         await asyncio.to_thread(on_evicted.wait, WATCH_TIMEOUT)
-    replied, reply = await timed_call(client, resource)
-    evicted, taken, holder = await watcher
+    gateway_frozen = False
+    if variant == "frozen":
+        try:
+            replied, reply = await timed_call(client, resource, FROZEN_CALL_TIMEOUT)
+        except Exception:
+            # No survivor recorded the call as a job: the broker gave it to the frozen API consumer.
+            if await asyncio.to_thread(job_count, scratch, resource) != jobs_before:
+                raise
+            gateway_frozen = True
+            replied, reply = killed + FROZEN_CALL_TIMEOUT, {"nodeUuid": None}
+        evicted, taken, holder = await watcher
+        victim.proc.send_signal(signal.SIGKILL)  # frees the stuck call; the next round starts clean
+    else:
+        replied, reply = await timed_call(client, resource)
+        evicted, taken, holder = await watcher
     await asyncio.to_thread(victim.proc.wait, 10)
-    if reply["nodeUuid"] != holder:
+    if gateway_frozen:
+        pass
+    elif reply["nodeUuid"] != holder:
         raise RuntimeError(f"the reply came from {reply['nodeUuid']}, the partition is held by {holder}")
     by, reason = eviction_line(survivors, victim.uuid, killed)
-    accepted, started = await asyncio.to_thread(job_times, scratch, resource, killed_db)
+    if gateway_frozen:
+        accepted = started = None
+    else:
+        accepted, started = await asyncio.to_thread(job_times, scratch, resource, killed_db)
+        accepted, started = round(accepted, 3), round(started, 3)
+        # A survivor records a call within ~0.1 s; one recorded later sat in the frozen node's API
+        # consumer until the broker dropped its connection (short AMQP heartbeat in --broker-url).
+        gateway_frozen = variant == "frozen" and accepted > HELD_CALL_S
     return Round(
         round=number,
         victim=victim.short,
@@ -211,10 +267,11 @@ async def one_round(
         reply_s=round(replied - killed, 3),
         evicted_s=round(evicted - killed, 3),
         takeover_s=round(taken - killed, 3),
-        accepted_s=round(accepted, 3),
-        started_s=round(started, 3),
+        accepted_s=accepted,
+        started_s=started,
         evicted_by=by,
         eviction_reason=reason,
+        gateway_frozen=gateway_frozen,
     )
 
 
@@ -233,7 +290,8 @@ async def run_variant(
     variant: str, rounds: int, broker_url: str, log_dir: Path | None, seed: int
 ) -> dict[str, Any]:
     rng = random.Random(seed)
-    own_vhost = variant != "events"
+    events_on = variant in ("events", "frozen")
+    own_vhost = not events_on
     with environment(f"fo-{variant}", broker_url, own_vhost=own_vhost) as (scratch, broker):
         progress(
             f"{variant}: database {scratch.name}, namespace {broker.namespace}, vhost {broker.vhost or '/'}"
@@ -246,15 +304,16 @@ async def run_variant(
             await client.start()
             await client.login()
             events = {bool((await client.status(n.uuid))["brokerEvents"]) for n in nodes.alive}
-            if events != {variant == "events"}:
+            if events != {events_on}:
                 raise RuntimeError(f"{variant}: the nodes report brokerEvents={events}")
             for number in range(1, rounds + 1):
                 result = await one_round(number, variant, client, nodes, scratch, rng)
                 results.append(result)
                 progress(
-                    f"  round {number}: killed {result.victim}, reply after {result.reply_s:.3f} s "
+                    f"  round {number}: {'froze' if variant == 'frozen' else 'killed'} {result.victim}, reply after {result.reply_s:.3f} s "
                     f"(evicted {result.evicted_s:.3f} s, takeover {result.takeover_s:.3f} s, "
                     f"lease left {result.lease_left_s:.3f} s; {result.eviction_reason})"
+                    + (" [call held by the frozen node's API consumer]" if result.gateway_frozen else "")
                 )
                 nodes.start(1)  # the replacement
         finally:
@@ -265,7 +324,8 @@ async def run_variant(
     return {
         "variant": variant,
         "description": DESCRIPTIONS[variant],
-        "broker_events": variant == "events",
+        "broker_events": events_on,
+        "gateway_frozen_rounds": sum(r.gateway_frozen for r in results),
         "rounds": [asdict(r) for r in results],
         "reply_s": spread([r.reply_s for r in results]),
         "evicted_s": spread([r.evicted_s for r in results]),
@@ -312,13 +372,19 @@ def triple(s: dict[str, float]) -> str:
     return f"{s['min']:5.2f} {s['median']:5.2f} {s['max']:5.2f}"
 
 
+def job_in(r: dict[str, Any]) -> str:
+    if r.get("gateway_frozen"):
+        return "frozen"  # the call sat in the frozen node's API consumer
+    return f"{r['accepted_s']:.3f}"
+
+
 def table(data: dict[str, Any]) -> str:
     cfg = data["config"]
     lines = [
         f"{cfg['nodes']} nodes, default settings: heartbeat interval {cfg['heartbeat_interval_s']} s, "
         f"lease TTL {cfg['lease_ttl_s']} s, eviction after {cfg['heartbeat_misses']} missed heartbeats; "
         f"{cfg['rounds']} kills per variant",
-        "seconds after the SIGKILL, min / median / max:",
+        "seconds after the SIGKILL (SIGSTOP for frozen), min / median / max:",
         "",
         f"{'variant':<15} {'reply (failover)':>17} {'victim evicted':>17} {'partition taken':>17} "
         f"{'lease left':>17}",
@@ -338,7 +404,7 @@ def table(data: dict[str, Any]) -> str:
         for r in v["rounds"]:
             lines.append(
                 f"{v['variant']:<15} {r['round']:>5} {r['reply_s']:>8.3f} {r['evicted_s']:>9.3f} "
-                f"{r['takeover_s']:>8.3f} {r['lease_left_s']:>8.3f} {r['accepted_s']:>8.3f}  {r['eviction_reason']}"
+                f"{r['takeover_s']:>8.3f} {r['lease_left_s']:>8.3f} {job_in(r):>8}  {r['eviction_reason']}"
             )
     lines.append("")
     for v in data["variants"]:

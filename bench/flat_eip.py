@@ -14,9 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 import tempfile
 import time
 import uuid as uuidlib
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as ``python bench/x.py``: make the repository importable, as -m does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents.kvm.flat_eip import FlatEip
 from schema.agent import FlatEipSpec

@@ -24,10 +24,14 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+
+if __package__ in (None, ""):  # run as ``python bench/x.py``: make the repository importable, as -m does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.nodes import ADMIN, DEFAULT_BROKER_URL, Nodes, environment, machine, progress, rabbitmqctl
 from bus.sync import SyncClient

@@ -42,6 +42,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # run as ``python bench/x.py``: make the repository importable, as -m does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from bus.aio import AsyncBus
 from bus.topology import Topology
 from mgmt.core.agents import AgentClient

@@ -38,6 +38,9 @@ import psycopg2
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn
 
+if __package__ in (None, ""):  # run as ``python bench/x.py``: make the repository importable, as -m does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from bus.aio import AsyncBus
 from bus.envelope import new_uuid
 from bus.errors import RingstackError, Sys

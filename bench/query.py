@@ -60,7 +60,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Final
+
+if __package__ in (None, ""):  # run as ``python bench/x.py``: make the repository importable, as -m does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.nodes import (
     DEFAULT_BROKER_URL,
@@ -153,7 +157,19 @@ def generate(rows: int, seed: int) -> tuple[Dataset, dict[str, io.StringIO]]:
             mac = f"fa:16:3e:{nics >> 16 & 255:02x}:{nics >> 8 & 255:02x}:{nics & 255:02x}"
             buffers["vm_nic"].write(
                 _line(
-                    (uuid(), vm, rng.choice(l3s), ip, "255.0.0.0", "10.0.0.1", mac, device, owner, created, created)
+                    (
+                        uuid(),
+                        vm,
+                        rng.choice(l3s),
+                        ip,
+                        "255.0.0.0",
+                        "10.0.0.1",
+                        mac,
+                        device,
+                        owner,
+                        created,
+                        created,
+                    )
                 )
             )
             data.ips.append(ip)
@@ -216,7 +232,10 @@ QUERIES: Final[dict[str, tuple[Body, bool]]] = {  # name: (body, as the tenant)
         False,
     ),
     "nested_nic_ip": (
-        lambda rng, d: {"conditions": [{"name": "vmNics.ip", "op": "=", "value": rng.choice(d.ips)}], "limit": LIMIT},
+        lambda rng, d: {
+            "conditions": [{"name": "vmNics.ip", "op": "=", "value": rng.choice(d.ips)}],
+            "limit": LIMIT,
+        },
         False,
     ),
     "sort_created_desc": (
@@ -228,7 +247,10 @@ QUERIES: Final[dict[str, tuple[Body, bool]]] = {  # name: (body, as the tenant)
         },
         False,
     ),
-    "sort_name_page": (lambda rng, d: {"sortBy": "name", "limit": LIMIT, "start": rng.randrange(5001)}, False),
+    "sort_name_page": (
+        lambda rng, d: {"sortBy": "name", "limit": LIMIT, "start": rng.randrange(5001)},
+        False,
+    ),
     "deep_page": (lambda rng, d: {"limit": LIMIT, "start": d.rows // 2}, False),
     "count_all": (lambda rng, d: {"count": True}, False),
     "filter_as_tenant": (lambda rng, d: {"conditions": _filter(rng), "limit": LIMIT}, True),
@@ -359,7 +381,9 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
             await asyncio.to_thread(command.downgrade, alembic_config(scratch.url), args.revision)
         revision = str(scratch.sql("SELECT version_num FROM alembic_version")[0][0])
-        progress(f"database {scratch.name} at {revision}, namespace {broker.namespace}; loading {args.rows:,} VMs")
+        progress(
+            f"database {scratch.name} at {revision}, namespace {broker.namespace}; loading {args.rows:,} VMs"
+        )
         data = await asyncio.to_thread(load, scratch, args.rows, args.seed)
         progress(f"loaded {data.counts} in {data.load_seconds:.1f} s")
         postgres = str(scratch.sql("SHOW server_version")[0][0])
@@ -370,8 +394,12 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             await client.start()
             await client.login()
             name, password = TENANT
-            await client.api("CreateAccount", {"resourceUuid": data.tenant_uuid, "name": name, "password": password})
-            login = await client.bus.api("LogInByAccount", {"accountName": name, "password": password}, timeout=30)
+            await client.api(
+                "CreateAccount", {"resourceUuid": data.tenant_uuid, "name": name, "password": password}
+            )
+            login = await client.bus.api(
+                "LogInByAccount", {"accountName": name, "password": password}, timeout=30
+            )
             tenant_session = str(login["inventory"]["uuid"])
 
             async def call(body: dict[str, Any], as_tenant: bool) -> dict[str, Any]:
@@ -399,7 +427,11 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "in_flight": 1,
             "node": "one ringstack-ctl start process, default settings",
         },
-        "data": {"counts": data.counts, "tenant_rows_share": 0.01, "load_seconds": round(data.load_seconds, 1)},
+        "data": {
+            "counts": data.counts,
+            "tenant_rows_share": 0.01,
+            "load_seconds": round(data.load_seconds, 1),
+        },
         "results": summaries,
         "plans": {
             name: [
@@ -460,10 +492,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.query", description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--broker-url", default=DEFAULT_BROKER_URL, help="AMQP URL (default: %(default)s)")
     parser.add_argument("--rows", type=int, default=100_000, help="VMs to load (default: %(default)s)")
-    parser.add_argument("--queries", type=int, default=200, help="timed calls per query (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=20, help="untimed calls per query first (default: %(default)s)")
+    parser.add_argument(
+        "--queries", type=int, default=200, help="timed calls per query (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=20, help="untimed calls per query first (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=1, help="data and query values (default: %(default)s)")
-    parser.add_argument("--revision", default="head", help="schema revision to measure (default: %(default)s)")
+    parser.add_argument(
+        "--revision", default="head", help="schema revision to measure (default: %(default)s)"
+    )
     parser.add_argument("--explain", action="store_true", help="include the whole EXPLAIN ANALYZE plans")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)

@@ -34,7 +34,11 @@ import time
 import uuid as uuidlib
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
+
+if __package__ in (None, ""):  # run as ``python bench/x.py``: make the repository importable, as -m does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bus.ring import DEFAULT_PARTITIONS, DEFAULT_VNODES, Ring, partition_of
 

@@ -41,6 +41,9 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: the repository root is the import root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+if __package__ in (None, ""):  # run as ``python bench/x.py``: make the repository importable, as -m does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from agents.kvm.secgroup import SecurityGroups
 from schema.agent import SecurityGroupRuleSpec, SecurityGroupSpec, VmNicSecuritySpec
 

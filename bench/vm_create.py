@@ -54,6 +54,9 @@ from typing import Any, Final
 
 import kombu
 
+if __package__ in (None, ""):  # run as ``python bench/x.py``: make the repository importable, as -m does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from bench.nodes import (
     DEFAULT_BROKER_URL,
     BrokerScope,

@@ -40,12 +40,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # ``python bench/vrouter.py`` puts bench/ first, not the repository
-    sys.path.insert(0, str(ROOT))
+if __package__ in (None, ""):  # run as ``python bench/x.py``: make the repository importable, as -m does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agents.vrouter import rules  # noqa: E402
-from schema import vrouter as vr  # noqa: E402
+from agents.vrouter import rules
+from schema import vrouter as vr
 
 
 def pct(samples: list[float], q: float) -> float:

@@ -11,6 +11,10 @@ backoff. Calls made while disconnected wait for the connection until their deadl
 Channels: ``confirm`` (publisher confirms + mandatory routing) for requests and events, which must
 not be lost silently; ``fast`` (no confirms) for replies, whose loss the caller's deadline covers;
 one channel per consumer so each has its own prefetch window and can be cancelled alone.
+
+An API client connecting as an access key's broker user (``<ns>.key.<id>``, see ``bus.credentials``)
+declares no exchanges and uses ``<ns>.reply.<id>.<uuid>`` as its reply queue: the only queues that
+user may touch; its event subscriptions are ``Topology.client_event_queue``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import contextlib
 import functools
 import logging
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -72,6 +77,9 @@ class Consumer:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _channel: aiormq.abc.AbstractChannel | None = None
     _tag: str | None = None
+    _declarer: AbstractChannel | None = None
+    # (channel, consumer tag) on each of the spec's previous queues that existed at connect
+    _previous: list[tuple[aiormq.abc.AbstractChannel, str | None]] = field(default_factory=list)
 
     @property
     def in_flight(self) -> int:
@@ -105,13 +113,21 @@ class AsyncBus:
         self.process_uuid = new_uuid()
         self.default_timeout = default_timeout
         self.max_message_bytes = max_message_bytes
-        self.declare_topology = declare_topology
+        # An access key's user (an API client fenced at the broker) may not declare exchanges.
+        self.client_key = self.topology.client_key_of(
+            urllib.parse.unquote(urllib.parse.urlsplit(url).username or "")
+        )
+        self.declare_topology = declare_topology and not self.client_key
         # Where replies are published: the default exchange, or (agents) the replies exchange.
         self.reply_exchange = reply_exchange
         self._reconnect_initial = reconnect_initial
         self._reconnect_max = reconnect_max
 
-        self._reply_queue = self.topology.reply_queue(self.process_uuid)
+        self._reply_queue = (
+            self.topology.client_reply_queue(self.client_key, self.process_uuid)
+            if self.client_key
+            else self.topology.reply_queue(self.process_uuid)
+        )
         self._pending: dict[str, asyncio.Future[Envelope]] = {}
         self._consumers: list[Consumer] = []
         self._connected = asyncio.Event()
@@ -123,6 +139,8 @@ class AsyncBus:
         self._confirm: aiormq.abc.AbstractChannel | None = None
         self._fast: aiormq.abc.AbstractChannel | None = None
         self._declarer: AbstractChannel | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._connection_waiters: list[asyncio.Future[None]] = []
         self.connection_count = 0  # how many times a connection was established; tests watch it
 
     # ------------------------------------------------------------------ lifecycle
@@ -156,6 +174,18 @@ class AsyncBus:
     async def wait_connected(self, timeout: float) -> None:
         await asyncio.wait_for(self._connected.wait(), timeout)
 
+    async def wait_connections(self, count: int, timeout: float) -> None:
+        """Wait until the bus has connected ``count`` times in all (the first connection is 1) and
+        is connected now, every registered consumer started again; TimeoutError after ``timeout``."""
+
+        async def reached() -> None:
+            while self.connection_count < count or not self._connected.is_set():
+                waiter = asyncio.get_running_loop().create_future()
+                self._connection_waiters.append(waiter)
+                await waiter
+
+        await asyncio.wait_for(reached(), timeout)
+
     async def _supervise(self) -> None:
         backoff = self._reconnect_initial
         while not self._closing:
@@ -172,6 +202,10 @@ class AsyncBus:
             backoff = self._reconnect_initial
             self.connection_count += 1
             self._connected.set()
+            waiters, self._connection_waiters = self._connection_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
             assert self._lost is not None
             await self._lost
             self._connected.clear()
@@ -225,6 +259,8 @@ class AsyncBus:
         for consumer in self._consumers:
             consumer._channel = None
             consumer._tag = None
+            consumer._declarer = None
+            consumer._previous = []
         if conn is not None and not conn.is_closed:
             with contextlib.suppress(Exception):
                 await conn.close()
@@ -384,16 +420,35 @@ class AsyncBus:
         self._pending[env.id] = fut
         timer = loop.call_later(max(0.0, env.deadline - time.time()), _expire, fut, env)
         try:
-            await self._publish_confirmed("", queue, message, deadline=env.deadline)
+            await self._publish_confirmed(*self.topology.route_to(queue), message, deadline=env.deadline)
             return await fut
         finally:
             timer.cancel()
             self._pending.pop(env.id, None)
 
+    @property
+    def reply_queue(self) -> str:
+        """The queue this process's replies arrive on (a request's ``reply_to``)."""
+        return self._reply_queue.name
+
+    def expect_reply(self, correlation_id: str) -> asyncio.Future[Envelope]:
+        """A future for the reply to a request sent some other way (a raw AMQP publish with
+        ``reply_to=self.reply_queue``), matched by correlation id like a ``call``'s own."""
+        fut: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
+        self._pending[correlation_id] = fut
+        return fut
+
+    @property
+    def awaiting_replies(self) -> int:
+        """Requests still waiting for their reply."""
+        return len(self._pending)
+
     async def send(self, queue: str, env: Envelope, *, persistent: bool = False) -> None:
         """Deliver a message that expects no reply; confirmed by the broker."""
         await self._ready(env.deadline or time.time() + self.default_timeout)
-        await self._publish_confirmed("", queue, self._message(env, persistent=persistent))
+        await self._publish_confirmed(
+            *self.topology.route_to(queue), self._message(env, persistent=persistent)
+        )
 
     async def publish_event(self, routing_key: str, name: str, body: dict[str, Any]) -> None:
         """Publish on the events exchange; confirmed, but no subscriber is needed."""
@@ -500,22 +555,84 @@ class AsyncBus:
         channel = await self._connection.channel(publisher_confirms=False)
         channel.close_callbacks.add(self._on_closed)
         await channel.set_qos(prefetch_count=consumer.prefetch)
-        await self._declare_queue(channel, consumer.spec)
         raw = await channel.get_underlay_channel()
-        ok = await raw.basic_consume(
+        raw.on_consumer_cancel_callbacks.add(functools.partial(self._on_broker_cancel, consumer))
+        consumer._declarer = channel
+        consumer._channel = raw
+        await self._consume(consumer)
+        for name in consumer.spec.previous:
+            await self._consume_previous(consumer, name)
+
+    async def _consume(self, consumer: Consumer) -> None:
+        assert consumer._declarer is not None and consumer._channel is not None
+        await self._declare_queue(consumer._declarer, consumer.spec)
+        ok = await consumer._channel.basic_consume(
             consumer.spec.name, functools.partial(self._deliver, consumer), no_ack=consumer.no_ack
         )
-        consumer._channel = raw
         consumer._tag = ok.consumer_tag
+
+    async def _consume_previous(self, consumer: Consumer, name: str) -> None:
+        """Consume a queue an earlier release declared, if it still exists: its messages are answered
+        like the current queue's. Checked passively, on a channel of its own (a failed passive
+        declare closes its channel), and never created."""
+        assert self._connection is not None
+        channel = await self._connection.channel(publisher_confirms=False)
+        try:
+            await channel.declare_queue(name, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            with contextlib.suppress(Exception):
+                await channel.close()
+            return
+        channel.close_callbacks.add(self._on_closed)
+        await channel.set_qos(prefetch_count=consumer.prefetch)
+        raw = await channel.get_underlay_channel()
+        ok = await raw.basic_consume(name, functools.partial(self._deliver, consumer), no_ack=consumer.no_ack)
+        log.info("%s: also consuming %s, left by an earlier release", self.process_name, name)
+        consumer._previous.append((raw, ok.consumer_tag))
+
+    async def _on_broker_cancel(self, consumer: Consumer, frame: Basic.Cancel) -> None:
+        """The broker cancelled a consumer (its queue was deleted, or a quorum queue lost its
+        members): consume again, declaring the queue anew, so the process never stays alive but
+        deaf. The previous queues of an earlier release are let go: deleting them ends the upgrade."""
+        if consumer.cancelled or self._closing or frame.consumer_tag != consumer._tag:
+            return
+        consumer._tag = None
+        log.warning(
+            "%s: the broker cancelled the consumer of %s; consuming again",
+            self.process_name,
+            consumer.spec.name,
+        )
+        self._spawn(self._reconsume(consumer))
+
+    async def _reconsume(self, consumer: Consumer) -> None:
+        channel = consumer._channel
+        try:
+            await self._consume(consumer)
+        except Exception as exc:
+            # Whatever failed (the declare closed the channel, the connection is going): the next
+            # connection starts every consumer anew.
+            log.warning(
+                "%s: consuming %s again failed: %s; reconnecting", self.process_name, consumer.spec.name, exc
+            )
+            if consumer._channel is channel:
+                self._on_closed()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._observe)
 
     async def cancel(self, consumer: Consumer) -> None:
         """Stop taking new messages on this consumer; the ones being handled go on (see drain)."""
         consumer.cancelled = True
-        channel, tag = consumer._channel, consumer._tag
-        if channel is not None and tag is not None:
-            with contextlib.suppress(Exception):
-                await channel.basic_cancel(tag)
+        taken = [(consumer._channel, consumer._tag), *consumer._previous]
         consumer._tag = None
+        consumer._previous = []
+        for channel, tag in taken:
+            if channel is not None and tag is not None:
+                with contextlib.suppress(Exception):
+                    await channel.basic_cancel(tag)
 
     async def _deliver(self, consumer: Consumer, message: DeliveredMessage) -> None:
         # Our own task, not aiormq's: a dying channel cancels aiormq's consumer tasks, and business

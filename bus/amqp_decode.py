@@ -10,6 +10,12 @@ Here those bytes decode with ``surrogateescape`` instead: the frame is read, the
 ``AsyncBus``, and a property that is not valid UTF-8 is simply a string that does not encode
 (``is_wire_text`` says no), which the bus treats as absent (see ``bus.aio``). The patch is installed
 once, when ``bus.aio`` is imported; it changes nothing for valid strings.
+
+The same holds for every other way a publisher's properties can fail to decode (a ``headers``
+table nested a few thousand levels deep makes pamqp's recursive decoder raise ``RecursionError``,
+an unknown field type ``ValueError``...): ``tolerant_unmarshal`` replaces the content header's
+properties by empty ones carrying ``UNDECODABLE`` in their headers, so the delivery still reaches
+the bus (whose envelope is in the body) instead of dropping the connection.
 """
 
 from __future__ import annotations
@@ -17,10 +23,14 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from pamqp import common, decode
+from pamqp import common, decode, header
+from pamqp.commands import Basic
 
 _BYTE: Final = struct.Struct(">B")
 _INT: Final = struct.Struct(">I")
+# The header a delivery's properties are replaced by when they could not be decoded (value: why).
+UNDECODABLE: Final = "x-ringstack-undecodable-properties"
+_original_unmarshal = header.ContentHeader.unmarshal
 
 
 def short_str(value: bytes) -> tuple[int, str]:
@@ -64,6 +74,19 @@ def is_wire_text(value: str) -> bool:
     return "\x00" not in value
 
 
+def tolerant_unmarshal(self: header.ContentHeader, data: bytes) -> None:
+    """pamqp's ``ContentHeader.unmarshal``; properties that do not decode are replaced, not raised.
+
+    The class id, weight and body size come from the broker (the frame is unusable without them,
+    and they cannot fail for a frame the broker sent), so only the publisher's part is tolerated.
+    """
+    try:
+        _original_unmarshal(self, data)
+    except (RecursionError, ValueError, struct.error, TypeError, KeyError, IndexError, OverflowError) as exc:
+        self.class_id, self.weight, self.body_size = struct.unpack(">HHQ", data[0:12])
+        self.properties = Basic.Properties(headers={UNDECODABLE: type(exc).__name__})
+
+
 def install() -> None:
     """Route pamqp's short-string and table decoding through the tolerant versions (idempotent)."""
     decode.METHODS["shortstr"] = short_str
@@ -71,3 +94,4 @@ def install() -> None:
     decode.TABLE_MAPPING[b"F"] = field_table
     decode.short_str = short_str
     decode.field_table = field_table
+    header.ContentHeader.unmarshal = tolerant_unmarshal  # type: ignore[method-assign]

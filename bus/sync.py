@@ -8,6 +8,10 @@ reconnects. An idle connection the broker closed meanwhile (a broker restart, a 
 noticed before publishing, and a publish that fails on a dead connection is retried once on a new
 one within the call's deadline, so the first call after a restart succeeds.
 
+With an access key's broker user (``<ns>.key.<id>`` in the URL, see ``bus.credentials``) the client
+declares nothing but its own ``<ns>.reply.<id>.*`` reply queue: that user may not declare exchanges
+nor bind to the replies exchange, and needs neither (API replies come through the default exchange).
+
 Only the reply the client is waiting for is kept: late, duplicate and unmatched replies are counted
 (``dropped_replies``) and dropped, so their memory is bounded.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import urllib.parse
 from typing import Any
 
 import amqp.exceptions
@@ -56,7 +61,15 @@ class SyncClient:
         self.connect_timeout = connect_timeout
         self.max_message_bytes = max_message_bytes
         self.process_name = process_name
-        self._reply_spec = self.topology.reply_queue(new_uuid())
+        # An access key's user (an API client fenced at the broker) or a node/bootstrap user.
+        self.client_key = self.topology.client_key_of(
+            urllib.parse.unquote(urllib.parse.urlsplit(url).username or "")
+        )
+        self._reply_spec = (
+            self.topology.client_reply_queue(self.client_key, new_uuid())
+            if self.client_key
+            else self.topology.reply_queue(new_uuid())
+        )
         self._conn: kombu.Connection | None = None
         self._channel: Any = None
         self._producer: kombu.Producer | None = None
@@ -98,8 +111,9 @@ class SyncClient:
             conn.connect()
             channel = conn.default_channel
             channel.events["basic_return"].add(self._on_return)  # type: ignore[attr-defined]
-            for spec in self.topology.exchanges():
-                channel.exchange_declare(spec.name, spec.type, durable=spec.durable, auto_delete=False)
+            if not self.client_key:
+                for spec in self.topology.exchanges():
+                    channel.exchange_declare(spec.name, spec.type, durable=spec.durable, auto_delete=False)
             reply = _kombu_queue(self._reply_spec, channel)
             reply.declare()
             for exchange, key in self._reply_spec.bindings:
@@ -110,6 +124,11 @@ class SyncClient:
             conn.release()
             raise RingstackError(
                 Sys.UNAVAILABLE, f"cannot reach the broker at {_safe_url(self.url)}: {exc}"
+            ) from None
+        except amqp.exceptions.AccessRefused as exc:
+            conn.release()
+            raise RingstackError(
+                Sys.PERMISSION_DENIED, f"the broker refused {_safe_url(self.url)}: {exc}"
             ) from None
         self._conn, self._channel = conn, channel
         self._producer = kombu.Producer(channel)
@@ -179,6 +198,15 @@ class SyncClient:
             raise RingstackError(
                 Sys.UNAVAILABLE, f"the broker refused the message for {routing_key!r}"
             ) from None
+        except amqp.exceptions.NotFound:
+            # The API entry exchange is declared by the nodes: none has ever run in this namespace.
+            self.close()
+            raise RingstackError(
+                Sys.UNAVAILABLE, f"{exchange!r} does not exist; has a management node run here?"
+            ) from None
+        except amqp.exceptions.AccessRefused as exc:
+            self.close()
+            raise RingstackError(Sys.PERMISSION_DENIED, f"the broker refused the message: {exc}") from None
         except _CONNECTION_ERRORS as exc:
             self.close()
             raise RingstackError(Sys.CONNECTION_LOST, f"publish failed: {exc}") from None
@@ -238,14 +266,14 @@ class SyncClient:
         self._awaiting, self._reply = env.id, None
         try:
             try:
-                self._publish("", queue, env, persistent=persistent, mandatory=True)
+                self._publish(*self.topology.route_to(queue), env, persistent=persistent, mandatory=True)
             except RingstackError as exc:
                 # The connection died under the publish (it looked alive): once more on a new one.
                 # Requests are idempotent by id (a job is keyed by it), so a copy that did arrive
                 # does no harm.
                 if exc.code != Sys.CONNECTION_LOST or env.deadline - time.time() <= 0:
                     raise
-                self._publish("", queue, env, persistent=persistent, mandatory=True)
+                self._publish(*self.topology.route_to(queue), env, persistent=persistent, mandatory=True)
             return self._wait_reply(env)
         finally:
             self._awaiting, self._reply = None, None
@@ -273,7 +301,7 @@ class SyncClient:
 
     def send(self, queue: str, env: Envelope, *, persistent: bool = False) -> None:
         """Deliver a message that expects no reply."""
-        self._publish("", queue, env, persistent=persistent, mandatory=True)
+        self._publish(*self.topology.route_to(queue), env, persistent=persistent, mandatory=True)
 
     def publish_event(self, routing_key: str, name: str, body: dict[str, Any]) -> None:
         env = Envelope(name=name, kind="event", body=body)

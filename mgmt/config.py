@@ -58,9 +58,13 @@ class NodeConfig(BaseModel):
     default_call_timeout: float = Field(default=30.0, gt=0)
     max_message_bytes: int = Field(default=1 << 20, ge=1024)
     serial_queue_limit: int = Field(default=1000, ge=1)
-    heartbeat_interval: float = Field(default=1.0, gt=0, le=60)
+    # Failover of a crashed node takes about its lease's remaining time (<= lease_ttl) plus a few
+    # hundred ms (bench/failover.py). A lease is renewed every heartbeat_interval from a thread of
+    # its own; a node fences itself when no renewal succeeded for lease_ttl - 0.25 s, so a renewal
+    # may be late by lease_ttl - 0.25 - heartbeat_interval = 1.25 s (as with the former 1.0 / 2.5).
+    heartbeat_interval: float = Field(default=0.5, gt=0, le=60)
     heartbeat_misses: int = Field(default=3, ge=2, le=100)
-    lease_ttl: float = Field(default=2.5, gt=0.5, le=300, description="must exceed heartbeat_interval")
+    lease_ttl: float = Field(default=2.0, gt=0.5, le=300, description="must exceed heartbeat_interval")
     ring_vnodes: int = Field(default=160, ge=1, le=10_000)
     max_forward_hops: int = Field(default=3, ge=1, le=10)
     job_timeout: float = Field(

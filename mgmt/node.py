@@ -21,16 +21,17 @@ from bus.aio import AsyncBus, Consumer, HandlerResult
 from bus.envelope import Envelope, new_uuid
 from bus.errors import RingstackError, Sys
 from bus.topology import Topology
-from mgmt.cluster import Cluster
+from mgmt.cluster import RingRuntime
 from mgmt.config import NodeConfig
 from mgmt.core.agents import AgentClient
-from mgmt.core.auth import AuthStrategy, NoAuth
+from mgmt.core.auth import AuthSlot, AuthStrategy
 from mgmt.core.cascade import CascadeRegistry
 from mgmt.core.db import Database
 from mgmt.core.dispatcher import Dispatcher, validate
 from mgmt.core.events import EventPublisher
 from mgmt.core.extensions import ExtensionRegistry
 from mgmt.core.garbage import GarbageCollector
+from mgmt.core.owners import OwnerIndex
 from mgmt.core.serial import SerialQueues
 from mgmt.core.service import ANONYMOUS, Service
 from mgmt.ops import NodeOps
@@ -76,6 +77,7 @@ class ManagementNode:
         self.config = config
         self.uuid = config.node_uuid or new_uuid()
         self.topology = Topology(config.namespace)
+        self._reply_prefix = f"{config.namespace}.reply."
         self.bus = AsyncBus(
             config.broker_url,
             self.topology,
@@ -86,13 +88,13 @@ class ManagementNode:
         self.db = Database(config.database_url, pool_size=config.db_pool_size)
         self.serial = SerialQueues(config.serial_queue_limit)
         self.dispatcher = Dispatcher(self.serial)
-        self.events = EventPublisher(self.bus)
+        self.events = EventPublisher(self.bus, OwnerIndex(self.db))
         self.cascade = CascadeRegistry()
         self.extensions = ExtensionRegistry()
         self.agents = AgentClient(self.bus, default_timeout=config.agent_timeout)
         self.garbage = GarbageCollector(self.db, self.agents)
-        self.cluster = Cluster(self)
-        self.auth: AuthStrategy = auth or NoAuth()
+        self.cluster = RingRuntime(self)
+        self.auth_slot = AuthSlot(auth)
         self.services: list[Service] = []
         self._api_consumer: Consumer | None = None
         self._node_consumer: Consumer | None = None
@@ -107,14 +109,22 @@ class ManagementNode:
             "events": self.events,
             "bus": self.bus,
             "config": self.config,
-            "node": self,
+            "node_uuid": self.uuid,
             "serial": self.serial,
             "cascade": self.cascade,
             "extensions": self.extensions,
             "agents": self.agents,
             "garbage": self.garbage,
-            "cluster": self.cluster,
+            "owners": self.cluster.owners,
+            "jobs": self.cluster.jobs,
+            "stuck": self.cluster.stuck,
+            "auth_slot": self.auth_slot,
         }
+
+    @property
+    def auth(self) -> AuthStrategy:
+        """The strategy the gateway authenticates with (installed by the identity service)."""
+        return self.auth_slot.strategy
 
     def _build_services(self) -> None:
         provided = self._dependencies()
@@ -156,11 +166,17 @@ class ManagementNode:
         """The API gateway step: check the envelope, authenticate, then route to a handler."""
         if env.kind != "api":
             raise RingstackError(Sys.INVALID_ARGUMENT, f"the API queue takes kind 'api', not {env.kind!r}")
+        if env.reply_to is not None and not env.reply_to.startswith(self._reply_prefix):
+            # The node may publish anywhere; a client must not make it answer into a node's or an
+            # agent's queue (an access key's own user cannot publish there). Nobody is answered;
+            # the bus logs the one line ("failed with no one to tell").
+            env.reply_to = None
+            raise RingstackError(Sys.INVALID_ARGUMENT, "replies go only to reply queues")
         route = self.dispatcher.route(env.name)  # unknown names fail before authentication
         message = route.message
         if message.internal:
             raise RingstackError(Sys.UNKNOWN_MESSAGE, f"{env.name} is not an API")
-        account = ANONYMOUS if message.public else await self.auth.authenticate(env.session, env.name)
+        account = ANONYMOUS if message.public else await self.auth_slot.authenticate(env.session, env.name)
         if message.admin_only and not account.is_admin:
             raise RingstackError(Sys.PERMISSION_DENIED, f"{env.name} needs an admin account")
         msg = validate(message, env.body)
@@ -173,9 +189,9 @@ class ManagementNode:
     async def _on_call(self, env: Envelope) -> HandlerResult:
         if self.ops.handles(env.name):
             return await self.ops.on_call(env)
-        if Cluster.is_internal(env.name):
+        if RingRuntime.is_internal(env.name):
             return await self.cluster.on_internal(env)
-        return await self.cluster.router.serve(env)
+        return await self.cluster.owners.serve(env)
 
     async def stop(self) -> bool:
         """Stop taking work, drain, close. True when every in-flight request finished in time."""

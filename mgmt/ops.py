@@ -1,6 +1,8 @@
 """What an operator sees of one management node: ``/healthz``, ``/readyz``, Prometheus ``/metrics``,
 and the node-queue messages ``ringstack-ctl`` sends it (``ops.Status``, ``ops.Drain``, ``ops.Stop``,
-``ops.Logs``: the end of its ``log_file``, so ``collect-logs`` gathers every node's over the bus).
+``ops.Logs``: the end of its ``log_file``, so ``collect-logs`` gathers every node's over the bus;
+``ops.Restart``: as ``ops.Stop``, but the process exits ``EXIT_RESTART`` so that its supervisor,
+``ringstack-ctl start --supervise`` or systemd, starts it again; refused when nothing supervises it).
 
 The HTTP endpoint listens on ``ops_address`` (``host:port``; port 0 picks a free one, logged as
 ``ops endpoint at http://...``; empty: no endpoint). Health: 200 while the process runs and its
@@ -39,6 +41,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import text
 
 from bus.envelope import Envelope
+from bus.errors import RingstackError, Sys
+from mgmt.cli.supervise import supervisor_name
+from mgmt.cli.upgrade import known_head
 
 if TYPE_CHECKING:
     from mgmt.node import ManagementNode
@@ -49,7 +54,8 @@ OPS_STATUS = "ops.Status"
 OPS_DRAIN = "ops.Drain"
 OPS_STOP = "ops.Stop"
 OPS_LOGS = "ops.Logs"
-MESSAGES = (OPS_STATUS, OPS_DRAIN, OPS_STOP, OPS_LOGS)
+OPS_RESTART = "ops.Restart"
+MESSAGES = (OPS_STATUS, OPS_DRAIN, OPS_STOP, OPS_LOGS, OPS_RESTART)
 LOG_TAIL_MAX = 512 * 1024  # a reply must fit in one message (max_message_bytes, 1 MiB by default)
 JOB_STATES = ("pending", "running", "succeeded", "failed", "cancelled")
 
@@ -115,6 +121,7 @@ class NodeOps:
         )
         self.started = False
         self.draining = False
+        self.restart_requested = False  # ringstack-ctl start then exits EXIT_RESTART
         self.address: str | None = None
         self._server: asyncio.Server | None = None
         self._job_counts: tuple[float, dict[str, int]] = (0.0, {})
@@ -170,7 +177,16 @@ class NodeOps:
             return await asyncio.to_thread(self.log_tail, env.body.get("bytes"))
         if env.name == OPS_DRAIN:
             await self.drain()
-        elif env.name == OPS_STOP:
+        elif env.name in (OPS_STOP, OPS_RESTART):
+            if env.name == OPS_RESTART:
+                supervisor = supervisor_name()
+                if supervisor is None:
+                    raise RingstackError(
+                        Sys.CONFLICT,
+                        "this node runs unsupervised: nothing would start it again"
+                        " (ringstack-ctl start --supervise, or systemd)",
+                    )
+                self.restart_requested = True
             await self.drain()
             # The same path as SIGTERM (ringstack-ctl start's handler): drain, hand over, exit.
             asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGTERM)
@@ -183,6 +199,8 @@ class NodeOps:
             "draining": self.draining or self.node._stopping,
             "opsAddress": self.address,
             "pid": os.getpid(),
+            "supervisor": supervisor_name(),
+            "schemaHead": known_head(),  # the contract step waits until every node knows the newest
         }
 
     def log_tail(self, wanted: Any) -> dict[str, Any]:

@@ -8,6 +8,11 @@ Every event is an envelope (``kind`` ``event``) on the ``<ns>.events`` topic exc
   resource as its Query API shows it, after the change; absent for deletions). Job events carry
   ``JobEventInventory`` instead.
 
+API clients read events on ``<ns>.account-events`` instead, where the same events are keyed
+``<owner account uuid>.<kind>.<uuid>.<action>`` and a client's broker user may bind only under its
+own account (an admin's: any); resources without an owner are under the system account
+``00000000000000000000000000000000``.
+
 Events are published after the change is committed and are not a log: a subscriber that was away
 resynchronises through the Query APIs. Agents' reports (``agent.<host>.<report>``) travel on the same
 exchange but are internal, not resource events.
@@ -74,6 +79,7 @@ KINDS: dict[str, str] = {
     "session": "login sessions (deleted when they end)",
     "ldapServer": "LDAP servers",
     "ldapBinding": "LDAP bindings",
+    "access_key": "access keys: API clients' broker credentials (never with their secret)",
     "job": "jobs: every mutating request about a resource",
 }
 
@@ -92,6 +98,8 @@ def events_schema() -> dict[str, Any]:
     return {
         "exchange": "<namespace>.events (topic)",
         "routingKey": ROUTING_KEY,
+        "clientExchange": "<namespace>.account-events (topic)",
+        "clientRoutingKey": f"<account uuid>.{ROUTING_KEY}",
         "name": "<kind>.<action>",
         "kinds": KINDS,
         "actions": ACTIONS,

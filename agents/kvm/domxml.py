@@ -53,14 +53,6 @@ def nic_element(nic: NicSpec) -> ET.Element:
     return interface
 
 
-def disk_xml(volume: VolumeSpec) -> str:
-    return ET.tostring(disk_element(volume), encoding="unicode")
-
-
-def nic_xml(nic: NicSpec) -> str:
-    return ET.tostring(nic_element(nic), encoding="unicode")
-
-
 def _os(domain: ET.Element, spec: VmSpec) -> None:
     os_ = _sub(domain, "os")
     _sub(os_, "type", "hvm")

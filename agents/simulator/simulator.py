@@ -485,9 +485,9 @@ class Simulator:
             del self.vrouters[vm_uuid]
 
     async def _on_control(self, env: Envelope) -> dict[str, Any]:
-        return await self._on_control_body(env.name.removeprefix("simulator."), env.body)
+        return await self.control(env.name.removeprefix("simulator."), env.body)
 
-    async def _on_control_body(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def control(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         """One control call (``add_hosts``, ``configure``, ...), also callable in-process."""
         env = Envelope(name=f"simulator.{name}", kind="call", body=body)
         if env.name == "simulator.add_hosts":

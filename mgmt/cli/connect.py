@@ -3,6 +3,9 @@ broker connections for ``ringstack`` (API calls, completion, event streams).
 
 Settings: flag > ``RINGSTACK_*`` environment > ``~/.config/ringstack/client.toml`` > defaults.
 The session: ``--session`` > ``RINGSTACK_SESSION`` > the file a login wrote > client.toml.
+The broker credential: ``access_key_id`` and ``access_key_secret`` (``RINGSTACK_ACCESS_KEY_ID``,
+``RINGSTACK_ACCESS_KEY_SECRET`` or client.toml; see ``CreateAccessKey``) replace the user and
+password of ``broker_url``, whose default (guest) only serves the all-in-one's local bootstrap.
 """
 
 from __future__ import annotations
@@ -98,7 +101,23 @@ class Target:
         if wait <= 0:
             raise SettingsError("timeout must be positive")
         chosen = session or os.environ.get("RINGSTACK_SESSION") or stored_session() or setting("session")
-        return cls(setting("broker_url", broker_url), setting("namespace", namespace), chosen or None, wait)
+        url, ns = setting("broker_url", broker_url), setting("namespace", namespace)
+        key_id, secret = setting("access_key_id"), setting("access_key_secret")
+        if bool(key_id) != bool(secret):
+            raise SettingsError("access_key_id and access_key_secret go together")
+        if key_id:
+            from bus.credentials import access_key_url
+
+            url = access_key_url(url, ns, key_id, secret)
+        return cls(url, ns, chosen or None, wait)
+
+    @property
+    def client_key(self) -> str | None:
+        """The access key the broker URL carries, if any (then the CLI is a fenced client)."""
+        import urllib.parse
+
+        user = urllib.parse.unquote(urllib.parse.urlsplit(self.broker_url).username or "")
+        return self.topology.client_key_of(user)
 
     @property
     def topology(self) -> Topology:
@@ -125,6 +144,7 @@ class EventStream:
         self.patterns = patterns
         self._conn: Any = None
         self._got: deque[tuple[str, dict[str, Any]]] = deque()
+        self._prefix = ""
 
     def __enter__(self) -> EventStream:
         import kombu
@@ -133,15 +153,24 @@ class EventStream:
         from bus.sync import _safe_url
 
         topology = self.target.topology
-        spec = topology.event_queue(f"cli-{new_uuid()}", *self.patterns)
+        key = self.target.client_key
+        if key:
+            # A fenced client reads its own account's events only (the key's account); their keys
+            # are ``<account>.<kind>.<uuid>.<action>``, shown without the account.
+            account = self._account()
+            self._prefix = f"{account}."
+            spec = topology.client_event_queue(key, f"cli-{new_uuid()}", account, *self.patterns)
+        else:
+            spec = topology.event_queue(f"cli-{new_uuid()}", *self.patterns)
         conn = kombu.Connection(
             self.target.broker_url, connect_timeout=min(5.0, self.target.timeout), heartbeat=0
         )
         try:
             conn.connect()
             channel = conn.channel()
-            ex = topology.events_exchange
-            channel.exchange_declare(ex.name, ex.type, durable=ex.durable, auto_delete=False)
+            if not key:
+                ex = topology.events_exchange
+                channel.exchange_declare(ex.name, ex.type, durable=ex.durable, auto_delete=False)
             channel.queue_declare(spec.name, durable=False, exclusive=True, auto_delete=True)
             for exchange, key in spec.bindings:
                 channel.queue_bind(queue=spec.name, exchange=exchange, routing_key=key)
@@ -158,6 +187,19 @@ class EventStream:
         self._conn = conn
         return self
 
+    def _account(self) -> str:
+        """The account of the target's access key (the events a fenced client may read)."""
+        with self.target.client("ringstack-cli-events") as client:
+            found = client.api(
+                "QueryAccessKey",
+                {"conditions": [{"name": "uuid", "op": "=", "value": self.target.client_key}]},
+                session=self.target.session,
+                timeout=self.target.timeout,
+            )["inventories"]
+        if not found:
+            raise RingstackError(Sys.NOT_FOUND, "the access key is not visible to this session's account")
+        return str(found[0]["ownerAccountUuid"])
+
     def __exit__(self, *_: object) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -172,7 +214,8 @@ class EventStream:
         except orjson.JSONDecodeError:
             return
         if isinstance(env, dict):
-            self._got.append((message.delivery_info.get("routing_key", ""), env))
+            key = message.delivery_info.get("routing_key", "")
+            self._got.append((key.removeprefix(self._prefix), env))
 
     def next(self, timeout: float) -> tuple[str, dict[str, Any]] | None:
         """The next (routing key, envelope) within ``timeout`` seconds, or None."""

@@ -36,6 +36,9 @@ class NodeStatus(BaseModel):
     draining: bool | None = Field(default=None, description="drained or stopping")
     opsAddress: str | None = Field(default=None, description="host:port of /healthz, /readyz, /metrics")
     pid: int | None = None
+    supervisor: str | None = Field(
+        default=None, description="what starts it again after a restart: ringstack-ctl, systemd, or null"
+    )
     epoch: int | None = Field(default=None, description="the ring epoch it sees")
     members: int | None = Field(default=None, description="live members on its ring")
     runningJobs: int | None = None
@@ -117,6 +120,7 @@ def cluster_status(config: NodeConfig, timeout: float = 3.0) -> ClusterStatus:
                     ops = client.call(queue, OPS_STATUS, {}, timeout=timeout)
                     node.ready, node.draining = ops["ready"], ops["draining"]
                     node.opsAddress, node.pid = ops.get("opsAddress"), ops.get("pid")
+                    node.supervisor = ops.get("supervisor")
                 except RingstackError as exc:
                     node.error = exc.code
             nodes.append(node)

@@ -1,5 +1,5 @@
 """The management cluster: membership, partition ownership (leases + fencing), durable jobs."""
 
-from mgmt.cluster.manager import Cluster
+from mgmt.cluster.runtime import RingRuntime
 
-__all__ = ["Cluster"]
+__all__ = ["RingRuntime"]

@@ -5,8 +5,9 @@ gateway node's transaction, and only then is the request acked to the broker. Fr
 
 - the gateway routes the job to the owner of the resource's partition (itself, or a ``RunJob``
   message to the owner's node queue);
-- the owner runs it in the resource's serial queue, under the partition's fencing token: the job
-  is claimed (``running``) and finished (``succeeded``/``failed``/``cancelled``) in fenced
+- the owner runs it the way all work about a resource runs there (``mgmt.cluster.owner``): under
+  the partition's fencing token, in the resource's serial lane when its handler is ``serial``. The
+  job is claimed (``running``) and finished (``succeeded``/``failed``/``cancelled``) in fenced
   transactions, and so is every transaction of the handler itself;
 - the owner replies to the client's ``reply_to`` with the job id as correlation id, and publishes
   ``job.<uuid>.<state>`` on the events exchange (for clients whose deadline passed meanwhile);
@@ -35,12 +36,12 @@ from bus.aio import NO_REPLY, AsyncBus, HandlerResult
 from bus.envelope import Envelope, new_uuid
 from bus.errors import RingstackError, Sys
 from mgmt.cluster.membership import Membership
+from mgmt.cluster.owner import OwnerPath
 from mgmt.cluster.ownership import Ownership
 from mgmt.config import NodeConfig
-from mgmt.core.db import CURRENT_FENCE, Database, Fence, arm_fence, ownership_lost
+from mgmt.core.db import Database, Fence, arm_fence, ownership_lost
 from mgmt.core.dispatcher import Dispatcher, Route, validate
 from mgmt.core.events import EventPublisher
-from mgmt.core.serial import SerialQueues
 from mgmt.core.service import SYSTEM_ACCOUNT, Account, CallContext
 from schema.api.base import ApiMessage, CreateMessage
 
@@ -179,24 +180,24 @@ def scrub_secrets(message: type[ApiMessage], body: dict[str, Any]) -> dict[str, 
 
 def _resumable(
     session: Session, partitions: list[int], node_uuid: str, stale_only: bool
-) -> list[tuple[str, str, int]]:
+) -> list[tuple[str, str, str, int]]:
     if stale_only:
         # The sweeper: pending jobs whose RunJob message may have been lost, and running ones that
         # no task of ours runs (the caller skips those it does run): in a partition we hold, no
         # other node can be running anything, so such a job was orphaned (e.g. by self-fencing).
         sql = (
-            "SELECT uuid, resource_uuid, partition FROM job WHERE partition = ANY(:p) AND "
+            "SELECT uuid, name, resource_uuid, partition FROM job WHERE partition = ANY(:p) AND "
             "((state = 'pending' AND created_at < now() - interval '2 seconds') OR state = 'running') "
             "ORDER BY created_at LIMIT 500"
         )
     else:  # a takeover: everything unfinished, and finished jobs whose reply may be lost
         sql = (
-            "SELECT uuid, resource_uuid, partition FROM job WHERE partition = ANY(:p) AND "
+            "SELECT uuid, name, resource_uuid, partition FROM job WHERE partition = ANY(:p) AND "
             "(state IN ('pending', 'running') OR (NOT replied AND finished_at > now() - interval '10 minutes')) "
             "ORDER BY created_at"
         )
     rows = session.execute(text(sql), {"p": partitions, "n": node_uuid}).all()
-    return [(str(u), str(r), int(p)) for u, r, p in rows]
+    return [(str(u), str(n), str(r), int(p)) for u, n, r, p in rows]
 
 
 def _mark_replied(session: Session, job_uuids: list[str]) -> None:
@@ -254,7 +255,7 @@ class JobRunner:
         db: Database,
         bus: AsyncBus,
         dispatcher: Dispatcher,
-        serial: SerialQueues,
+        owners: OwnerPath,
         ownership: Ownership,
         membership: Membership,
         events: EventPublisher,
@@ -264,7 +265,7 @@ class JobRunner:
         self.db = db
         self.bus = bus
         self.dispatcher = dispatcher
-        self.serial = serial
+        self.owners = owners
         self.ownership = ownership
         self.membership = membership
         self.events = events
@@ -333,14 +334,16 @@ class JobRunner:
                 "deadline": deadline,
             },
         )
-        await self.route(job_uuid, resource_uuid, partition)
+        await self.route(job_uuid, name, resource_uuid, partition)
 
-    async def route(self, job_uuid: str, resource_uuid: str, partition: int, hops: int = 0) -> None:
+    async def route(
+        self, job_uuid: str, name: str, resource_uuid: str, partition: int, hops: int = 0
+    ) -> None:
         """Run the job here if this node owns its partition, else hand it to the owner."""
         for _ in range(3):
             owner = self.membership.ring.owner_of_partition(partition)
             if owner is None or owner == self.node_uuid:
-                self.schedule(job_uuid, resource_uuid, partition)
+                self.schedule(job_uuid, name, resource_uuid, partition)
                 return
             if hops >= self.config.max_forward_hops:
                 log.info("job %s: %d hops, leaving it to the sweeper", job_uuid, hops)
@@ -348,7 +351,7 @@ class JobRunner:
             env = Envelope(
                 name=RUN_JOB,
                 kind="call",
-                body={"job": job_uuid, "partition": partition},
+                body={"job": job_uuid, "name": name, "partition": partition},
                 resource_uuid=resource_uuid,
                 ring_epoch=self.membership.ring.epoch,
                 hops=hops + 1,
@@ -365,29 +368,42 @@ class JobRunner:
         log.warning("job %s: could not route; the sweeper will pick it up", job_uuid)
 
     async def on_run_job(self, env: Envelope) -> None:
-        job_uuid, partition = env.body.get("job"), env.body.get("partition")
+        job_uuid, name, partition = env.body.get("job"), env.body.get("name"), env.body.get("partition")
         if not isinstance(job_uuid, str) or not isinstance(partition, int) or env.resource_uuid is None:
             raise RingstackError(Sys.INVALID_ARGUMENT, "RunJob needs job, partition and resource_uuid")
         if (env.ring_epoch or 0) > self.membership.ring.epoch:
             await self.membership.refresh()
-        await self.route(job_uuid, env.resource_uuid, partition, env.hops)
+        # A node of the previous release sends no name: the job then runs in its lane, as it did.
+        await self.route(
+            job_uuid, name if isinstance(name, str) else "", env.resource_uuid, partition, env.hops
+        )
 
     # ------------------------------------------------------------------ running
 
-    def schedule(self, job_uuid: str, resource_uuid: str, partition: int) -> None:
+    def schedule(self, job_uuid: str, name: str, resource_uuid: str, partition: int) -> None:
         if job_uuid in self._scheduled or self._stopping:
             return
         task = asyncio.create_task(
-            self._in_lane(job_uuid, resource_uuid, partition), name=f"job-{job_uuid[:8]}"
+            self._run(job_uuid, name, resource_uuid, partition), name=f"job-{job_uuid[:8]}"
         )
         self._scheduled[job_uuid] = task
         task.add_done_callback(lambda _: self._scheduled.pop(job_uuid, None))
 
-    async def _in_lane(self, job_uuid: str, resource_uuid: str, partition: int) -> None:
+    async def _run(self, job_uuid: str, name: str, resource_uuid: str, partition: int) -> None:
+        # A job whose message no service here handles fails at dispatch; until then, a lane.
+        serial = self.dispatcher.route(name).serial if self.dispatcher.handles(name) else True
         try:
-            await self.serial.run(resource_uuid, lambda: self._execute(job_uuid, resource_uuid, partition))
+            await self.owners.run(
+                resource_uuid, lambda fence: self._execute(job_uuid, resource_uuid, fence), serial=serial
+            )
         except RingstackError as exc:
-            log.warning("job %s not run now (%s); it stays pending", job_uuid, exc.code)
+            if (
+                exc.code == Sys.NOT_OWNER
+                and self.membership.ring.owner_of_partition(partition) != self.node_uuid
+            ):
+                await self.route(job_uuid, name, resource_uuid, partition, hops=1)
+            else:  # not ours yet (the takeover or the holder's sweeper runs it), or a full lane
+                log.warning("job %s not run now (%s); it stays pending", job_uuid, exc.code)
         except asyncio.CancelledError:
             pass  # stopping or fenced: the job stays in the database for the next owner
         except Exception:
@@ -395,30 +411,18 @@ class JobRunner:
                 "job %s: unexpected failure in the runner; it stays in the database for a retry", job_uuid
             )
 
-    async def _execute(self, job_uuid: str, resource_uuid: str, partition: int) -> None:
+    async def _execute(self, job_uuid: str, resource_uuid: str, fence: Fence) -> None:
         if self._stopping:
             return
         # Registered in the same step as the check above, so a drain either sees this job as
         # active (and waits for it) or this job sees the drain (and leaves the job pending).
         self._active[job_uuid] = asyncio.current_task()  # type: ignore[assignment]
         try:
-            await self._claim_and_run(job_uuid, resource_uuid, partition)
+            await self._claim_and_run(job_uuid, resource_uuid, fence)
         finally:
             self._active.pop(job_uuid, None)
 
-    async def _claim_and_run(self, job_uuid: str, resource_uuid: str, partition: int) -> None:
-        token = self.ownership.token(partition)
-        if token is None:
-            owner = self.membership.ring.owner_of_partition(partition)
-            if owner != self.node_uuid:
-                await self.route(job_uuid, resource_uuid, partition, hops=1)
-                return
-            token = await self.ownership.wait_held(
-                partition, self.config.lease_ttl * 2 + self.config.heartbeat_interval
-            )
-            if token is None:
-                return  # not ours yet; the takeover or the sweeper of the holder will run it
-        fence = self.ownership.fence(partition, token)
+    async def _claim_and_run(self, job_uuid: str, resource_uuid: str, fence: Fence) -> None:
         try:
             job = await self.db.run_unfenced(_claim, job_uuid, fence)
         except RingstackError as exc:
@@ -435,7 +439,7 @@ class JobRunner:
             return
         # Clients show it (the CLI's progress line): the job left the queue and its work began.
         await self._event(job_uuid, job["name"], resource_uuid, "running")
-        state, result, error = await self._run_handler(job_uuid, job, resource_uuid, partition, fence)
+        state, result, error = await self._dispatch(job_uuid, job, resource_uuid)
         if state is None:
             return  # ownership lost mid-way: the next owner runs it again
         route = self.dispatcher.route(job["name"]) if self.dispatcher.handles(job["name"]) else None
@@ -450,12 +454,10 @@ class JobRunner:
             await self._reply(job_uuid, job["name"], job["reply_to"], result, error)
             await self._event(job_uuid, job["name"], resource_uuid, state, error)
 
-    async def _run_handler(
-        self, job_uuid: str, job: dict[str, Any], resource_uuid: str, partition: int, fence: Fence
+    async def _dispatch(
+        self, job_uuid: str, job: dict[str, Any], resource_uuid: str
     ) -> tuple[str | None, dict[str, Any] | None, dict[str, Any] | None]:
-        self.ownership.in_flight[partition] += 1
         self._running[job_uuid] = asyncio.current_task()  # type: ignore[assignment]
-        reset = CURRENT_FENCE.set(fence)
         deadline = job["deadline"] if job["deadline"] and job["deadline"] > time.time() else None
         env = Envelope(
             name=job["name"],
@@ -474,8 +476,7 @@ class JobRunner:
             # staying 'running' for ever.
             budget = (env.remaining() or 0.0) + ROLLBACK_GRACE
             async with asyncio.timeout(budget):
-                reply = await route.fn(msg, ctx)
-            return "succeeded", reply.to_wire(), None
+                return "succeeded", await self.dispatcher.invoke(route, msg, ctx), None
         except RingstackError as exc:
             if exc.code == Sys.NOT_OWNER or ownership_lost(exc):
                 # Not a failure to record: the handler stopped (and left its undo) because this
@@ -501,8 +502,6 @@ class JobRunner:
             )
             return "failed", None, error.to_wire()
         finally:
-            CURRENT_FENCE.reset(reset)
-            self.ownership.in_flight[partition] -= 1
             self._running.pop(job_uuid, None)
             self._running_routes.pop(job_uuid, None)
             self._cancelling.discard(job_uuid)
@@ -554,10 +553,10 @@ class JobRunner:
             self._background("takeover", self._takeover(held))
 
     async def _takeover(self, held: list[int]) -> None:
-        for job_uuid, resource_uuid, partition in await self.db.run_unfenced(
+        for job_uuid, name, resource_uuid, partition in await self.db.run_unfenced(
             _resumable, held, self.node_uuid, False
         ):
-            self.schedule(job_uuid, resource_uuid, partition)
+            self.schedule(job_uuid, name, resource_uuid, partition)
 
     async def sweep(self) -> None:
         """Pick up orphaned jobs (in the background; one sweep at a time)."""
@@ -568,11 +567,11 @@ class JobRunner:
         held = sorted(self.ownership.held)
         if not held:
             return
-        for job_uuid, resource_uuid, partition in await self.db.run_unfenced(
+        for job_uuid, name, resource_uuid, partition in await self.db.run_unfenced(
             _resumable, held, self.node_uuid, True
         ):
             if job_uuid not in self._scheduled:
-                self.schedule(job_uuid, resource_uuid, partition)
+                self.schedule(job_uuid, name, resource_uuid, partition)
 
     async def flush_replied(self) -> None:
         """Record which jobs were replied to (in the background; one batch at a time)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Select, delete, or_, select, union_all
+from sqlalchemy import ColumnElement, Select, delete, false, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from bus.errors import RingstackError, Sys, not_found
@@ -22,21 +22,34 @@ from schema.db.identity import SharedResource  # the identity service's table
 M = TypeVar("M")
 
 
+def kind_of(model: Any) -> str:
+    """A model's resource kind, as sharing records it (``shared_resource.resource_type``)."""
+    # A mapped view (the effective quotas) has no table name: its class's name is its kind.
+    kind = getattr(model, "resource_type", None) or getattr(model, "__tablename__", None) or model.__name__
+    return str(kind)  # plain str, for JSON
+
+
 def visible_clause(model: Any, account: Account) -> ColumnElement[bool] | None:
-    """The WHERE clause limiting ``model`` rows to what ``account`` may see; None for admins."""
+    """The WHERE clause limiting ``model`` rows to what ``account`` may see; None for admins.
+    Sharing counts only when its record names this kind and uuid (issue #11: a record for a uuid
+    squatted in another kind must not reveal this kind's row). A table without owners is the
+    system's: a normal account sees none of its rows."""
     if account.is_admin:
         return None
+    if not hasattr(model, "owner_account_uuid"):
+        return false()
     # One IN over a UNION ALL, not owner = me OR uuid IN (shared): the OR defeats the planner's use
     # of the other indexes (a normal account's filtered query walked all 100k rows: p95 190-340 ms),
     # the union keeps each branch on its own index (4-11 ms).
     owned = select(model.uuid).where(model.owner_account_uuid == account.uuid)
-    return model.uuid.in_(union_all(owned, _shared_with(account)))
+    return model.uuid.in_(union_all(owned, _shared_with(account, kind_of(model))))
 
 
-def _shared_with(account: Account) -> Select[Any]:
+def _shared_with(account: Account, kind: str) -> Select[Any]:
     # Both branches are indexed (receiver_account_uuid, to_public).
     return select(SharedResource.resource_uuid).where(
-        or_(SharedResource.receiver_account_uuid == account.uuid, SharedResource.to_public.is_(True))
+        SharedResource.resource_type == kind,
+        or_(SharedResource.receiver_account_uuid == account.uuid, SharedResource.to_public.is_(True)),
     )
 
 
@@ -57,8 +70,15 @@ def load_visible(session: Session, model: type[M], uuid: str, account: Account, 
     stmt = visible(select(model).where(model.uuid == uuid), model, account)  # type: ignore[attr-defined]
     row = session.scalars(stmt).first()
     if row is None:
-        raise not_found(kind, uuid)
+        raise gone_or_hidden(kind, uuid)
     return row
+
+
+def gone_or_hidden(kind: str, uuid: str) -> RingstackError:
+    """The one answer for a resource the caller cannot see, whether it exists or not: the same code,
+    message and details as for a uuid that never was (``kind`` is what the API expected, never
+    what the uuid turned out to be), so an answer cannot tell the two apart (issue #11)."""
+    return not_found(kind, uuid)
 
 
 def load_owned(session: Session, model: type[M], uuid: str, account: Account, kind: str) -> M:
@@ -71,6 +91,13 @@ def load_owned(session: Session, model: type[M], uuid: str, account: Account, ki
     return row
 
 
-def require_admin(account: Account, what: str) -> None:
-    if not account.is_admin:
-        raise RingstackError(Sys.PERMISSION_DENIED, f"{what} needs an admin account")
+def load_for_delete(session: Session, model: type[M], uuid: str, account: Account, kind: str) -> M | None:
+    """What an idempotent delete acts on: None when the resource is gone *or hidden* (deleting
+    what does not exist succeeds, so deleting what the caller cannot see must succeed the same
+    way, doing nothing, or the answer would tell the two apart); the row when the caller may
+    change it; ``SYS.PERMISSION_DENIED`` when it may only see it (shared with it read-only)."""
+    stmt = visible(select(model).where(model.uuid == uuid), model, account)  # type: ignore[attr-defined]
+    row = session.scalars(stmt).first()
+    if row is None:
+        return None
+    return load_owned(session, model, uuid, account, kind)

@@ -38,10 +38,21 @@ class AuthStrategy(Protocol):
         ...
 
 
-class AuthHost(Protocol):
-    """What an identity backend needs of the node: the slot its strategy goes in."""
+class AuthSlot:
+    """The node's authentication strategy: all an identity backend needs of the node is to install
+    its strategy here when it starts (``install_default``), and to reach it to drop a cached
+    session. The gateway authenticates through it."""
 
-    auth: AuthStrategy
+    def __init__(self, strategy: AuthStrategy | None = None) -> None:
+        self.strategy: AuthStrategy = strategy or NoAuth()
+
+    def install_default(self, strategy: AuthStrategy) -> None:
+        """Use ``strategy`` unless the node was given one of its own (which is kept)."""
+        if isinstance(self.strategy, NoAuth):
+            self.strategy = strategy
+
+    async def authenticate(self, session: str | None, message_name: str) -> Account:
+        return await self.strategy.authenticate(session, message_name)
 
 
 class PasswordVerifier(Protocol):

@@ -14,6 +14,18 @@ reached through the default exchange, which it may not write), cannot consume an
 queue, and cannot report on behalf of another host. ``rabbitmqctl`` takes the password on stdin, so
 it never appears in a process list. Every call is blocking (an Erlang VM starts each time, 1-3 s);
 the async wrappers run it in a thread.
+
+An API client's access key (mgmt/services/accesskey) is a user ``NS.key.K`` that may:
+
+- configure and read: only its own queues ``NS.reply.K.*`` (reply queues, event subscriptions);
+- write: only the exchange ``NS.api-entry`` (bound to the API queue alone) and its own queues (to
+  bind them);
+- read the exchange ``NS.account-events`` and, there, bind only keys ``<its account>.*`` (topic
+  permissions; an admin account's keys: every key).
+
+So a client cannot consume (steal) the API queue, read or bind another client's queues, publish to
+a node or agent queue (the default exchange is not writable), bind to the node-side events
+exchange, or bind to another account's events: RabbitMQ closes the channel with ACCESS_REFUSED.
 """
 
 from __future__ import annotations
@@ -25,7 +37,9 @@ import subprocess
 import urllib.parse
 from dataclasses import dataclass
 
+from bus.credentials import url_with_credentials
 from bus.errors import RingstackError, Sys
+from bus.topology import Topology
 
 
 @dataclass(frozen=True)
@@ -36,15 +50,7 @@ class AgentCredentials:
 
     def url(self, broker_url: str) -> str:
         """``broker_url`` (host and port as the agent reaches the broker) with these credentials."""
-        parts = urllib.parse.urlsplit(broker_url)
-        host = parts.hostname or "127.0.0.1"
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = f"{urllib.parse.quote(self.username, safe='')}:{urllib.parse.quote(self.password, safe='')}@{host}"
-        if parts.port:
-            netloc += f":{parts.port}"
-        vhost_path = "/" + urllib.parse.quote(self.vhost, safe="") if self.vhost != "/" else "/"
-        return urllib.parse.urlunsplit((parts.scheme or "amqp", netloc, vhost_path, parts.query, ""))
+        return url_with_credentials(broker_url, self.username, self.password, self.vhost)
 
 
 def vhost_of(broker_url: str) -> str:
@@ -66,6 +72,24 @@ def agent_permissions(namespace: str, host_uuid: str) -> tuple[str, str, str]:
 def agent_topic_permissions(namespace: str, host_uuid: str) -> tuple[str, str, str]:
     """(exchange, write, read) topic permissions: reports only under the agent's own host."""
     return f"{namespace}.events", rf"^agent\.{re.escape(host_uuid)}\.[^.]+$", "^$"
+
+
+def client_permissions(namespace: str, key_id: str) -> tuple[str, str, str]:
+    """(configure, write, read) regexes of access key ``key_id``'s user."""
+    topology = Topology(namespace)
+    own = re.escape(topology.client_queue_prefix(key_id)) + ".+"
+    entry = re.escape(topology.api_entry_exchange.name)
+    events = re.escape(topology.account_events_exchange.name)
+    return rf"^{own}$", rf"^({own}|{entry})$", rf"^({own}|{events})$"
+
+
+def client_topic_permissions(namespace: str, account_uuid: str, is_admin: bool) -> tuple[str, str, str]:
+    """(exchange, write, read) topic permissions: bind only under the key's own account."""
+    read = ".*" if is_admin else rf"^{re.escape(account_uuid)}\."
+    return Topology(namespace).account_events_exchange.name, "^$", read
+
+
+NO_SUCH_USER_EXIT = 67  # rabbitmqctl's exit code (EX_NOUSER) for a user that does not exist
 
 
 class BrokerAdmin:
@@ -122,6 +146,37 @@ class BrokerAdmin:
         username = agent_username(namespace, host_uuid)
         if username in self.users():
             self._ctl("delete_user", username)
+
+    def add_client_user(
+        self, namespace: str, key_id: str, secret: str, account_uuid: str, is_admin: bool, vhost: str = "/"
+    ) -> str:
+        """Create access key ``key_id``'s user with ``secret`` as its password; returns its name."""
+        username = Topology(namespace).client_username(key_id)
+        self._ctl("add_user", username, stdin=secret + "\n")
+        try:
+            configure, write, read = client_permissions(namespace, key_id)
+            self._ctl("set_permissions", "-p", vhost, username, configure, write, read)
+            exchange, topic_write, topic_read = client_topic_permissions(namespace, account_uuid, is_admin)
+            self._ctl("set_topic_permissions", "-p", vhost, username, exchange, topic_write, topic_read)
+        except RingstackError:
+            self._ctl("delete_user", username)
+            raise
+        return username
+
+    def client_keys(self, namespace: str) -> set[str]:
+        """The access key ids that have a broker user in ``namespace``."""
+        topology = Topology(namespace)
+        return {key for key in map(topology.client_key_of, self.users()) if key}
+
+    def delete_client_user(self, namespace: str, key_id: str) -> bool:
+        """Delete access key ``key_id``'s user (one rabbitmqctl run); False if there was none."""
+        try:
+            self._ctl("delete_user", Topology(namespace).client_username(key_id))
+        except RingstackError as exc:
+            if exc.details.get("exitCode") == NO_SUCH_USER_EXIT:
+                return False
+            raise
+        return True
 
     async def ensure_agent_user_async(
         self, namespace: str, host_uuid: str, vhost: str = "/"

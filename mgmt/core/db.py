@@ -36,10 +36,17 @@ def create_guard(session: Session, model: type[M], uuid: str, ctx: CallContext) 
     taken otherwise, None when the create should go ahead."""
     existing = session.get(model, uuid)
     if existing is None:
+        # Taken by another kind (or a tombstone not the caller's): the resource index's trigger
+        # refuses the insert with the same ``uuid_taken`` answer (see mgmt.core.resourceindex).
         return None
     if ctx.resumed:
         return existing
-    raise RingstackError(Sys.CONFLICT, f"resource uuid {uuid} is already in use", details={"uuid": uuid})
+    raise uuid_taken(uuid)
+
+
+def uuid_taken(uuid: str) -> RingstackError:
+    """The one answer for a caller-chosen uuid that is in use, whoever holds it and whatever it is."""
+    return RingstackError(Sys.CONFLICT, f"resource uuid {uuid} is already in use", details={"uuid": uuid})
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +68,8 @@ class Fence:
 # deadlock_detected, serialization_failure: the transaction lost a race and may simply be retried.
 _RETRYABLE = frozenset({"40P01", "40001"})
 
-# Set by the job runner around a job's execution; every transaction in it is fenced.
+# Set by the owner path (mgmt.cluster.owner) around work about a resource: every transaction in
+# it is fenced.
 CURRENT_FENCE: ContextVar[Fence | None] = ContextVar("ringstack_fence", default=None)
 
 _FENCE_SQL = text(
@@ -259,6 +267,13 @@ class Database:
         except StaleDataError as exc:
             raise RingstackError(Sys.CONFLICT, "the resource was changed concurrently; retry") from exc
         except IntegrityError as exc:
+            diag = getattr(exc.orig, "diag", None)
+            if getattr(diag, "constraint_name", None) == "pk_resource":
+                # The resource index refused a uuid taken by a resource of any kind (or a tombstone,
+                # see mgmt.core.resourceindex): one answer, naming nothing of the holder.
+                words = str(getattr(diag, "message_primary", "") or "").split()
+                uuid = words[2] if len(words) > 2 else ""
+                raise uuid_taken(uuid) from exc
             raise RingstackError(
                 Sys.CONFLICT, f"the change conflicts with existing data: {exc.orig}"
             ) from exc

@@ -1,22 +1,26 @@
 """Dispatch an envelope to the service handler for its message name.
 
-The dispatcher validates the body against the message's schema, builds the call context, runs the
-handler (in its resource's serial queue when the handler asks for it) and turns the reply model
-back into a wire body. Every path into a handler goes through here: API requests, calls routed
-from other nodes, and local short-cuts alike.
+The dispatcher validates the body against the message's schema, runs the handler (``invoke``, the
+only place a handler is called) in its resource's serial lane when the handler is ``serial``
+(``in_lane``, the only place a lane is taken) and turns the reply model back into a wire body.
+Work about a resource runs on its owner through ``mgmt.cluster.owner.OwnerPath``, which takes the
+lease and the fence before the lane; ``dispatch`` is for work about no owned resource (reads, and
+requests such as a log-in, answered by whichever node takes them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from bus.envelope import Envelope
 from bus.errors import RingstackError, Sys
 from mgmt.core.serial import SerialQueues
 from mgmt.core.service import SYSTEM_ACCOUNT, Account, CallContext, Service
 from schema.api.base import ApiMessage, Reply, parse_wire
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +71,20 @@ class Dispatcher:
     ) -> dict[str, Any]:
         ctx = CallContext(env, account)
         key = msg.target_uuid() if route.serial else None
+        return await self.in_lane(key, lambda: self.invoke(route, msg, ctx), deadline=env.deadline)
+
+    async def in_lane(
+        self, key: str | None, work: Callable[[], Awaitable[T]], *, deadline: float | None = None
+    ) -> T:
+        """Run ``work`` in the serial lane of ``key`` (None: at once, in no lane)."""
         if key is None:
-            reply = await route.fn(msg, ctx)
-        else:
-            reply = await self.serial.run(key, lambda: route.fn(msg, ctx), deadline=env.deadline)
+            return await work()
+        return await self.serial.run(key, work, deadline=deadline)
+
+    @staticmethod
+    async def invoke(route: Route, msg: ApiMessage, ctx: CallContext) -> dict[str, Any]:
+        """Call the handler; its reply as a wire body."""
+        reply = await route.fn(msg, ctx)
         return reply.to_wire()
 
 

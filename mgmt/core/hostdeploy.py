@@ -1,21 +1,36 @@
 """The management side of AddKVMHost / ReconnectHost: deploy the KVM agent over SSH and wait for it.
 
-ZStack's connect chain, in ringstack's steps (each failure is a ``RingstackError`` with code
-``HOST.DEPLOY_FAILED`` and ``details = {"step": ..., "reason": ...}``; the message names both):
+ZStack's connect chain, as a ``FlowChain`` (``mgmt.core.flow``) over the typed context
+``HostDeploy``, one step per stage. Each failure is a ``RingstackError`` with code
+``HOST.DEPLOY_FAILED`` and ``details = {"step": ..., "reason": ...}`` (plus the chain's
+``failedStep`` and ``rolledBack``); the message names both:
 
 1. ``ssh``: paramiko logs in (password or private key), checks the CPU architecture and that the
-   host has Python 3.11+ for the agent's virtualenv.
+   host has Python 3.11+ for the agent's virtualenv. Changes nothing.
 2. ``credentials``: the host's own broker user (``mgmt.core.brokeradmin``), least privilege, with
    a fresh password written into the agent's config.
 3. ``bundle``: the agent install bundle of the code this node runs (``agents.kvm.bundle``), built
    once per code version and cached on disk; a process keeps using the bundle it first built
    (``agent_bundle``), so the hosts it deploys get the code it runs even while the tree changes.
+   Changes nothing outside this node's cache.
 4. ``playbook``: ``ansible/kvm-host.yml`` (data files when installed: ``mgmt.deploy``) over SSH: one SSH
    connection for the whole run (a master with its socket in the run's private directory, told
    to exit when the run ends, so none outlives it; each task would pay a new SSH handshake
    otherwise); a password goes through sshpass from a 0600 vars file, never argv.
 5. ``connect``: ``agent.connect`` until the agent answers (its queue may not exist yet), and its
    facts come back.
+
+Undo. A deployment is *fresh* when the host had no broker user before it (an added host, or one
+whose earlier deployments were all undone): then everything it made is its own and a failure
+removes it, in reverse: the agent it started on the host is stopped and its queue deleted
+(``playbook``, also when the playbook itself fails half-way), then the broker user is deleted
+(``credentials``, also when that step fails half-way). A deployment that is not fresh (a reconnect
+of a host that was deployed before) undoes nothing: the user and the agent are the host's, an agent
+may still run its VMs, and deleting the user would cut it off the broker (its old password cannot be
+restored: the broker keeps only a hash; the next reconnect re-keys it). These undos act on the
+broker and over SSH, not through an agent, so they are ``rollback``s: one that fails is reported in
+the error (``rollbackFailures``) and logged; what it leaves belongs to a host that stays recorded
+(Disconnected), and DeleteHost removes its broker user and queue.
 
 The host service calls::
 
@@ -36,26 +51,30 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import paramiko
 
 from agents.kvm.bundle import Bundle, build_bundle
 from bus.aio import AsyncBus
 from bus.errors import RingstackError, Sys
 from mgmt.core.agents import AgentClient
-from mgmt.core.brokeradmin import AgentCredentials, BrokerAdmin, vhost_of
+from mgmt.core.brokeradmin import AgentCredentials, BrokerAdmin, agent_username, vhost_of
+from mgmt.core.flow import Flow, FlowChain
 from mgmt.deploy import KVM_HOST_PLAYBOOK
 from schema.agent import ConnectCommand, ConnectReply
 
@@ -63,6 +82,8 @@ DEPLOY_FAILED = "HOST.DEPLOY_FAILED"
 PLAYBOOK = KVM_HOST_PLAYBOOK
 DEFAULT_CACHE_DIR = Path("/var/lib/ringstack/agent-bundles")  # the node's agent_bundle_dir
 SUPPORTED_ARCHES = ("x86_64",)
+
+log = logging.getLogger(__name__)
 
 
 def failure(step: str, reason: str, **details: Any) -> RingstackError:
@@ -104,8 +125,8 @@ def _load_key(text: str) -> paramiko.PKey:
     raise failure("ssh", "the SSH key is not a readable unencrypted private key (ed25519, ecdsa or rsa)")
 
 
-def check_ssh(target: SshTarget) -> dict[str, str]:
-    """Log in and check the host can run the agent; blocking."""
+def _ssh(target: SshTarget, command: str, step: str) -> tuple[int, str, str]:
+    """Log in and run ``command``: (exit status, stdout, stderr). Blocking; failures name ``step``."""
     client = paramiko.SSHClient()
     # Like ZStack, the operator vouches for the address; the host key is not pinned.
     client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
@@ -123,19 +144,27 @@ def check_ssh(target: SshTarget) -> dict[str, str]:
             allow_agent=False,
             look_for_keys=False,
         )
-        _in, out, err = client.exec_command(
-            "uname -m; python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'",
-            timeout=target.timeout,
-        )
-        lines = out.read().decode(errors="replace").split()
-        if out.channel.recv_exit_status() != 0 or len(lines) < 2:
-            raise failure("ssh", f"{where} has no python3 ({err.read().decode(errors='replace').strip()})")
+        _in, out, err = client.exec_command(command, timeout=target.timeout)
+        stdout = out.read().decode(errors="replace")
+        stderr = err.read().decode(errors="replace")
+        return out.channel.recv_exit_status(), stdout, stderr
     except paramiko.AuthenticationException:
-        raise failure("ssh", f"authentication failed for {where}") from None
+        raise failure(step, f"authentication failed for {where}") from None
     except (paramiko.SSHException, OSError, EOFError) as exc:
-        raise failure("ssh", f"cannot reach {where}: {exc or type(exc).__name__}") from None
+        raise failure(step, f"cannot reach {where}: {exc or type(exc).__name__}") from None
     finally:
         client.close()
+
+
+def check_ssh(target: SshTarget) -> dict[str, str]:
+    """Log in and check the host can run the agent; blocking."""
+    where = f"{target.username}@{target.host}:{target.port}"
+    status, out, err = _ssh(
+        target, "uname -m; python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'", "ssh"
+    )
+    lines = out.split()
+    if status != 0 or len(lines) < 2:
+        raise failure("ssh", f"{where} has no python3 ({err.strip()})")
     arch, python = lines[0], lines[1]
     if arch not in SUPPORTED_ARCHES:
         raise failure("ssh", f"{where} is {arch}; the agent supports {', '.join(SUPPORTED_ARCHES)}")
@@ -276,15 +305,148 @@ def _stop_masters(directory: Path) -> None:
         )
 
 
-# ---------------------------------------------------------------------- step 5: connect
+# ---------------------------------------------------------------------- undo on the host and broker
+
+# Where the role puts the agent unless the playbook variables say otherwise
+# (ansible/roles/kvm_agent/defaults/main.yml).
+DEFAULT_AGENT_ROOT = "/opt/ringstack/kvm-agent"
+AGENT_UNIT = "ringstack-kvm-agent"
 
 
-async def wait_connected(
-    bus: AsyncBus, host_uuid: str, timeout: float, management_node_uuid: str | None
-) -> ConnectReply:
-    """Call agent.connect until the agent answers or ``timeout`` passes."""
-    client = AgentClient(bus)
-    command = ConnectCommand(host_uuid=host_uuid, management_node_uuid=management_node_uuid)
+def stop_agent(target: SshTarget, playbook_vars: Mapping[str, Any]) -> None:
+    """Stop the agent the playbook started (systemd unit or agentctl's pid file), as the playbook
+    started it; nothing running is fine. Blocking."""
+    root = str(playbook_vars.get("agent_root", DEFAULT_AGENT_ROOT))
+    pid_file = str(playbook_vars.get("agent_pid_file", f"{root}/run/agent.pid"))
+    q = shlex.quote
+    command = (
+        f"if [ -d /run/systemd/system ] && [ -e /etc/systemd/system/{AGENT_UNIT}.service ]; then"
+        f" systemctl disable --now {AGENT_UNIT} || exit 1; fi;"
+        f" if [ -x {q(root + '/agentctl')} ]; then {q(root + '/agentctl')} stop - - {q(pid_file)} - 30; fi"
+    )
+    status, out, err = _ssh(target, command, "playbook")
+    if status != 0:
+        raise failure("playbook", f"stopping the agent failed: {(err or out).strip()[:500]}")
+
+
+async def delete_agent_queue(bus: AsyncBus, host_uuid: str) -> None:
+    """Delete the agent's command queue, on a connection of its own (a failed operation closes its
+    channel); a queue that does not exist is fine."""
+    name = bus.topology.agent_queue(host_uuid).name
+    connection = await aio_pika.connect(bus.url, client_properties={"connection_name": "agent-forget"})
+    async with connection:
+        channel = await connection.channel()
+        await channel.queue_delete(name)
+
+
+# ---------------------------------------------------------------------- the chain
+
+
+@dataclass
+class HostDeploy:
+    """The typed context of one deployment: its inputs, then what each step found and made."""
+
+    host_uuid: str
+    target: SshTarget
+    bus: AsyncBus
+    agent_broker_url: str  # the broker as the host reaches it (its credentials are replaced)
+    broker_admin: BrokerAdmin
+    agent_settings: Mapping[str, Any] = field(default_factory=dict)
+    playbook_vars: Mapping[str, Any] = field(default_factory=dict)
+    bundle_cache_dir: Path = DEFAULT_CACHE_DIR
+    agent_wheel: Path | None = None
+    management_node_uuid: str | None = None
+    playbook_timeout: float = 900.0
+    connect_timeout: float = 60.0
+    # found and made by the steps
+    host_info: dict[str, str] = field(default_factory=dict)  # ssh: arch, python
+    fresh: bool = False  # credentials: the host had no broker user; what this run makes is its own
+    credentials: AgentCredentials | None = None
+    bundle: Bundle | None = None
+    playbook_changed: bool = False
+    facts: ConnectReply | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def namespace(self) -> str:
+        return self.bus.topology.namespace
+
+
+def _stage(
+    name: str, run: Callable[[HostDeploy], Awaitable[None]]
+) -> Callable[[HostDeploy], Awaitable[None]]:
+    """A step's work, timed, every failure a ``HOST.DEPLOY_FAILED`` that names the step."""
+
+    async def staged(ctx: HostDeploy) -> None:
+        started = time.monotonic()
+        try:
+            await run(ctx)
+        except RingstackError as exc:
+            if exc.code == DEPLOY_FAILED:
+                raise
+            raise failure(name, exc.message) from None
+        except Exception as exc:
+            log.exception("host %s: step %s failed unexpectedly", ctx.host_uuid, name)
+            raise failure(name, f"{type(exc).__name__}: {exc}") from None
+        ctx.seconds[name] = round(time.monotonic() - started, 3)
+
+    return staged
+
+
+async def _ssh_step(ctx: HostDeploy) -> None:
+    ctx.host_info = await asyncio.to_thread(check_ssh, ctx.target)
+
+
+async def _credentials(ctx: HostDeploy) -> None:
+    admin = ctx.broker_admin
+    users = await asyncio.to_thread(admin.users)
+    ctx.fresh = agent_username(ctx.namespace, ctx.host_uuid) not in users
+    ctx.credentials = await admin.ensure_agent_user_async(
+        ctx.namespace, ctx.host_uuid, vhost_of(ctx.agent_broker_url)
+    )
+
+
+async def _remove_user(ctx: HostDeploy) -> None:
+    if ctx.fresh:  # a host deployed before keeps its user (see the module)
+        await ctx.broker_admin.delete_agent_user_async(ctx.namespace, ctx.host_uuid)
+
+
+async def _bundle(ctx: HostDeploy) -> None:
+    if ctx.bundle is None:
+        ctx.bundle = await asyncio.to_thread(agent_bundle, ctx.bundle_cache_dir, ctx.agent_wheel)
+
+
+async def _playbook(ctx: HostDeploy) -> None:
+    assert ctx.credentials is not None and ctx.bundle is not None
+    settings = {
+        "host_uuid": ctx.host_uuid,
+        "namespace": ctx.namespace,
+        **{k: v for k, v in ctx.agent_settings.items() if v is not None},
+        "broker_url": ctx.credentials.url(ctx.agent_broker_url),
+    }
+    variables = {
+        **ctx.playbook_vars,
+        "ringstack_bundle": str(ctx.bundle.path),
+        "ringstack_build_id": ctx.bundle.build_id,
+        "ringstack_wheel": ctx.bundle.wheel,
+        "agent_settings": settings,
+    }
+    ctx.playbook_changed = await asyncio.to_thread(
+        run_playbook, ctx.target, variables, timeout=ctx.playbook_timeout
+    )
+
+
+async def _remove_agent(ctx: HostDeploy) -> None:
+    if ctx.fresh:  # a host deployed before keeps its agent: it may run VMs (see the module)
+        await asyncio.to_thread(stop_agent, ctx.target, ctx.playbook_vars)
+        await delete_agent_queue(ctx.bus, ctx.host_uuid)
+
+
+async def _connect(ctx: HostDeploy) -> None:
+    """Call agent.connect until the agent answers or ``connect_timeout`` passes."""
+    client = AgentClient(ctx.bus)
+    command = ConnectCommand(host_uuid=ctx.host_uuid, management_node_uuid=ctx.management_node_uuid)
+    timeout = ctx.connect_timeout
     deadline = time.monotonic() + timeout
     last = "no answer"
     while True:
@@ -292,7 +454,8 @@ async def wait_connected(
         if remaining <= 0:
             raise failure("connect", f"the agent did not answer agent.connect within {timeout} s ({last})")
         try:
-            return await client.call(command, ConnectReply, timeout=min(5.0, remaining))
+            ctx.facts = await client.call(command, ConnectReply, timeout=min(5.0, remaining))
+            return
         except RingstackError as exc:
             # UNAVAILABLE: its queue does not exist yet; TIMEOUT: not consuming yet. Both pass.
             if exc.code not in (Sys.UNAVAILABLE, Sys.TIMEOUT, Sys.CONNECTION_LOST):
@@ -303,7 +466,15 @@ async def wait_connected(
         await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
-# ---------------------------------------------------------------------- the whole chain
+# The steps in order. ``undo_failed``: a step that fails half-way may have made its user (one
+# rabbitmqctl call of several) or started the agent (a later task failed), so its undo runs too.
+STEPS: tuple[Flow[HostDeploy], ...] = (
+    Flow("ssh", _stage("ssh", _ssh_step)),
+    Flow("credentials", _stage("credentials", _credentials), rollback=_remove_user, undo_failed=True),
+    Flow("bundle", _stage("bundle", _bundle)),
+    Flow("playbook", _stage("playbook", _playbook), rollback=_remove_agent, undo_failed=True),
+    Flow("connect", _stage("connect", _connect)),
+)
 
 
 async def deploy_kvm_host(
@@ -336,48 +507,23 @@ async def deploy_kvm_host(
     """
     if (password is None) == (ssh_key is None):
         raise RingstackError(Sys.INVALID_ARGUMENT, "give exactly one of password and ssh_key")
-    target = SshTarget(ip, port, username, password, ssh_key, ssh_timeout)
-    seconds: dict[str, float] = {}
-    started = time.monotonic()
-
-    def lap(step: str) -> None:
-        nonlocal started
-        now = time.monotonic()
-        seconds[step] = round(now - started, 3)
-        started = now
-
-    await asyncio.to_thread(check_ssh, target)
-    lap("ssh")
-    admin = broker_admin or BrokerAdmin()
-    namespace = bus.topology.namespace
-    try:
-        credentials: AgentCredentials = await admin.ensure_agent_user_async(
-            namespace, host_uuid, vhost_of(agent_broker_url)
-        )
-    except RingstackError as exc:
-        raise failure("credentials", exc.message) from None
-    lap("credentials")
-    if bundle is None:
-        try:
-            bundle = await asyncio.to_thread(agent_bundle, bundle_cache_dir, agent_wheel)
-        except (RingstackError, OSError) as exc:
-            raise failure("bundle", exc.message if isinstance(exc, RingstackError) else str(exc)) from None
-    lap("bundle")
-    settings = {
-        "host_uuid": host_uuid,
-        "namespace": namespace,
-        **{k: v for k, v in (agent_settings or {}).items() if v is not None},
-        "broker_url": credentials.url(agent_broker_url),
-    }
-    variables = {
-        **(playbook_vars or {}),
-        "ringstack_bundle": str(bundle.path),
-        "ringstack_build_id": bundle.build_id,
-        "ringstack_wheel": bundle.wheel,
-        "agent_settings": settings,
-    }
-    changed = await asyncio.to_thread(run_playbook, target, variables, timeout=playbook_timeout)
-    lap("playbook")
-    facts = await wait_connected(bus, host_uuid, connect_timeout, management_node_uuid)
-    lap("connect")
-    return DeployResult(facts, credentials.username, bundle.build_id, changed, seconds)
+    ctx = HostDeploy(
+        host_uuid,
+        SshTarget(ip, port, username, password, ssh_key, ssh_timeout),
+        bus,
+        agent_broker_url,
+        broker_admin or BrokerAdmin(),
+        agent_settings=agent_settings or {},
+        playbook_vars=playbook_vars or {},
+        bundle_cache_dir=bundle_cache_dir,
+        agent_wheel=agent_wheel,
+        bundle=bundle,
+        management_node_uuid=management_node_uuid,
+        playbook_timeout=playbook_timeout,
+        connect_timeout=connect_timeout,
+    )
+    await FlowChain("deploy-kvm-host", STEPS).run(ctx)
+    assert ctx.facts is not None and ctx.credentials is not None and ctx.bundle is not None
+    return DeployResult(
+        ctx.facts, ctx.credentials.username, ctx.bundle.build_id, ctx.playbook_changed, ctx.seconds
+    )

@@ -18,11 +18,11 @@ from datetime import datetime
 from typing import Any
 
 from pydantic.alias_generators import to_camel
-from sqlalchemy import Boolean, DateTime, Float, Integer, Numeric, Select, String, Text, func, select
+from sqlalchemy import Boolean, DateTime, Float, Integer, Numeric, Select, String, Text, and_, func, select
 from sqlalchemy.orm import ColumnProperty, InstrumentedAttribute, Session
 
 from bus.errors import RingstackError, Sys, invalid_argument
-from mgmt.core.access import visible
+from mgmt.core.access import visible, visible_clause
 from mgmt.core.service import Account
 from schema.api.base import Condition, QueryMessage, QueryReply, WireModel
 from schema.db.base import Base
@@ -145,14 +145,18 @@ def _coerce(col: InstrumentedAttribute[Any], name: str, value: Any) -> Any:
         raise invalid_argument(f"bad value {value!r} for field {name!r}: {exc}", field=name) from None
 
 
-def _condition(target: QueryTarget, cond: Condition, depth: int = 0) -> Any:
+def _condition(target: QueryTarget, cond: Condition, account: Account | None, depth: int = 0) -> Any:
     head, dot, rest = cond.name.partition(".")
     rel = target.relation(head) if dot else None
     if rel is not None:
         if depth >= 4:
             raise invalid_argument(f"{cond.name!r} nests too deep", field=cond.name)
-        inner = _condition(rel.resolve(cond.name), cond.model_copy(update={"name": rest}), depth + 1)
-        return rel.matching(inner)
+        related = rel.resolve(cond.name)
+        inner = _condition(related, cond.model_copy(update={"name": rest}), account, depth + 1)
+        # Every step of the path sees only what the caller may see: ``image vmInstance.uuid=X``
+        # must match nothing when X is another account's VM, exactly as when X does not exist.
+        hidden = None if account is None else visible_clause(related.model, account)
+        return rel.matching(inner if hidden is None else and_(inner, hidden))
     col = target.column(cond.name)
     op = cond.op
     if op == "=null":
@@ -191,11 +195,14 @@ def _condition(target: QueryTarget, cond: Condition, depth: int = 0) -> Any:
     }[op](value)
 
 
-def compile_filter(target: QueryTarget, msg: QueryMessage, base: Select[Any] | None = None) -> Select[Any]:
+def compile_filter(
+    target: QueryTarget, msg: QueryMessage, base: Select[Any] | None = None, account: Account | None = None
+) -> Select[Any]:
+    """The query's conditions on ``base``; with ``account``, relations reach only rows it may see."""
     stmt = base if base is not None else select(target.model)
     for cond in msg.conditions:
         try:
-            stmt = stmt.where(_condition(target, cond))
+            stmt = stmt.where(_condition(target, cond, account))
         except RingstackError as exc:
             if exc.code != Sys.INVALID_ARGUMENT or "." not in cond.name:
                 raise
@@ -210,10 +217,16 @@ def run_query(
     msg: QueryMessage,
     account: Account | None = None,
     base: Select[Any] | None = None,
+    *,
+    filter_rows: bool = True,
 ) -> QueryReply:
-    """Run a query; with ``account``, only rows it may see (see ``mgmt.core.access``)."""
-    stmt = compile_filter(target, msg, base)
-    if account is not None:
+    """Run a query; with ``account``, only rows it may see (see ``mgmt.core.access``), and every
+    relation a condition goes through is limited to what it may see too. ``filter_rows=False``: the
+    target's own rows are not filtered (a catalogue every account reads, or a ``base`` that applied
+    visibility its own way), its relations still are. Counts, paging and sorting are over the
+    filtered rows only."""
+    stmt = compile_filter(target, msg, base, account)
+    if account is not None and filter_rows:
         stmt = visible(stmt, target.model, account)
     total = None
     if msg.count or msg.reply_with_count:

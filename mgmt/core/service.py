@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar, get_type_hints
 
 from bus.envelope import Envelope, new_uuid
@@ -45,7 +45,6 @@ class CallContext:
     # True when this request is being run again by a new owner after the node that was running
     # it died: its effects may already be (partly) in place, so handlers must not fail on them.
     resumed: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def new_resource_uuid(self, msg: ApiMessage) -> str:
         """The uuid a create request must use: the one the caller or gateway assigned, else a new one."""

@@ -1,6 +1,7 @@
 """What the management node ships to the machines it manages: the Ansible playbooks and roles of
 the top-level ``ansible/`` folder.
 
+``allinone.yml`` and ``cluster.yml`` install management nodes (``ringstack-ctl install``).
 ``kvm-host.yml`` (its role in ``roles/kvm_agent``) is what ``AddKVMHost``/``ReconnectHost`` run over
 SSH (``mgmt.core.hostdeploy``). A source tree (and an editable install) uses ``ansible/`` in place;
 an installed ringstack has a copy as data files in ``<prefix>/share/ringstack/ansible`` (setup.cfg's
@@ -30,3 +31,5 @@ def _find() -> Path:
 
 ANSIBLE_DIR = _find()
 KVM_HOST_PLAYBOOK = ANSIBLE_DIR / "kvm-host.yml"
+ALLINONE_PLAYBOOK = ANSIBLE_DIR / "allinone.yml"
+CLUSTER_PLAYBOOK = ANSIBLE_DIR / "cluster.yml"

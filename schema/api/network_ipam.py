@@ -6,7 +6,7 @@ loopback, link-local, 0/8); the gateway in that network but outside the range. R
 the database (no overlap with the L3's other ranges or those of other L3s on the same L2, one
 CIDR and one gateway per L3) are checked by the service.
 
-The address arithmetic is ``mgmt.core.ipam`` (pure, standard library only), shared with the
+The address arithmetic is ``schema.ipv4`` (pure, standard library only), shared with the
 allocator so that validation and allocation agree.
 """
 
@@ -17,7 +17,7 @@ from typing import Annotated, ClassVar
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from mgmt.core import ipam
+from schema import ipv4
 from schema.api.base import (
     CreateMessage,
     DeleteMessage,
@@ -55,18 +55,18 @@ class AddIpRange(CreateMessage):
     def _end_after_start(cls, value: str, info: ValidationInfo) -> str:
         start = info.data.get("start_ip")
         if start is not None:
-            ipam.check_bounds(ipam.to_int(start), ipam.to_int(value))
+            ipv4.check_bounds(ipv4.to_int(start), ipv4.to_int(value))
         return value
 
     @field_validator("netmask")
     @classmethod
     def _one_network(cls, value: str, info: ValidationInfo) -> str:
-        prefix = ipam.netmask_prefix(value)
+        prefix = ipv4.netmask_prefix(value)
         start, end = info.data.get("start_ip"), info.data.get("end_ip")
         if start is None or end is None:
-            ipam.check_prefix(prefix)
+            ipv4.check_prefix(prefix)
         else:
-            ipam.check_netmask(ipam.to_int(start), ipam.to_int(end), prefix)
+            ipv4.check_netmask(ipv4.to_int(start), ipv4.to_int(end), prefix)
         return value
 
     @field_validator("gateway")
@@ -74,17 +74,17 @@ class AddIpRange(CreateMessage):
     def _gateway_outside_range(cls, value: str, info: ValidationInfo) -> str:
         start, end, netmask = (info.data.get(k) for k in ("start_ip", "end_ip", "netmask"))
         if start is not None and end is not None and netmask is not None:
-            ipam.check_gateway(
-                ipam.to_int(start), ipam.to_int(end), ipam.netmask_prefix(netmask), ipam.to_int(value)
+            ipv4.check_gateway(
+                ipv4.to_int(start), ipv4.to_int(end), ipv4.netmask_prefix(netmask), ipv4.to_int(value)
             )
         return value
 
-    def spec(self) -> ipam.RangeSpec:
-        return ipam.RangeSpec(
-            start=ipam.to_int(self.start_ip),
-            end=ipam.to_int(self.end_ip),
-            gateway=ipam.to_int(self.gateway),
-            prefix=ipam.netmask_prefix(self.netmask),
+    def spec(self) -> ipv4.RangeSpec:
+        return ipv4.RangeSpec(
+            start=ipv4.to_int(self.start_ip),
+            end=ipv4.to_int(self.end_ip),
+            gateway=ipv4.to_int(self.gateway),
+            prefix=ipv4.netmask_prefix(self.netmask),
         )
 
 
@@ -103,10 +103,10 @@ class AddIpRangeByNetworkCidr(CreateMessage):
     @field_validator("network_cidr")
     @classmethod
     def _cidr(cls, value: str) -> str:
-        return str(ipam.parse_cidr(value))
+        return str(ipv4.parse_cidr(value))
 
-    def spec(self) -> ipam.RangeSpec:
-        return ipam.range_from_cidr(self.network_cidr)
+    def spec(self) -> ipv4.RangeSpec:
+        return ipv4.range_from_cidr(self.network_cidr)
 
 
 class DeleteIpRange(DeleteMessage):
@@ -226,7 +226,7 @@ class InternalAllocateIp(CreateMessage):
     @classmethod
     def _known_strategy(cls, value: str | None) -> str | None:
         if value is not None:
-            ipam.get_strategy(value)
+            ipv4.get_strategy(value)
         return value
 
     @model_validator(mode="after")

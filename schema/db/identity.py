@@ -11,6 +11,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Identity,
+    Index,
     String,
     UniqueConstraint,
     func,
@@ -85,6 +86,8 @@ class SharedResource(Base):
             "(NOT to_public AND receiver_account_uuid IS NOT NULL)",
             name="target",
         ),
+        # Visibility looks sharing up by (kind, uuid): one uuid is one resource of one kind.
+        Index("ix_shared_resource_resource_type_resource_uuid", "resource_type", "resource_uuid"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -96,3 +99,22 @@ class SharedResource(Base):
     )
     to_public: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ResourceIndex(Base):
+    """One row per resource of any kind: the single uuid namespace (ZStack's ResourceVO).
+
+    Filled by PostgreSQL triggers on every table with a ``uuid`` and an ``owner_account_uuid``
+    (see ``mgmt.core.resourceindex``), so raw SQL inserts are covered as ORM ones are, and a uuid
+    taken by any kind refuses the insert of another (``SYS.CONFLICT``). A deleted resource leaves
+    a tombstone (``deleted_at``): its uuid stays its owner's, so another account can neither take
+    it nor learn from a create whether the resource still exists (see ``resourceindex``).
+    """
+
+    __tablename__ = "resource"
+
+    uuid: Mapped[str] = mapped_column(String(UUID_LENGTH), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64))  # the table's name
+    owner_account_uuid: Mapped[str | None] = mapped_column(String(UUID_LENGTH), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -129,11 +129,8 @@ def _raw_publish(queue: str, body: bytes, **properties) -> None:
 async def test_malformed_message_gets_error_reply_and_consumer_goes_on(pair, body):
     """A raw AMQP client sending garbage with reply_to gets SYS.MALFORMED_MESSAGE back."""
     client, _, queue, _ = pair
-    fut: asyncio.Future = asyncio.get_running_loop().create_future()
-    client._pending["raw-corr"] = fut  # the reply is addressed to our reply queue by correlation id
-    await asyncio.to_thread(
-        _raw_publish, queue, body, reply_to=client._reply_queue.name, correlation_id="raw-corr"
-    )
+    fut = client.expect_reply("raw-corr")  # the reply is addressed to our reply queue by correlation id
+    await asyncio.to_thread(_raw_publish, queue, body, reply_to=client.reply_queue, correlation_id="raw-corr")
     reply = await asyncio.wait_for(fut, 5)
     assert reply.error["code"] == Sys.MALFORMED_MESSAGE
     assert await client.call(queue, "Echo", {"after": True}) == {"echo": {"after": True}}
@@ -143,8 +140,7 @@ async def test_ids_and_addresses_beyond_a_short_string_never_hold_a_prefetch_slo
     """More such messages than the consumer's prefetch window: each is settled (answered when it
     can be), so the window never fills up and the consumer goes on answering."""
     client, server, queue, _ = pair
-    fut: asyncio.Future = asyncio.get_running_loop().create_future()
-    client._pending["long-corr"] = fut
+    fut = client.expect_reply("long-corr")
     bad = [
         {"id": "i" * 256, "name": "NoSuchApi", "kind": "api", "body": {}, "reply_to": "x"},
         {"id": "ok", "name": "Echo", "kind": "call", "body": {}, "reply_to": "x" * 256},
@@ -161,7 +157,7 @@ async def test_ids_and_addresses_beyond_a_short_string_never_hold_a_prefetch_slo
                 orjson.dumps(bad[0]),
                 routing_key=queue,
                 content_encoding="binary",
-                reply_to=client._reply_queue.name,
+                reply_to=client.reply_queue,
                 correlation_id="long-corr",
             )
 
@@ -178,10 +174,9 @@ async def test_properties_that_are_not_utf8_do_not_break_the_connection(pair, pr
     """kombu writes the lone surrogate "\udcff" as the bytes ED B3 BF, which pamqp cannot decode:
     once, that dropped the consumer's connection and the redelivered message did so for ever."""
     client, server, queue, calls = pair
-    fut: asyncio.Future = asyncio.get_running_loop().create_future()
-    client._pending["poison"] = fut  # a readable envelope is answered by its id
+    fut = client.expect_reply("poison")  # a readable envelope is answered by its id
     env = {"id": "poison", "name": "Echo", "kind": "call", "body": {"key": f"poison-{prop}"}}
-    properties = {"reply_to": client._reply_queue.name, "correlation_id": "poison-corr", prop: "\udcff"}
+    properties = {"reply_to": client.reply_queue, "correlation_id": "poison-corr", prop: "\udcff"}
     await asyncio.to_thread(_raw_publish, queue, orjson.dumps(env), **properties)
     assert await client.call(queue, "Echo", {"after": prop}) == {"echo": {"after": prop}}
     if prop not in ("reply_to", "correlation_id"):
@@ -193,10 +188,9 @@ async def test_properties_that_are_not_utf8_do_not_break_the_connection(pair, pr
 
 async def test_a_request_addressed_only_by_the_reply_to_property_is_answered(pair):
     client, _, queue, _ = pair
-    fut: asyncio.Future = asyncio.get_running_loop().create_future()
-    client._pending["prop-only"] = fut
+    fut = client.expect_reply("prop-only")
     env = {"id": "prop-only", "name": "Echo", "kind": "call", "body": {"by": "property"}}
-    await asyncio.to_thread(_raw_publish, queue, orjson.dumps(env), reply_to=client._reply_queue.name)
+    await asyncio.to_thread(_raw_publish, queue, orjson.dumps(env), reply_to=client.reply_queue)
     assert (await asyncio.wait_for(fut, 5)).body == {"echo": {"by": "property"}}
 
 
@@ -240,7 +234,7 @@ async def test_200_concurrent_calls_each_answered_exactly_once(pair):
     )
     assert [r["echo"]["i"] for r in results] == list(range(200))
     assert all(calls[f"k{i}"] == 1 for i in range(200))
-    assert not client._pending  # nothing left waiting
+    assert client.awaiting_replies == 0  # nothing left waiting
 
 
 async def test_events_reach_subscribers_by_topic(pair, namespace):

@@ -221,3 +221,58 @@ async def test_jobs_are_queryable_and_a_pending_job_can_be_cancelled(cluster, cl
     started = time.monotonic()
     assert (await _work(client, resource, 0))["nodeUuid"]  # the resource's queue is free again
     assert time.monotonic() - started < 10
+
+
+async def test_frozen_owner_that_wakes_after_takeover_writes_nothing(cluster, client):
+    """A crashed machine looks frozen, not dead: its connections stay open. SIGSTOP the owner in
+    the middle of a job; the others evict it once its lease expired and the new owner resumes the
+    job. SIGCONT it: its job wakes after its sleep and tries to record its end, which the fence
+    (lease by the database clock, token on the partition row) must refuse. It then rejoins."""
+    nodes = cluster.start(3)
+    statuses = await converged(client, cluster, set(nodes))
+    ring = Ring.build(next(iter(statuses.values()))["epoch"], set(nodes))
+    victim = nodes[0]
+    resource = next(k for k in (uuidlib.uuid4().hex for _ in range(1000)) if ring.owner(k) == victim)
+    partition = ring.partition(resource)
+    call = asyncio.create_task(_work(client, resource, 1.0))
+
+    def victim_working():
+        return cluster.sql("SELECT id FROM test_audit WHERE node_uuid = %s AND ended_at IS NULL", victim)
+
+    ((row_id,),) = await until(lambda: asyncio.to_thread(victim_working), 20, "the victim to start the work")
+    frozen = cluster.nodes[victim]
+    frozen.proc.send_signal(signal.SIGSTOP)
+    try:
+        frozen_at = cluster.sql("SELECT clock_timestamp()")[0][0]
+
+        def taken_over():
+            rows = cluster.sql(
+                "SELECT rp.owner_node_uuid FROM ring_partition rp JOIN test_audit a ON a.node_uuid = rp.owner_node_uuid "
+                "WHERE rp.partition = %s AND a.resource_uuid = %s AND a.ended_at IS NOT NULL",
+                partition,
+                resource,
+            )
+            return rows[0][0] if rows else None
+
+        # the new owner resumed the job and finished it while the victim was still frozen
+        new_owner = await until(lambda: asyncio.to_thread(taken_over), 30, "the takeover")
+        assert new_owner != victim
+        assert cluster.sql("SELECT state FROM management_node WHERE uuid = %s", victim) == [("dead",)]
+    finally:
+        frozen.proc.send_signal(signal.SIGCONT)
+    assert (await call)["nodeUuid"] == new_owner
+    # Awake: its lease keeper finds it evicted, it fences itself and joins again as a new member.
+    await asyncio.to_thread(frozen.wait_for_line, "was evicted by the others", 30)
+    await converged(client, cluster, set(nodes))
+
+    rows = _audit(cluster)
+    mine = [r for r in rows if r[2] == victim]
+    assert [r[0] for r in mine] == [
+        cluster.sql("SELECT job_uuid FROM test_audit WHERE id = %s", row_id)[0][0]
+    ]
+    assert mine[0][4] is None, "the woken owner recorded the end of its work after the takeover"
+    assert all(started < frozen_at for _, _, node, started, _ in rows if node == victim)
+    _assert_no_overlap(rows, victim, frozen_at)
+    assert cluster.sql("SELECT state, node_uuid, attempts FROM job") == [("succeeded", new_owner, 2)]
+    # and the resource is served by its owner again, the woken node included when the ring says so
+    assert (await _work(client, resource, 0))["nodeUuid"]

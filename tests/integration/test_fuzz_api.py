@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from bus.sync import SyncClient
 from bus.topology import Topology
 from mgmt.cluster.jobs import CANCEL_RUNNING_JOB, RUN_JOB
-from mgmt.cluster.manager import NODE_STATUS
+from mgmt.cluster.runtime import NODE_STATUS
 from schema.agent import HypervisorAgent
 from schema.agent_base import commands_of
 from schema.registry import load_all

@@ -34,7 +34,7 @@ async def test_a_connecting_host_is_not_pinged_into_disconnected(
         engine.dispose()
     # Neither host answers pings now.
     for host in zone.hosts:
-        await simulator._on_control_body(
+        await simulator.control(
             "configure", {"hostUuid": host, "command": "agent.ping", "fault": {"hang": True}}
         )
 

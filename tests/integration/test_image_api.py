@@ -11,7 +11,6 @@ import http.server
 import os
 import struct
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from bus.errors import RingstackError, Sys
 from schema.db.identity import SharedResource
+from tests.support.cluster import until
 
 UNKNOWN = "f" * 32
 MiB = 1 << 20
@@ -120,14 +120,6 @@ async def _add(client, url, bs_uuids, fmt="raw", **extra):
 async def _image(client, uuid):
     found = await client.api("QueryImage", {"conditions": [{"name": "uuid", "op": "=", "value": uuid}]})
     return found["inventories"][0] if found["inventories"] else None
-
-
-async def _until(predicate, what, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def _read(path: str | Path) -> bytes:
@@ -453,8 +445,8 @@ async def test_cancel_job_stops_an_import_and_removes_its_partial_file(
         "backupStorageUuids": [bs["uuid"]],
     }
     adding = asyncio.create_task(client.api("AddImage", body, timeout=30))
-    await _until(http_server.started.is_set, "the download to start")
-    await _until(lambda: _stored(bs_path) != [], "the temporary file")
+    await until(http_server.started.is_set, 10, "the download to start")
+    await until(lambda: _stored(bs_path) != [], 10, "the temporary file")
     assert _stored(bs_path) == [f".{uuid}.raw.part"]
     assert (await _image(client, uuid))["status"] == "Downloading"
     jobs = await client.api("QueryJob", {"conditions": [{"name": "resourceUuid", "op": "=", "value": uuid}]})
@@ -501,9 +493,9 @@ async def test_an_import_cut_by_a_node_stop_is_finished_by_the_next_node(
             "backupStorageUuids": [bs["uuid"]],
         }
         adding = asyncio.create_task(client.api("AddImage", body, timeout=60))
-        await _until(http_server.started.is_set, "the download to start")
+        await until(http_server.started.is_set, 10, "the download to start")
         await first.stop()  # the drain times out; the import is cut off and cleans up
-        await _until(lambda: _stored(bs_path) == [], "the partial file to go")
+        await until(lambda: _stored(bs_path) == [], 10, "the partial file to go")
         assert not adding.done()
         http_server.release.set()  # from now on the server answers in full
         second = ManagementNode(node_config)

@@ -12,9 +12,9 @@ from sqlalchemy import text
 
 from bus.envelope import new_uuid
 from bus.errors import RingstackError, Sys
-from mgmt.core import ipam as addr
 from mgmt.core.service import SYSTEM_ACCOUNT, Account
 from mgmt.services.network.ipam import allocate_ip, release_ip, release_ips_for
+from schema import ipv4 as addr
 from tests.support.cluster import until
 
 UNKNOWN = "f" * 32

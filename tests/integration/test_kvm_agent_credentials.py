@@ -12,9 +12,9 @@ import pytest
 from agents.kvm.config import AgentConfig
 from mgmt.core.brokeradmin import BrokerAdmin
 from schema.agent import ConnectCommand, ConnectReply, StartVmCommand, VmStateReply
+from tests.support.cluster import until
 from tests.system.kvmsupport import (
     InProcessAgent,
-    await_until,
     delete_agent_queues,
     libvirt_test_uri,
     vm_spec,
@@ -57,7 +57,7 @@ async def test_the_agent_works_with_its_own_least_privilege_user(
         # a refused publish would have closed the agent's connection and failed the report.
         connections = kvm.bus.connection_count
         await kvm.agent.hypervisor.call(lambda c: c.lookupByUUIDString(spec.uuid).shutdown(), "shutdown")
-        await await_until(lambda: kvm.reports, 10, "the vm_state report")
+        await until(lambda: kvm.reports, 10, "the vm_state report")
         await kvm.server.report(host, "vm_state", kvm.reports[0])
         assert kvm.bus.connection_count == connections and kvm.bus.connected
     finally:

@@ -190,12 +190,16 @@ async def test_offerings_belong_to_their_account(node, client):
     for name, body in [
         ("UpdateInstanceOffering", {"uuid": mine["uuid"], "name": "x"}),
         ("ChangeInstanceOfferingState", {"uuid": mine["uuid"], "stateEvent": "disable"}),
-        ("DeleteInstanceOffering", {"uuid": mine["uuid"]}),
-        ("DeleteDiskOffering", {"uuid": disk["uuid"]}),
     ]:
         with pytest.raises(RingstackError) as err:
             await bob.api(name, body)
         assert err.value.code == Sys.NOT_FOUND, name
+    # A delete of what does not exist succeeds, so one of what bob cannot see must too (doing
+    # nothing), or the answer would tell the two apart (issue #11).
+    await bob.api("DeleteInstanceOffering", {"uuid": mine["uuid"]})
+    await bob.api("DeleteDiskOffering", {"uuid": disk["uuid"]})
+    assert (await alice.api("QueryDiskOffering", {"count": True}))["total"] == 1
+    assert (await alice.api("QueryInstanceOffering", {"count": True}))["total"] == 1
 
     # the admin shares a standard offering with everyone: usable, not changeable
     await client.api("ShareResource", {"resourceUuids": [admins["uuid"]], "toPublic": True})

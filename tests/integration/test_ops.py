@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from bus.envelope import Envelope, new_uuid
+from tests.support.cluster import until
 from tests.support.procs import CTL, ROOT, NodeProcess, node_env
 from tests.support.services import AUDIT_DDL
 
@@ -81,16 +82,6 @@ def get(url: str) -> tuple[int, str]:
 def metric(body: str, name: str) -> float:
     """The sum of a metric's samples whose line starts with ``name`` (labels included in name)."""
     return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith(name))
-
-
-async def until(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = await check()
-        if result:
-            return result
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_health_metrics_status_and_drain(two, env, client):

@@ -59,8 +59,8 @@ async def test_routed_call_runs_on_the_owner_or_locally(two_nodes):
     first, second = two_nodes
     (theirs,) = _owned_by(second)
     (mine,) = _owned_by(first)
-    remote = await first.cluster.router.call("AuditedWork", {"uuid": theirs, "seconds": 0}, resource_uuid=theirs)
-    local = await first.cluster.router.call("AuditedWork", {"uuid": mine, "seconds": 0}, resource_uuid=mine)
+    remote = await first.cluster.owners.call("AuditedWork", {"uuid": theirs, "seconds": 0}, resource_uuid=theirs)
+    local = await first.cluster.owners.call("AuditedWork", {"uuid": mine, "seconds": 0}, resource_uuid=mine)
     assert remote["nodeUuid"] == second.uuid
     assert local["nodeUuid"] == first.uuid
 

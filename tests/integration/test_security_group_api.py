@@ -194,7 +194,7 @@ async def test_a_failing_host_fails_the_call_keeps_the_state_and_gets_it_on_reco
     await client.api(
         "AddVmNicToSecurityGroup", {"securityGroupUuid": group["uuid"], "vmNicUuids": [nic["uuid"]]}
     )
-    await simulator._on_control_body(
+    await simulator.control(
         "configure",
         {"hostUuid": host, "command": "agent.securitygroup.apply", "fault": {"failAlways": True}},
     )
@@ -211,7 +211,7 @@ async def test_a_failing_host_fails_the_call_keeps_the_state_and_gets_it_on_reco
     assert [r["protocol"] for r in rules] == ["ICMP"]
     assert sg(simulator, host)["rules"][group["uuid"]] == []  # the host still has the old state
 
-    await simulator._on_control_body("configure", {"hostUuid": host, "command": "agent.securitygroup.apply"})
+    await simulator.control("configure", {"hostUuid": host, "command": "agent.securitygroup.apply"})
     simulator.hosts[host].sg_nics.clear()  # and the host lost everything meanwhile (a reboot)
     await client.api("ReconnectHost", {"uuid": host})
 

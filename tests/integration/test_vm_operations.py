@@ -172,7 +172,7 @@ async def test_host_disconnect_and_reconnect_with_drift_in_every_direction(zone,
     await client.api("StopVmInstance", {"uuid": revive["uuid"]})
 
     sim = simulator.hosts[host]
-    await simulator._on_control_body(
+    await simulator.control(
         "configure", {"hostUuid": host, "command": "agent.ping", "fault": {"hang": True}}
     )
 
@@ -193,7 +193,7 @@ async def test_host_disconnect_and_reconnect_with_drift_in_every_direction(zone,
     )
     stranger = "5" * 32
     sim.vms[stranger] = SimVm(sim.vms[keep["uuid"]].spec.model_copy(update={"uuid": stranger}), "Running")
-    await simulator._on_control_body("configure", {"hostUuid": host, "command": "agent.ping", "fault": None})
+    await simulator.control("configure", {"hostUuid": host, "command": "agent.ping", "fault": None})
 
     async def reconnected():
         h = next(x for x in (await client.api("QueryHost", {}))["inventories"] if x["uuid"] == host)
@@ -220,7 +220,7 @@ async def test_host_disconnect_and_reconnect_with_drift_in_every_direction(zone,
 
 async def test_a_shutdown_inside_the_guest_is_reported_and_followed(zone, client, simulator):
     vm = (await client.api("CreateVmInstance", vm_request(zone)))["inventory"]
-    await simulator._on_control_body(
+    await simulator.control(
         "set_vm_state", {"hostUuid": vm["hostUuid"], "vmUuid": vm["uuid"], "state": "Stopped"}
     )
 

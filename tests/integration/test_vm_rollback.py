@@ -45,7 +45,7 @@ FAULTS = [
 @pytest.mark.parametrize(("command", "nth", "step"), FAULTS)
 async def test_failure_at_each_step_rolls_back_completely(zone, client, simulator, command, nth, step):
     before = await _snapshot(client, simulator, zone)
-    await simulator._on_control_body(
+    await simulator.control(
         "configure", {"hostUuid": zone.hosts[0], "command": command, "fault": {"failNth": [nth]}}
     )
     request = vm_request(zone, "doomed", dataDiskOfferingUuids=[zone.extra["disk"]["inventory"]["uuid"]])
@@ -73,7 +73,7 @@ async def test_no_capacity_fails_cleanly_and_names_the_need(zone, client, simula
 
 async def test_deadline_mid_flow_rolls_back(zone, client, simulator):
     before = await _snapshot(client, simulator, zone)
-    await simulator._on_control_body(
+    await simulator.control(
         "configure", {"hostUuid": zone.hosts[0], "command": "agent.vm.start", "fault": {"latency": 30}}
     )
     with pytest.raises(RingstackError) as err:
@@ -92,7 +92,7 @@ async def test_a_volume_whose_create_answered_too_late_is_deleted_by_uuid(zone, 
     """The create's answer never came back in time, so its path is unknown; the rollback deletes
     the volume by its uuid, after the slow create (the agent runs one volume's commands in order)."""
     before = await _snapshot(client, simulator, zone)
-    await simulator._on_control_body(
+    await simulator.control(
         "configure", {"hostUuid": zone.hosts[0], "command": "agent.volume.create", "fault": {"latency": 5}}
     )
     with pytest.raises(RingstackError) as err:

@@ -12,7 +12,8 @@ import pytest
 
 from bus.errors import RingstackError
 from schema import vrouter as vr
-from tests.support.netns import await_until, wait_until
+from tests.support.cluster import until
+from tests.support.netns import wait_until
 from tests.support.vrlab import OUTSIDE_2, PUBLIC_GW, VrLab
 
 G1 = "02:00:00:00:0a:01"
@@ -218,7 +219,7 @@ async def test_full_sync_converges_after_reboot_hand_edits_and_a_killed_agent(la
     victim = next(line for line in lab.save("nat").splitlines() if eips[7].uuid in line and "DNAT" in line)
     lab.vr.run("iptables", "-t", "nat", *victim.replace("-A ", "-D ", 1).replace('"', "").split())
     assert victim not in lab.save("nat")
-    await await_until(lambda: victim in lab.save("nat"), 30, "the hand-deleted rule to be repaired")
+    await until(lambda: victim in lab.save("nat"), 30, "the hand-deleted rule to be repaired")
 
     # Reboot: every table flushed, our chains gone. A full sync restores exactly the state.
     for table in ("nat", "filter"):
@@ -242,7 +243,7 @@ async def test_full_sync_converges_after_reboot_hand_edits_and_a_killed_agent(la
         ]
     )  # type: ignore[arg-type]
     call = asyncio.create_task(sync(lab, big))
-    await await_until(lambda: "203.0.113.1/32" in lab.save("nat") or call.done(), 30, "the big sync to start")
+    await until(lambda: "203.0.113.1/32" in lab.save("nat") or call.done(), 30, "the big sync to start")
     lab.kill_agent()
     await lab.start_agent()
     # The broker hands the unanswered sync to the new agent (or the call times out): either way

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -64,16 +65,24 @@ class ClusterOfProcesses:
 
 
 async def node_status(client: AsyncBus, node_uuid: str) -> dict[str, Any]:
-    return await client.call(client.topology.node_queue(node_uuid).name, "ringstack.NodeStatus", {}, timeout=5)
+    return await client.call(
+        client.topology.node_queue(node_uuid).name, "ringstack.NodeStatus", {}, timeout=5
+    )
 
 
-async def until(check: Callable[[], Awaitable[T | None]], timeout: float, what: str) -> T:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+async def until(
+    check: Callable[[], Awaitable[T | None]] | Callable[[], T | None], timeout: float, what: str
+) -> T:
+    """THE polling helper of the tests (use an event instead whenever there is one to await): call
+    ``check`` (a coroutine function or a plain one) until it returns something truthy, and return
+    that; a ``RingstackError`` counts as not yet. Fails naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
         try:
-            result = await check()
+            result = check()
+            if inspect.isawaitable(result):
+                result = await result
         except RingstackError as exc:
             result, last = None, exc
         if result:

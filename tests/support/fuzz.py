@@ -26,6 +26,7 @@ messages, figures as JSON).
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid as uuidlib
 from collections import Counter, defaultdict
@@ -46,6 +47,7 @@ from schema.registry import load_all
 # Placeholders the strategies leave in an envelope; ``Fuzzer`` fills them in when it sends.
 TOKEN: Final = "\x00TOKEN"  # the message's token (a valid id)
 OURS: Final = "\x00OURS"  # the fuzzer's reply queue
+FRESH_DEADLINE: Final = "\x00DEADLINE"  # the fuzzer's timeout from when the message is sent
 
 # APIs whose valid body would make the node reach beyond the machine (SSH, LDAP, a download,
 # storage paths): always sabotaged with an unknown field. And LogOut, which would end the session
@@ -292,7 +294,7 @@ def _envelopes(target: Target) -> st.SearchStrategy[tuple[dict[str, Any], bool]]
         elif reply_to == "elsewhere":
             env["reply_to"] = f"fuzz.nowhere.{draw(st.integers(0, 9))}"
         if draw(st.booleans()):
-            env["deadline"] = time.time() + 20
+            env["deadline"] = FRESH_DEADLINE
         if target.sessions and draw(st.integers(0, 3)) < 3:  # 0 is what hypothesis prefers
             env["session"] = draw(st.sampled_from(target.sessions))
         for mutation in draw(
@@ -314,6 +316,29 @@ RAW_BODIES = st.one_of(
 )
 
 
+class Nested(list[Any]):
+    """A header value nested ``depth`` lists deep (AMQP field arrays): pamqp's recursive decoder
+    raised RecursionError on it and dropped the consumer's connection, again on every delivery."""
+
+    def __init__(self, depth: int) -> None:
+        value: Any = 1
+        for _ in range(depth - 1):
+            value = [value]
+        super().__init__([value])
+        self.depth = depth
+
+    def __repr__(self) -> str:
+        return f"<array nested {self.depth} deep>"
+
+
+# From harmless to beyond any recursion limit (an encoded level is 5 bytes; the whole content
+# header must fit in one 128 KiB frame, or the broker closes the publisher's connection). A
+# message with properties that cannot be decoded is read without them (bus.amqp_decode), its
+# reply_to and correlation_id too, so only messages that do not ask for a reply get those.
+NESTED_READABLE: Final = st.sampled_from([2, 50]).map(Nested)
+NESTED_ANY: Final = st.sampled_from([2, 50, 1200, 5000, 10_000]).map(Nested)
+
+
 def _properties(asks: bool) -> st.SearchStrategy[dict[str, Any]]:
     optional = {
         "app_id": st.one_of(TEXT, INVALID_UTF8_PROPS),
@@ -321,8 +346,14 @@ def _properties(asks: bool) -> st.SearchStrategy[dict[str, Any]]:
         "message_id": st.one_of(TEXT, INVALID_UTF8_PROPS),
         "content_type": st.sampled_from(["application/json", "text/plain", "\udcff", ""]),
         "user_id": st.just("guest"),
-        "headers": st.dictionaries(
-            st.one_of(TEXT, INVALID_UTF8_PROPS), st.one_of(TEXT, st.integers(0, 10)), max_size=3
+        "headers": st.one_of(
+            st.dictionaries(
+                st.one_of(TEXT, INVALID_UTF8_PROPS), st.one_of(TEXT, st.integers(0, 10)), max_size=3
+            ),
+            # one nested value at most: two of the deepest would not fit in a frame
+            st.dictionaries(
+                st.one_of(TEXT, INVALID_UTF8_PROPS), NESTED_READABLE if asks else NESTED_ANY, max_size=1
+            ),
         ),
         "priority": st.integers(0, 255),
         "delivery_mode": st.sampled_from([1, 2]),
@@ -431,6 +462,8 @@ class Fuzzer:
             return token
         if value == OURS:
             return self.reply_queue
+        if value == FRESH_DEADLINE:
+            return time.time() + self.timeout
         return value
 
     def _publish(self, queue: str, draft: Draft, token: str) -> float:
@@ -448,12 +481,16 @@ class Fuzzer:
         if draft.asks:
             props["reply_to"] = self.reply_queue
             props["correlation_id"] = token
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, 100_000))  # py-amqp encodes nested headers recursively
         try:
             self._producer.publish(body, routing_key=queue, content_encoding="binary", retry=False, **props)
         except (ValueError, TypeError, UnicodeError, OverflowError):
             # The client library refused the properties themselves: nothing reached the broker.
             props = {k: v for k, v in props.items() if k in ("reply_to", "correlation_id")}
             self._producer.publish(body, routing_key=queue, content_encoding="binary", retry=False, **props)
+        finally:
+            sys.setrecursionlimit(limit)
         return deadline
 
     def fire(self, target: Target, batch: Sequence[Draft], *, check: bool = True) -> None:

@@ -18,14 +18,16 @@ CLI = [sys.executable, "-m", "mgmt.cli.client"]
 
 
 class NodeProcess:
-    def __init__(self, env: Mapping[str, str], name: str = "node") -> None:
+    def __init__(self, env: Mapping[str, str], name: str = "node", cwd: Path = ROOT) -> None:
+        """``cwd``: the source tree to run (``python -m`` imports from the working directory first);
+        another release's tree needs its ``PYTHONPATH`` in ``env`` too."""
         self.name = name
         self.lines: list[str] = []
         self._ready = threading.Event()
         full_env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **env}
         self.proc = subprocess.Popen(
             [*CTL, "start"],
-            cwd=ROOT,
+            cwd=cwd,
             env=full_env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar
+import contextlib
+from typing import ClassVar
 
 from pydantic import Field
 from sqlalchemy import text
@@ -78,11 +79,11 @@ class AuditService(Service):
     name = "testing-audit"
 
     db: Database
-    node: Any
+    node_uuid: str
 
     @handler(AuditedWork, cancellable=True)
     async def work(self, msg: AuditedWork, ctx: CallContext) -> AuditReply:
-        node_uuid = self.node.uuid
+        node_uuid = self.node_uuid
 
         def start(session: Session) -> int:
             return int(
@@ -95,7 +96,9 @@ class AuditService(Service):
             )
 
         def end(session: Session, row_id: int) -> None:
-            session.execute(text("UPDATE test_audit SET ended_at = clock_timestamp() WHERE id = :i"), {"i": row_id})
+            session.execute(
+                text("UPDATE test_audit SET ended_at = clock_timestamp() WHERE id = :i"), {"i": row_id}
+            )
 
         def finished_before(session: Session) -> str | None:
             return session.execute(
@@ -111,3 +114,89 @@ class AuditService(Service):
         await asyncio.sleep(msg.seconds)
         await self.db.run(end, row_id)
         return AuditReply(node_uuid=node_uuid)
+
+
+# ---------------------------------------------------------------------- a probe of the serial lane
+
+
+class LaneReply(Reply):
+    peak: int  # the most handlers of this probe's resource seen running at once
+
+
+class LaneProbe(ResourceMessage):
+    """Runs until another probe of the same resource joins it, or ``hold`` seconds pass; replies
+    with how many ran at once. Serial (the default): the most is 1, on every path."""
+
+    __test__ = False
+    service: ClassVar[str] = "testing"
+    reply = LaneReply
+
+    hold: float = Field(ge=0, le=10)
+
+
+class UnorderedLaneProbe(LaneProbe):
+    """The same handler declared ``serial=False``: probes of one resource may overlap."""
+
+
+class LaneProbeService(Service):
+    __test__ = False
+    name = "testing-lanes"
+
+    def __init__(self, **deps: object) -> None:
+        super().__init__(**deps)
+        self.inside: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+        self._joined: dict[str, asyncio.Event] = {}
+
+    async def _probe(self, msg: LaneProbe) -> LaneReply:
+        key = msg.uuid
+        self.inside[key] = self.inside.get(key, 0) + 1
+        self.peak[key] = max(self.peak.get(key, 0), self.inside[key])
+        joined = self._joined.setdefault(key, asyncio.Event())
+        if self.inside[key] > 1:
+            joined.set()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(joined.wait(), msg.hold)
+        finally:
+            self.inside[key] -= 1
+        return LaneReply(peak=self.peak[key])
+
+    @handler(LaneProbe)
+    async def serial_probe(self, msg: LaneProbe, ctx: CallContext) -> LaneReply:
+        return await self._probe(msg)
+
+    @handler(UnorderedLaneProbe, serial=False)
+    async def unordered_probe(self, msg: UnorderedLaneProbe, ctx: CallContext) -> LaneReply:
+        return await self._probe(msg)
+
+
+# ---------------------------------------------------------------------- a job held at a gate
+
+
+class GateReply(Reply):
+    uuid: str
+
+
+class GatedWork(ResourceMessage):
+    """A job that, once running, waits until the test opens the gate (``GateService.gate``)."""
+
+    __test__ = False
+    service: ClassVar[str] = "testing"
+    reply = GateReply
+
+
+class GateService(Service):
+    __test__ = False
+    name = "testing-gate"
+
+    def __init__(self, **deps: object) -> None:
+        super().__init__(**deps)
+        self.entered = asyncio.Event()  # set when a GatedWork starts running
+        self.gate = asyncio.Event()  # set by the test to let it finish
+
+    @handler(GatedWork)
+    async def work(self, msg: GatedWork, ctx: CallContext) -> GateReply:
+        self.entered.set()
+        await self.gate.wait()
+        return GateReply(uuid=msg.uuid)

@@ -4,6 +4,7 @@ private state per agent, an in-process agent on the broker, and waiting without 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import subprocess
 import uuid as uuidlib
@@ -18,9 +19,13 @@ from agents.kvm.agent import KvmAgent
 from agents.kvm.bus import AgentBus
 from agents.kvm.config import AgentConfig
 from bus.topology import Topology
+from mgmt.core import hostdeploy
 from mgmt.core.agents import AgentClient
+from mgmt.core.flow import Flow
+from mgmt.core.hostdeploy import HostDeploy
 from schema.agent import REPORT_VM_STATE, L2Spec, NicSpec, VmSpec, VmStateReport, VolumeSpec
-from tests.support.netns import Netns, await_until, sh, wait_until
+from tests.support.cluster import until
+from tests.support.netns import Netns, sh, wait_until
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -692,7 +697,7 @@ async def echoes(lab: MigrationLab, host: LibvirtHost, vm_uuid: str, timeout: fl
     fd = os.open(host.serial_pty(vm_uuid), os.O_RDWR | os.O_NOCTTY)
     try:
         os.write(fd, f"{line}\n".encode())
-        await await_until(
+        await until(
             lambda: line in console(lab, vm_uuid),
             timeout,
             f"the guest on {host.ns.name} to echo {line}; its console:\n{console(lab, vm_uuid)[-2000:]}",
@@ -700,3 +705,20 @@ async def echoes(lab: MigrationLab, host: LibvirtHost, vm_uuid: str, timeout: fl
         )
     finally:
         os.close(fd)
+
+
+# ---------------------------------------------------------------------- faults in a deployment
+
+
+def deploy_failing_at(step: str) -> tuple[Flow[HostDeploy], ...]:
+    """``mgmt.core.hostdeploy.STEPS`` with ``step`` failing after its real work is done (the worst
+    case: what it made exists, and it still failed); tests monkeypatch ``STEPS`` with it."""
+
+    def failing(flow: Flow[HostDeploy]) -> Flow[HostDeploy]:
+        async def run(ctx: HostDeploy) -> None:
+            await flow.run(ctx)
+            raise hostdeploy.failure(step, "injected fault")
+
+        return dataclasses.replace(flow, run=run)
+
+    return tuple(failing(f) if f.name == step else f for f in hostdeploy.STEPS)

@@ -30,10 +30,12 @@ import pytest
 
 from bus.errors import RingstackError
 from mgmt.config import NodeConfig
+from mgmt.core import hostdeploy
 from mgmt.core.brokeradmin import BrokerAdmin, agent_username
 from mgmt.node import ManagementNode
 from tests.support import infra
-from tests.system.kvmsupport import FakeKvmHost, await_until, delete_agent_queues, sh
+from tests.support.cluster import until
+from tests.system.kvmsupport import FakeKvmHost, delete_agent_queues, deploy_failing_at, sh
 
 BUNDLES = Path("/var/tmp/ringstack-test-bundles")  # the agent bundle cache test_kvm_deploy uses too
 ROOT_PASSWORD = "rs-fake-host-Pa55"
@@ -227,9 +229,51 @@ async def test_add_kvm_host_deploys_the_agent_reconnects_without_reinstalling_an
     assert await client.api("DeleteHost", {"uuid": host_uuid}) == {}
     assert user not in BrokerAdmin().users()
     assert not await can_log_in(url)
-    await await_until(lambda: user not in broker_users_connected(), 30, "the agent's connection to close")
+    await until(lambda: user not in broker_users_connected(), 30, "the agent's connection to close")
     assert client.topology.agent_queue(host_uuid).name not in broker_queues()
     assert (await client.api("QueryHost", {"count": True}))["total"] == 0
+
+
+async def test_a_failed_add_leaves_a_disconnected_host_and_nothing_else_and_a_failed_reconnect_keeps_the_agent(
+    kvm_node, client, fakehost, hosts, namespace, monkeypatch
+):
+    await kvm_node(libvirt_uri="test:///default")
+    _, cluster = await kvm_cluster(client)
+    host_uuid = uuidlib.uuid4().hex
+    hosts.append(host_uuid)
+    user, queue = agent_username(namespace, host_uuid), client.topology.agent_queue(host_uuid).name
+    body = {"clusterUuid": cluster, "name": "kvm-1", "managementIp": fakehost.ip, "password": ROOT_PASSWORD}
+
+    # The agent answered, then the deployment failed: the host stays, Disconnected with no
+    # capacity, and what the deployment made is gone (broker user, its queue, the running agent).
+    monkeypatch.setattr(hostdeploy, "STEPS", deploy_failing_at("connect"))
+    with pytest.raises(RingstackError) as err:
+        await client.api("AddKVMHost", {**body, "resourceUuid": host_uuid}, timeout=DEPLOY_TIMEOUT)
+    assert err.value.code == "HOST.DEPLOY_FAILED"
+    assert (err.value.details["step"], err.value.details["reason"]) == ("connect", "injected fault")
+    assert err.value.details["rolledBack"] == ["playbook", "credentials"]
+    host = await query_host(client, host_uuid)
+    assert host["status"] == "Disconnected" and "failed at step connect" in host["statusReason"]
+    assert (host["totalCpu"], host["totalMemorySize"]) == (0, 0)
+    assert user not in BrokerAdmin().users() and user not in broker_users_connected()
+    assert queue not in broker_queues()
+    assert fakehost.agent_pid() is None
+
+    # Fixed, the operator reconnects; a later reconnect that fails keeps the host's agent and user.
+    monkeypatch.undo()
+    assert (await client.api("ReconnectHost", {"uuid": host_uuid}, timeout=DEPLOY_TIMEOUT))["inventory"][
+        "status"
+    ] == "Connected"
+    monkeypatch.setattr(hostdeploy, "STEPS", deploy_failing_at("connect"))
+    with pytest.raises(RingstackError) as again:
+        await client.api("ReconnectHost", {"uuid": host_uuid}, timeout=DEPLOY_TIMEOUT)
+    monkeypatch.undo()
+    assert again.value.code == "HOST.DEPLOY_FAILED" and again.value.details["step"] == "connect"
+    assert (await query_host(client, host_uuid))["status"] == "Disconnected"
+    assert user in BrokerAdmin().users() and queue in broker_queues()
+    assert fakehost.agent_pid() is not None
+    assert await client.api("DeleteHost", {"uuid": host_uuid}) == {}
+    assert user not in BrokerAdmin().users() and queue not in broker_queues()
 
 
 # ---------------------------------------------------------------------- (2) real guests
@@ -319,7 +363,7 @@ def console(workdir: Path, vm_uuid: str) -> str:
 
 async def booted(workdir: Path, vm_uuid: str) -> str:
     # The log starts afresh at every start of the guest (append='off').
-    return await await_until(
+    return await until(
         lambda: "RINGSTACK-GUEST-READY acpi=1" in (text := console(workdir, vm_uuid)) and text,
         BOOT_TIMEOUT,
         f"the guest to boot; its console so far:\n{console(workdir, vm_uuid)[-2000:]}",

@@ -16,12 +16,14 @@ import pytest
 
 from agents.kvm.bundle import build_bundle
 from bus.errors import RingstackError
+from mgmt.core import hostdeploy
 from mgmt.core.agents import AgentClient
 from mgmt.core.brokeradmin import BrokerAdmin
 from mgmt.core.hostdeploy import DEPLOY_FAILED, deploy_kvm_host
 from schema.agent import PingCommand, PingReply, StartVmCommand, VmStateReply
 from tests.support import infra
-from tests.system.kvmsupport import FakeKvmHost, delete_agent_queues, vm_spec
+from tests.support.cluster import until
+from tests.system.kvmsupport import FakeKvmHost, delete_agent_queues, deploy_failing_at, vm_spec
 
 # Bundles are cached by build id across runs: a rerun without code changes skips the pip work.
 BUNDLES = Path("/var/tmp/ringstack-test-bundles")
@@ -148,3 +150,67 @@ async def test_a_failing_playbook_names_its_step_and_task(fakehost, client, clea
     assert err.value.code == DEPLOY_FAILED and err.value.details["step"] == "playbook"
     assert "Make the agent's directories" in err.value.details["reason"]
     assert fakehost.agent_pid() is None
+
+
+# ---------------------------------------------------------------------- undo at every step
+
+
+def agent_queues(namespace: str) -> set[str]:
+    out = infra.rabbitmqctl("list_queues", "name", "--no-table-headers", "--quiet")
+    return {q.strip() for q in out.splitlines() if q.strip().startswith(f"{namespace}.agent.")}
+
+
+async def _fails_at(step, fakehost, client, host_uuid, bundle, monkeypatch) -> RingstackError:
+    monkeypatch.setattr(hostdeploy, "STEPS", deploy_failing_at(step))
+    try:
+        with pytest.raises(RingstackError) as err:
+            await deploy(fakehost, client, host_uuid, bundle)
+    finally:
+        monkeypatch.undo()
+    assert err.value.code == DEPLOY_FAILED
+    assert err.value.details["step"] == step == err.value.details["failedStep"]
+    assert err.value.details["reason"] == "injected fault" and f"step {step}" in err.value.message
+    assert "rollbackFailures" not in err.value.details
+    return err.value
+
+
+async def test_a_failure_at_any_step_of_a_first_deployment_leaves_nothing_behind(
+    fakehost, client, cleanup_broker, bundle, monkeypatch
+):
+    fakehost.relay_url = fakehost.start_broker_relay(("127.0.0.1", 5672))
+    namespace = client.topology.namespace
+    host_uuid = uuidlib.uuid4().hex
+    cleanup_broker.append(host_uuid)
+    user = f"{namespace}.agent.{host_uuid}"
+    undone = {  # what each failure undoes, latest first
+        "ssh": [],
+        "credentials": ["credentials"],
+        "bundle": ["credentials"],
+        "playbook": ["playbook", "credentials"],
+        "connect": ["playbook", "credentials"],
+    }
+    for step, rolled_back in undone.items():
+        error = await _fails_at(step, fakehost, client, host_uuid, bundle, monkeypatch)
+        assert error.details["rolledBack"] == rolled_back, step
+        # no broker user (nor a connection of it), no agent queue, no agent running on the host
+        assert user not in BrokerAdmin().users(), step
+        assert user not in broker_users_connected(), step
+        assert f"{namespace}.agent.{host_uuid}" not in agent_queues(namespace), step
+        assert fakehost.agent_pid() is None, step
+
+    # The same host then deploys (nothing left in the way), and a REdeployment that fails undoes
+    # nothing: the host's user, queue and running agent were there before it and stay.
+    result = await deploy(fakehost, client, host_uuid, bundle)
+    pid = fakehost.agent_pid()
+    assert pid is not None and result.broker_user == user
+    for step in ("credentials", "playbook", "connect"):
+        await _fails_at(step, fakehost, client, host_uuid, bundle, monkeypatch)
+        assert user in BrokerAdmin().users(), step
+        assert f"{namespace}.agent.{host_uuid}" in agent_queues(namespace), step
+        assert fakehost.agent_pid() is not None, step
+    agents = AgentClient(client, default_timeout=20)
+
+    async def answers() -> PingReply:  # the agent, restarted with the last password, is there
+        return await agents.call(PingCommand(host_uuid=host_uuid), PingReply, timeout=5)
+
+    await until(answers, 60, "the redeployed agent answers a ping")

@@ -37,13 +37,13 @@ from schema.agent import (
     VmSyncReply,
     VolumeReply,
 )
+from tests.support.cluster import until
 from tests.system.kvmsupport import (
     GiB,
     InProcessAgent,
     LibvirtHost,
     MiB,
     MigrationLab,
-    await_until,
     console,
     delete_agent_queues,
     echoes,
@@ -172,7 +172,7 @@ async def test_a_running_guest_migrates_live_to_another_host_and_back(lab, guest
         )
 
     assert (await a.client.call(StartVmCommand(host_uuid=host_a, vm=spec), VmStateReply)).state == "Running"
-    await await_until(
+    await until(
         lambda: "RINGSTACK-GUEST-READY" in console(lab, vm), BOOT_TIMEOUT, "the guest to boot", 0.2
     )
 
@@ -194,7 +194,7 @@ async def test_a_running_guest_migrates_live_to_another_host_and_back(lab, guest
 
     # Reports: the destination's agent reports the VM that arrived, once it runs there; the source's
     # says nothing of a VM it sent away (its reply did), nor did the destination of the failed try.
-    await await_until(lambda: b.reports, REPORT_TIMEOUT, "host two's agent to report the VM")
+    await until(lambda: b.reports, REPORT_TIMEOUT, "host two's agent to report the VM")
     assert [(r.vm_uuid, r.state, r.reason) for r in b.reports] == [arrived(vm)]
     assert a.reports == []
 
@@ -218,7 +218,7 @@ async def test_a_running_guest_migrates_live_to_another_host_and_back(lab, guest
     assert one.domain_state(vm) == (libvirt.VIR_DOMAIN_RUNNING, True)
     await echoes(lab, one, vm)
     assert "RINGSTACK-GUEST-READY" not in console(lab, vm)
-    await await_until(lambda: a.reports, REPORT_TIMEOUT, "host one's agent to report the VM")
+    await until(lambda: a.reports, REPORT_TIMEOUT, "host one's agent to report the VM")
     assert [(r.vm_uuid, r.state, r.reason) for r in a.reports] == [arrived(vm)]
     assert b.reports == []
 

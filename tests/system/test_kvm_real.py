@@ -40,11 +40,11 @@ from schema.agent import (
     VolumeReply,
     VolumeSpec,
 )
+from tests.support.cluster import until
 from tests.system.kvmsupport import (
     GiB,
     InProcessAgent,
     MiB,
-    await_until,
     delete_agent_queues,
     l2,
     nic,
@@ -121,7 +121,7 @@ def console(workdir: Path, vm_uuid: str) -> str:
 
 async def booted(workdir: Path, vm_uuid: str) -> None:
     # The log starts afresh at every start of the guest (append='off').
-    await await_until(
+    await until(
         lambda: "RINGSTACK-GUEST-READY acpi=1" in console(workdir, vm_uuid),
         BOOT_TIMEOUT,
         f"the guest to boot; its console so far:\n{console(workdir, vm_uuid)[-2000:]}",

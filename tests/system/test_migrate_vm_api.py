@@ -33,11 +33,11 @@ from mgmt.config import NodeConfig
 from mgmt.core.brokeradmin import BrokerAdmin, agent_username
 from mgmt.node import ManagementNode
 from tests.support import infra
+from tests.support.cluster import until
 from tests.system.kvmsupport import (
     MigrationLab,
     SshLibvirtHost,
     TcpRelay,
-    await_until,
     console,
     delete_agent_queues,
     echoes,
@@ -223,7 +223,7 @@ async def test_a_guest_migrates_between_two_kvm_hosts_through_the_api(
     assert two.domain_state(vm_uuid) is None
     bridge = f"br_{UPLINK}"[:10]
     assert one.ns.has_link(bridge) and not two.ns.has_link(bridge)
-    await await_until(
+    await until(
         lambda: "RINGSTACK-GUEST-READY acpi=1" in console(lab, vm_uuid),
         BOOT_TIMEOUT,
         "the guest to boot",

@@ -132,8 +132,13 @@ async def test_the_cache_is_bounded(clocks):
     auth = make(db, clocks, cache_ttl=60, max_entries=4)
     for s in sessions:
         await auth.lookup(s)
-    assert len(auth._cache) == 4
-    assert list(auth._cache) == list(sessions)[-4:]  # the oldest went first
+    assert db.calls == 10
+    for s in list(sessions)[-4:]:  # the newest four are answered from the cache ...
+        assert await auth.lookup(s) == ALICE
+    assert db.calls == 10
+    for s in list(sessions)[:6]:  # ... the older ones were dropped, oldest first: asked again
+        await auth.lookup(s)
+    assert db.calls == 16
 
 
 async def test_entries_cached_before_a_feed_gap_are_dropped(clocks):

@@ -1,4 +1,4 @@
-"""IPv4 arithmetic and allocation strategies (mgmt.core.ipam): pure logic, no database."""
+"""IPv4 arithmetic and allocation strategies (schema.ipv4): pure logic, no database."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from mgmt.core import ipam
-from mgmt.core.ipam import RangeSpec
+from schema import ipv4 as ipam
+from schema.ipv4 import RangeSpec
 
 ip = ipam.to_int
 

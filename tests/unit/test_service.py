@@ -242,7 +242,6 @@ def test_call_context_properties() -> None:
     assert remaining < 0
     assert CallContext(api("UnitTestPing", {})).remaining() is None
     assert ctx.resumed is False
-    assert ctx.extra == {}
 
 
 def test_new_resource_uuid_uses_the_assigned_one_or_makes_one() -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -30,6 +29,7 @@ from bus.aio import AsyncBus, Consumer
 from bus.envelope import Envelope
 from bus.errors import RingstackError
 from bus.topology import QueueSpec
+from mgmt.cluster.owner import OwnerPath
 from mgmt.core.agents import AgentClient
 from mgmt.core.db import Database
 from mgmt.core.extensions import ExtensionRegistry
@@ -37,7 +37,7 @@ from mgmt.core.service import CallContext, Service, handler
 from mgmt.services.eip.backends import EipBackend, EipTarget
 from mgmt.services.network.ipam import allocate_ip
 from mgmt.services.securitygroup.state import connected
-from mgmt.services.vm.plan import l2_spec
+from mgmt.services.vm.specs import l2_spec
 from schema.agent import (
     ApplyFlatDhcpCommand,
     ApplyFlatEipCommand,
@@ -238,7 +238,7 @@ class FlatNetworkService(Service):
     db: Database
     agents: AgentClient
     bus: AsyncBus
-    cluster: Any
+    owners: OwnerPath
     extensions: ExtensionRegistry
 
     async def start(self) -> None:
@@ -262,7 +262,7 @@ class FlatNetworkService(Service):
 
     async def sync(self, host: str) -> None:
         """Push the host's whole flat state, on its owner node in its serial queue."""
-        await self.cluster.router.call(
+        await self.owners.call(
             "SyncFlatNetworkOnHost", {"hostUuid": host}, resource_uuid=host, timeout=PUSH_TIMEOUT
         )
 

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from bus.errors import RingstackError
-from mgmt.cluster import Cluster
+from mgmt.cluster.owner import OwnerPath
 from mgmt.core.db import Database
 from mgmt.core.garbage import GarbageCollector
 from mgmt.core.query import QueryTarget, run_query
@@ -44,7 +44,7 @@ class GarbageService(Service):
 
     db: Database
     garbage: GarbageCollector
-    cluster: Cluster
+    owners: OwnerPath
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="garbage-collector")
@@ -69,9 +69,7 @@ class GarbageService(Service):
         """Have the resource's owner retry its clean-ups; the number left (or -1: not reached)."""
         body = {"uuid": resource_uuid, "dueOnly": due_only}
         try:
-            reply = await self.cluster.router.call(
-                CleanUpResource.__name__, body, resource_uuid=resource_uuid
-            )
+            reply = await self.owners.call(CleanUpResource.__name__, body, resource_uuid=resource_uuid)
         except RingstackError as exc:
             log.info("pending clean-ups of %s not retried now: %s", resource_uuid, exc)
             return -1

@@ -5,11 +5,12 @@ asks that process, on its control queue, to serve the host with the capacity it 
 then speaks ``agent.connect`` to it like to any agent. No simulator running: Disconnected, with the
 reason.
 
-A KVM host gets its agent deployed over SSH by ``mgmt.core.hostdeploy`` (ZStack's connect chain:
-SSH check, the host's broker user, the agent bundle, the Ansible playbook, ``agent.connect``). A
-reconnect runs the same chain, and the playbook skips the install when the host already has the
-build. Any failure leaves the host Disconnected with ``HOST.DEPLOY_FAILED``, the step that failed
-and the reason.
+A KVM host gets its agent deployed over SSH by ``mgmt.core.hostdeploy``, a ``FlowChain`` (ZStack's
+connect chain: SSH check, the host's broker user, the agent bundle, the Ansible playbook,
+``agent.connect``). A reconnect runs the same chain, and the playbook skips the install when the
+host already has the build. Any failure leaves the host Disconnected with ``HOST.DEPLOY_FAILED``,
+the step that failed and the reason; a first deployment's broker user and agent are undone, a
+redeployment's are kept (see there).
 """
 
 from __future__ import annotations

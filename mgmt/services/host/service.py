@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import aio_pika
 from pydantic import SecretStr
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
@@ -23,7 +22,6 @@ from sqlalchemy.orm import Session
 
 from bus.aio import AsyncBus
 from bus.errors import RingstackError, Sys, not_found
-from mgmt.cluster import Cluster as ClusterManager
 from mgmt.config import NodeConfig
 from mgmt.core.access import load_visible
 from mgmt.core.agents import AgentClient
@@ -32,6 +30,7 @@ from mgmt.core.cascade import CascadeRegistry, CascadeRule, announce_deleted
 from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
 from mgmt.core.garbage import GarbageCollector
+from mgmt.core.hostdeploy import delete_agent_queue
 from mgmt.core.query import QueryTarget, Relation, run_query
 from mgmt.core.service import CallContext, Service, handler
 from mgmt.services.host.connect import ConnectResult, KvmLogin, connect_kvm, connect_simulator
@@ -151,14 +150,6 @@ def _not_connected(inv: HostInventory, result: ConnectResult) -> RingstackError:
     )
 
 
-async def _delete_queue(broker_url: str, name: str) -> None:
-    """Delete a queue on a connection of its own (a failed operation closes its channel)."""
-    connection = await aio_pika.connect(broker_url, client_properties={"connection_name": "host-delete"})
-    async with connection:
-        channel = await connection.channel()
-        await channel.queue_delete(name)
-
-
 def _flush_unique_ip(session: Session, ip: str) -> None:
     """Flush, turning a race on the unique management IP into the same stable error."""
     try:
@@ -179,7 +170,7 @@ class HostService(Service):
     agents: AgentClient
     garbage: GarbageCollector
     config: NodeConfig
-    cluster: ClusterManager
+    node_uuid: str
 
     async def start(self) -> None:
         self.cascade.register(HOST_RULE)
@@ -261,7 +252,7 @@ class HostService(Service):
             )
         else:
             login = await self.db.run(_kvm_login, inv.uuid)
-            result = await connect_kvm(self.bus, self.config, inv.uuid, login, self.cluster.node.uuid)
+            result = await connect_kvm(self.bus, self.config, inv.uuid, login, self.node_uuid)
         return await self._record_status(inv.uuid, result), result
 
     async def _record_status(self, uuid: str, result: ConnectResult) -> HostInventory:
@@ -293,10 +284,10 @@ class HostService(Service):
             await BrokerAdmin().delete_agent_user_async(self.bus.topology.namespace, host_uuid)
         except RingstackError as exc:
             log.warning("host %s deleted, but not its broker user: %s", host_uuid, exc.message)
-        queue = self.bus.topology.agent_queue(host_uuid).name
         try:
-            await _delete_queue(self.bus.url, queue)
+            await delete_agent_queue(self.bus, host_uuid)
         except Exception as exc:
+            queue = self.bus.topology.agent_queue(host_uuid).name
             log.warning("host %s deleted, but not its agent queue %s: %s", host_uuid, queue, exc)
 
     # ------------------------------------------------------------------ connection and state

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import select, update
@@ -25,10 +24,10 @@ from sqlalchemy.orm import Session
 from bus.aio import AsyncBus
 from bus.envelope import Envelope
 from bus.errors import RingstackError
-from mgmt.cluster import Cluster
+from mgmt.cluster.owner import OwnerPath
 from mgmt.config import NodeConfig
 from mgmt.core.agents import AgentClient
-from mgmt.core.db import CURRENT_FENCE, Database, Fence
+from mgmt.core.db import Database
 from mgmt.core.events import EventPublisher
 from mgmt.core.garbage import GarbageCollector
 from mgmt.core.service import Service
@@ -77,7 +76,8 @@ class HostTracker(Service):
     db: Database
     agents: AgentClient
     garbage: GarbageCollector
-    cluster: Cluster
+    owners: OwnerPath
+    node_uuid: str
     events: EventPublisher
     config: NodeConfig
     bus: AsyncBus
@@ -103,25 +103,9 @@ class HostTracker(Service):
             except Exception:
                 log.exception("host tracking round failed")
 
-    @contextlib.contextmanager
-    def _fenced(self, host_uuid: str) -> Iterator[bool]:
-        """Fence the writes about a host by its partition's token; False when we do not own it."""
-        ring = self.cluster.ring
-        partition = ring.partition(host_uuid)
-        token = self.cluster.ownership.token(partition)
-        if token is None:
-            yield False
-            return
-        reset = CURRENT_FENCE.set(Fence(self.cluster.node.uuid, partition, token))
-        try:
-            yield True
-        finally:
-            CURRENT_FENCE.reset(reset)
-
     async def check_all(self) -> None:
         hosts = await self.db.run_unfenced(_hosts)
-        ring = self.cluster.ring
-        owned = [h for h in hosts if self.cluster.ownership.token(ring.partition(h[0])) is not None]
+        owned = [h for h in hosts if self.owners.holds(h[0])]
         await asyncio.gather(*(self._check(u, s, h, c, m) for u, s, h, c, m in owned))
 
     async def _check(self, host_uuid: str, status: str, hypervisor: str, cpu: int, memory: int) -> None:
@@ -153,7 +137,7 @@ class HostTracker(Service):
         def apply(session: Session) -> tuple[bool, list[Drift]]:
             return _set_status(session, host_uuid, "Disconnected", reason), mark_unknown(session, host_uuid)
 
-        with self._fenced(host_uuid) as owned:
+        with self.owners.fenced_if_held(host_uuid) as owned:
             if not owned:
                 return
             changed, drifts = await self.db.run(apply)
@@ -167,7 +151,7 @@ class HostTracker(Service):
     async def reconnect(self, host_uuid: str) -> None:
         try:
             await self.agents.call(
-                ConnectCommand(host_uuid=host_uuid, management_node_uuid=self.cluster.node.uuid), ConnectReply
+                ConnectCommand(host_uuid=host_uuid, management_node_uuid=self.node_uuid), ConnectReply
             )
             sync = await self.agents.call(VmSyncCommand(host_uuid=host_uuid), VmSyncReply)
         except RingstackError as exc:
@@ -180,7 +164,7 @@ class HostTracker(Service):
                 session, host_uuid, actual
             )
 
-        with self._fenced(host_uuid) as owned:
+        with self.owners.fenced_if_held(host_uuid) as owned:
             if not owned:
                 return
             changed, drifts = await self.db.run(apply)
@@ -202,7 +186,7 @@ class HostTracker(Service):
         if not isinstance(vm_uuid, str) or not isinstance(host_uuid, str):
             log.warning("unreadable vm_state report dropped: %r", body)
             return None
-        await self.cluster.router.call(
+        await self.owners.call(
             "VmStateReported",
             {
                 "uuid": vm_uuid,

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from bus.errors import RingstackError, Sys, invalid_argument, not_found
 from mgmt.config import NodeConfig
 from mgmt.core.access import forget_sharing
-from mgmt.core.auth import AuthHost
+from mgmt.core.auth import AuthSlot
 from mgmt.core.cascade import CascadeRegistry, CascadeRule, announce_deleted
 from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
@@ -256,7 +256,7 @@ class LdapService(Service):
     db: Database
     events: EventPublisher
     config: NodeConfig
-    node: AuthHost
+    auth_slot: AuthSlot
     cascade: CascadeRegistry
 
     def __init__(self, **deps: Any) -> None:
@@ -272,7 +272,7 @@ class LdapService(Service):
         self.directory.close()
 
     async def _sessions_ended(self, uuids: list[str]) -> None:
-        invalidate = getattr(self.node.auth, "invalidate_session", None)
+        invalidate = getattr(self.auth_slot.strategy, "invalidate_session", None)
         for uuid in uuids:
             if callable(invalidate):
                 invalidate(uuid)  # this node's cache at once; the event tells the other nodes

@@ -10,11 +10,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 import schema.db  # noqa: F401  (imports every model module, so the metadata knows every table)
+from mgmt.core.access import kind_of
 from schema.db.base import Base
 
 # Identity's own tables: an account owns its own row and its sharing records, which are not
 # "resources" it must give up before it can be deleted, nor things to share.
-IDENTITY_TABLES = frozenset({"account", "account_session", "quota", "shared_resource"})
+IDENTITY_TABLES = frozenset({"account", "account_session", "quota", "shared_resource", "resource"})
 # Tables whose owner_account_uuid records who *asked* for something (history), not who owns a
 # resource: they neither block an account's deletion nor are shareable. ``job`` is the cluster's
 # request log. A service adds its own with ``register_record_table``.
@@ -58,7 +59,7 @@ def resource_models() -> list[type[Any]]:
 
 
 def resource_kind(model: type[Any]) -> str:
-    return str(getattr(model, "resource_type", None) or model.__tablename__)  # plain str, for JSON
+    return kind_of(model)
 
 
 def find_resources(session: Session, uuids: Sequence[str]) -> dict[str, type[Any]]:

@@ -23,8 +23,7 @@ from mgmt.core import quota
 from mgmt.core.auth import (
     PASSWORD_VERIFIER_ENTRY_POINTS,
     AccountSessionAuth,
-    AuthHost,
-    NoAuth,
+    AuthSlot,
     PasswordVerifier,
 )
 from mgmt.core.cascade import CascadeRegistry
@@ -70,7 +69,7 @@ class IdentityService(Service):
     events: EventPublisher
     bus: AsyncBus
     config: NodeConfig
-    node: AuthHost
+    auth_slot: AuthSlot
     cascade: CascadeRegistry
 
     def __init__(self, **deps: Any) -> None:
@@ -92,8 +91,7 @@ class IdentityService(Service):
             self._on_invalidation,
         )
         await self.bus.start_consumer(self._consumer)
-        if isinstance(self.node.auth, NoAuth):  # a strategy the node was given is kept
-            self.node.auth = self.auth
+        self.auth_slot.install_default(self.auth)
 
     async def stop(self) -> None:
         if self._consumer is not None:

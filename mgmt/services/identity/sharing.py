@@ -9,8 +9,7 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from bus.errors import not_found
-from mgmt.core.access import load_owned
+from mgmt.core.access import gone_or_hidden, load_owned
 from mgmt.core.service import Account
 from mgmt.services.identity.resources import find_resources, resource_kind
 from schema.api.identity import RevokeResourceSharing, ShareResource
@@ -18,6 +17,7 @@ from schema.db.identity import Account as AccountRow
 from schema.db.identity import SharedResource
 
 UNIQUE = "uq_shared_resource_resource_uuid_receiver_account_uuid"
+RESOURCE = "resource"  # what every refusal names: never the kind a uuid turned out to be
 
 
 @dataclass(frozen=True)
@@ -36,31 +36,40 @@ class _Owned:
     owner: str | None
 
 
-def _owned(session: Session, uuids: list[str], caller: Account, *, must_exist: bool) -> dict[str, _Owned]:
+def _owned(session: Session, uuids: list[str], caller: Account, *, gone_ok: bool) -> dict[str, _Owned]:
     """The resources ``caller`` may share or unshare (admins: any; others: their own). Not
-    visible -> ``SYS.NOT_FOUND``; visible only because shared with the caller -> PERMISSION_DENIED."""
+    visible, whether it exists or not -> the same ``SYS.NOT_FOUND`` naming a "resource" (never the
+    kind the uuid turned out to be); visible only because shared with the caller ->
+    PERMISSION_DENIED. ``gone_ok``: a resource that no longer exists but whose sharing records
+    are the caller's is accepted (revoking what a deleted resource left)."""
     models = find_resources(session, uuids)
     owned = {}
     for uuid in uuids:
         model = models.get(uuid)
         if model is None:
-            if must_exist:
-                raise not_found("resource", uuid)
-            continue
-        kind = resource_kind(model)
-        row = load_owned(session, model, uuid, caller, kind)
-        owned[uuid] = _Owned(kind, row.owner_account_uuid)
+            if gone_ok and _left_sharing(session, uuid, caller):
+                continue
+            raise gone_or_hidden(RESOURCE, uuid)
+        row = load_owned(session, model, uuid, caller, RESOURCE)
+        owned[uuid] = _Owned(resource_kind(model), row.owner_account_uuid)
     return owned
+
+
+def _left_sharing(session: Session, uuid: str, caller: Account) -> bool:
+    stmt = select(SharedResource.id).where(SharedResource.resource_uuid == uuid).limit(1)
+    if not caller.is_admin:
+        stmt = stmt.where(SharedResource.owner_account_uuid == caller.uuid)
+    return session.scalar(stmt) is not None
 
 
 def share(session: Session, msg: ShareResource, caller: Account) -> list[Change]:
     uuids = list(dict.fromkeys(msg.resource_uuids))
-    owned = _owned(session, uuids, caller, must_exist=True)
-    receivers = list(dict.fromkeys(msg.account_uuids or []))
-    known = set(session.scalars(select(AccountRow.uuid).where(AccountRow.uuid.in_(receivers))))
-    for receiver in receivers:
-        if receiver not in known:
-            raise not_found("account", receiver)
+    owned = _owned(session, uuids, caller, gone_ok=False)
+    # An account uuid that names no account is skipped, not refused: refusing it would tell a
+    # normal account which account uuids exist (accounts are invisible to one another).
+    wanted = list(dict.fromkeys(msg.account_uuids or []))
+    known = set(session.scalars(select(AccountRow.uuid).where(AccountRow.uuid.in_(wanted))))
+    receivers = [r for r in wanted if r in known]
     targets: list[tuple[str | None, bool]] = [(r, False) for r in receivers]
     if msg.to_public:
         targets.append((None, True))
@@ -77,15 +86,17 @@ def share(session: Session, msg: ShareResource, caller: Account) -> list[Change]
         for receiver, public in targets
     ]
     # Sharing twice is a no-op, so a retried request succeeds.
-    session.execute(insert(SharedResource).values(rows).on_conflict_do_nothing(constraint=UNIQUE))
+    if rows:
+        session.execute(insert(SharedResource).values(rows).on_conflict_do_nothing(constraint=UNIQUE))
     return [Change(info.kind, uuid, receivers, msg.to_public) for uuid, info in owned.items()]
 
 
 def revoke(session: Session, msg: RevokeResourceSharing, caller: Account) -> list[Change]:
     """Delete the matching sharing rows; revoking what is not shared is a no-op. A normal
-    account revokes only its own resources' sharing, including that of resources already gone."""
+    account revokes only its own resources' sharing, including that of resources already gone;
+    anything else it names is not found (see ``_owned``)."""
     uuids = list(dict.fromkeys(msg.resource_uuids))
-    _owned(session, uuids, caller, must_exist=False)
+    _owned(session, uuids, caller, gone_ok=True)
     stmt = delete(SharedResource).where(SharedResource.resource_uuid.in_(uuids))
     if not caller.is_admin:
         stmt = stmt.where(SharedResource.owner_account_uuid == caller.uuid)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mgmt.cluster import Cluster
+from mgmt.cluster.jobs import JobRunner
+from mgmt.cluster.stuck import StuckSweeper
 from mgmt.core.db import Database
 from mgmt.core.query import QueryTarget, run_query
 from mgmt.core.service import CallContext, Service, handler
@@ -31,7 +32,8 @@ class ManagementService(Service):
     name = "management"
 
     db: Database
-    cluster: Cluster
+    jobs: JobRunner
+    stuck: StuckSweeper
 
     @handler(QueryManagementNode, serial=False)
     async def query_nodes(self, msg: QueryManagementNode, ctx: CallContext) -> QueryReply:
@@ -43,12 +45,12 @@ class ManagementService(Service):
 
     @handler(CancelJob, serial=False)
     async def cancel_job(self, msg: CancelJob, ctx: CallContext) -> CancelJobReply:
-        state: Any = await self.cluster.jobs.cancel(msg.uuid, ctx.account)
+        state: Any = await self.jobs.cancel(msg.uuid, ctx.account)
         return CancelJobReply(state=state)
 
     @handler(GetStuckResources, serial=False)
     async def stuck_resources(self, msg: GetStuckResources, ctx: CallContext) -> GetStuckResourcesReply:
-        found = await self.cluster.stuck.find()
+        found = await self.stuck.find()
         jobs = await self.db.run(last_jobs, [r.uuid for r in found])
         return GetStuckResourcesReply(
             inventories=[

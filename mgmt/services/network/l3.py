@@ -12,7 +12,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from bus.errors import RingstackError, Sys, invalid_argument, not_found
-from mgmt.core.access import load_owned, load_visible
+from mgmt.core.access import load_for_delete, load_owned, load_visible
 from mgmt.core.cascade import CascadeRegistry, announce_deleted
 from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
@@ -212,9 +212,8 @@ class L3NetworkService(Service):
         on it (or VM NICs... use it). Deleting one already gone succeeds (a retry is safe)."""
 
         def delete_(session: Session) -> dict[str, list[str]] | None:
-            if session.get(L3Network, msg.uuid) is None:
+            if load_for_delete(session, L3Network, msg.uuid, ctx.account, L3_KIND) is None:
                 return None
-            load_owned(session, L3Network, msg.uuid, ctx.account, L3_KIND)
             cascaded = self.cascade.delete(session, L3_KIND, msg.uuid, msg.delete_mode)
             delete_l3s(session, [msg.uuid])
             return cascaded
@@ -313,5 +312,9 @@ class L3NetworkService(Service):
 
     @handler(QueryNetworkServiceProvider, serial=False)
     async def query_providers(self, msg: QueryNetworkServiceProvider, ctx: CallContext) -> QueryReply:
-        # The catalogue is the system's, readable by every account: no visibility filter.
-        return await self.db.run(run_query, PROVIDER_QUERY, msg, None, PROVIDER_PAGE)
+        # The catalogue is the system's, readable by every account: its rows are not filtered, the
+        # relations a condition reaches through (an L3 network) are.
+        def query(session: Session) -> QueryReply:
+            return run_query(session, PROVIDER_QUERY, msg, ctx.account, PROVIDER_PAGE, filter_rows=False)
+
+        return await self.db.run(query)

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from mgmt.core.access import forget_sharing, load_owned
+from mgmt.core.access import forget_sharing, load_for_delete, load_owned
 from mgmt.core.cascade import CascadeRegistry, announce_deleted
 from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
@@ -210,9 +210,9 @@ class OfferingService(Service):
         keep their size when their offering goes (as in ZStack)."""
 
         def remove(session: Session) -> dict[str, list[str]] | None:
-            if session.get(kind.model, msg.uuid) is None:
+            row = load_for_delete(session, kind.model, msg.uuid, ctx.account, kind.name)
+            if row is None:
                 return None
-            row = load_owned(session, kind.model, msg.uuid, ctx.account, kind.name)
             cascaded = self.cascade.delete(session, kind.name, msg.uuid, msg.delete_mode)
             session.delete(row)
             forget_sharing(session, [msg.uuid])

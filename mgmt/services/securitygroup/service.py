@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -26,7 +25,8 @@ from bus.aio import AsyncBus, Consumer
 from bus.envelope import Envelope, new_uuid
 from bus.errors import RingstackError, Sys, not_found
 from bus.topology import QueueSpec
-from mgmt.core.access import forget_sharing, load_owned, load_visible
+from mgmt.cluster.owner import OwnerPath
+from mgmt.core.access import forget_sharing, load_for_delete, load_owned, load_visible, visible
 from mgmt.core.agents import AgentClient
 from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
@@ -112,8 +112,7 @@ class SecurityGroupService(Service):
     events: EventPublisher
     agents: AgentClient
     bus: AsyncBus
-    cluster: Any
-    node: Any
+    owners: OwnerPath
 
     async def start(self) -> None:
         self._consumer: Consumer | None = None
@@ -146,7 +145,7 @@ class SecurityGroupService(Service):
 
         async def one(host: str) -> RingstackError | None:
             try:
-                await self.cluster.router.call(
+                await self.owners.call(
                     "SyncSecurityGroupsOnHost", {"hostUuid": host}, resource_uuid=host, timeout=PUSH_TIMEOUT
                 )
             except RingstackError as exc:
@@ -194,7 +193,7 @@ class SecurityGroupService(Service):
             await asyncio.sleep(RETRY_INTERVAL)
             try:
                 hosts = await self.db.run(state.failed_hosts)
-                mine = [h for h in hosts if self.cluster.ring.owner(h) == self.node.uuid]
+                mine = [h for h in hosts if self.owners.owns(h)]
                 if mine:
                     await self._push(mine)
             except Exception:  # the loop must outlive a bad round (database down, ...)
@@ -250,10 +249,9 @@ class SecurityGroupService(Service):
     @handler(DeleteSecurityGroup)
     async def delete_group(self, msg: DeleteSecurityGroup, ctx: CallContext) -> EmptyReply:
         def delete_(session: Session) -> list[str] | None:
-            group = session.get(SecurityGroup, msg.uuid)
+            group = load_for_delete(session, SecurityGroup, msg.uuid, ctx.account, "security group")
             if group is None:
                 return None
-            load_owned(session, SecurityGroup, msg.uuid, ctx.account, "security group")
             in_use = session.scalars(
                 select(VmNicSecurityGroupRef.vm_nic_uuid).where(
                     VmNicSecurityGroupRef.security_group_uuid == msg.uuid
@@ -333,9 +331,9 @@ class SecurityGroupService(Service):
     @handler(DeleteSecurityGroupRule)
     async def delete_rules(self, msg: DeleteSecurityGroupRule, ctx: CallContext) -> SecurityGroupReply:
         def remove(session: Session) -> tuple[SecurityGroupInventory, list[str]]:
-            rules = session.scalars(
-                select(SecurityGroupRule).where(SecurityGroupRule.uuid.in_(msg.rule_uuids))
-            ).all()
+            # Rules the caller cannot see are as absent ones: never read, never named in an error.
+            stmt = select(SecurityGroupRule).where(SecurityGroupRule.uuid.in_(msg.rule_uuids))
+            rules = session.scalars(visible(stmt, SecurityGroupRule, ctx.account)).all()
             groups = {r.security_group_uuid for r in rules}
             if not rules:
                 raise not_found("security group rule", msg.rule_uuids[0])

@@ -24,6 +24,7 @@ from mgmt.core.db import Database
 from mgmt.core.extensions import ExtensionRegistry
 from mgmt.core.flow import Cleanup, Flow, FlowChain, Garbage
 from mgmt.services.vm import plan as plans
+from mgmt.services.vm import specs
 from mgmt.services.vm.plan import CreatePlan
 from mgmt.services.vm.states import VmState
 from schema.agent import (
@@ -32,12 +33,9 @@ from schema.agent import (
     DeleteVolumeCommand,
     DestroyVmCommand,
     EnsureBridgeCommand,
-    NicSpec,
     StartVmCommand,
-    VmSpec,
     VmStateReply,
     VolumeReply,
-    VolumeSpec,
 )
 from schema.api.base import WireModel
 from schema.api.vm import VmInstanceInventory, VmNicInventory, VolumeInventory
@@ -130,7 +128,10 @@ class CreateVm:
         await self.db.run(plans.prepare, plan)
 
     async def _release(self, plan: CreatePlan) -> None:
-        await self.db.run(plans.release, plan.vm_uuid)
+        # Only what this attempt reserved: a reserve refused because the uuid is taken (by another
+        # account's VM, or by this client's own earlier create) must leave that VM alone.
+        if plan.reserved:
+            await self.db.run(plans.release, plan.vm_uuid)
 
     async def _create_volumes(self, plan: CreatePlan) -> None:
         assert plan.host_uuid and plan.ps_uuid and plan.ps_url and plan.ps_type
@@ -161,7 +162,7 @@ class CreateVm:
                 command = DeleteVolumeCommand(host_uuid=plan.host_uuid, install_path=volume.install_path)
             else:
                 # Its create went unanswered, yet may have made the volume: delete it by uuid.
-                command = plans.delete_by_uuid(
+                command = specs.delete_by_uuid(
                     plan.host_uuid, volume.uuid, plan.ps_uuid, plan.ps_url, plan.ps_type
                 )
             cleanups.append(Cleanup(command, plan.vm_uuid))
@@ -185,7 +186,9 @@ class CreateVm:
 
     async def _start(self, plan: CreatePlan) -> None:
         assert plan.host_uuid
-        await self.agents.call(StartVmCommand(host_uuid=plan.host_uuid, vm=spec_of(plan)), VmStateReply)
+        await self.agents.call(
+            StartVmCommand(host_uuid=plan.host_uuid, vm=specs.planned_vm_spec(plan)), VmStateReply
+        )
         plan.started_on_agent = True
 
     def _destroy(self, plan: CreatePlan) -> list[Cleanup]:
@@ -194,34 +197,3 @@ class CreateVm:
 
     async def _done(self, plan: CreatePlan) -> None:
         await self.db.run(_finish, plan)
-
-
-def spec_of(plan: CreatePlan) -> VmSpec:
-    volumes = [
-        VolumeSpec(
-            uuid=v.uuid, install_path=v.install_path or "", size=v.size, device_id=v.device_id, type=v.type
-        )
-        for v in plan.volumes
-    ]
-    return VmSpec(
-        uuid=plan.vm_uuid,
-        name=plan.name,
-        cpu_num=plan.cpu,
-        memory_size=plan.memory,
-        root_volume=volumes[0],
-        data_volumes=volumes[1:],
-        nics=[
-            NicSpec(
-                uuid=n.uuid,
-                mac=n.mac,
-                ip=n.ip,
-                netmask=n.netmask,
-                gateway=n.gateway,
-                l3_network_uuid=n.l3_uuid,
-                l2=n.l2,
-                device_id=n.device_id,
-                default=n.default,
-            )
-            for n in plan.nics
-        ],
-    )

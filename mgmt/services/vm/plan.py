@@ -1,5 +1,5 @@
-"""The database side of making a VM: resolving a request, reserving everything in one transaction,
-releasing it all again, and building what the agent needs.
+"""The plan of a VM create, and the database side of making a VM: resolving a request, reserving
+everything in one transaction, releasing it all again. (What the agent is told: ``specs``.)
 
 ``reserve`` takes the host's CPU and memory, the primary storage's bytes, the IPs, the quota, and
 inserts the VM, its NICs and volume rows, all in ONE transaction: either everything is held or
@@ -15,27 +15,27 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Table, TextClause, delete, func, insert, select, text
+from sqlalchemy import Table, TextClause, delete, insert, select, text
 from sqlalchemy.orm import Session
 
 from bus.errors import RingstackError, Sys, not_found
 from mgmt.core import capacity
 from mgmt.core.access import load_visible
+from mgmt.core.db import uuid_taken
 from mgmt.core.quota import check_quota
 from mgmt.core.service import Account
 from mgmt.services.network.ipam import allocate_ip, release_ips_for
-from mgmt.services.network.vxlan import vxlan_spec
 from mgmt.services.vm import allocator
+from mgmt.services.vm.errors import VmError
+from mgmt.services.vm.specs import l2_spec
 from mgmt.services.vm.states import VmState
-from schema.agent import DeleteVolumeCommand, L2Spec, NicSpec, VmSpec, VolumeSpec
+from schema.agent import L2Spec
 from schema.api.vm import CreateVmInstance, VmInstanceInventory
 from schema.db.image import Image
-from schema.db.network import L2Network, L3Network
+from schema.db.network import L3Network
 from schema.db.offering import DiskOffering, InstanceOffering
-from schema.db.storage import PrimaryStorage
 from schema.db.vm import VmInstance, VmNic, Volume
 
-NO_HOST_AVAILABLE = "VM.NO_HOST_AVAILABLE"
 GiB = 1 << 30
 
 
@@ -96,6 +96,9 @@ class CreatePlan:
     volume_creates_sent: list[str] = field(default_factory=list)  # volume uuids asked of the agent
     created_on_agent: list[str] = field(default_factory=list)  # volume uuids the agent made
     started_on_agent: bool = False
+    # Set by ``prepare`` once this attempt's own rows are written: the reserve step's rollback
+    # releases the VM only then, never the holder of a uuid that refused this attempt (issue #11).
+    reserved: bool = False
     inventory: VmInstanceInventory | None = None  # read in the transaction that makes it Running
 
     @classmethod
@@ -113,34 +116,6 @@ class CreatePlan:
     @property
     def disk(self) -> int:
         return sum(v.size for v in self.volumes)
-
-
-def bridge_name(l2: Any) -> str:
-    """``l2``: an L2Network, or a row with its columns."""
-    # Linux interface names have at most 15 characters: br_eth0_4094 fits.
-    base = f"br_{l2.physical_interface}"[:10]
-    return f"{base}_{l2.vlan}" if l2.vlan else base
-
-
-def l2_spec(l2: Any, session: Session) -> L2Spec:
-    """``l2``: an L2Network, or a row with its columns."""
-    if l2.type == "L2VxlanNetwork":  # one bridge per VNI; the VTEPs of every host of its clusters
-        vni, vteps = vxlan_spec(session, l2.uuid)
-        return L2Spec(
-            uuid=l2.uuid,
-            type=l2.type,
-            physical_interface=l2.physical_interface,
-            bridge_name=f"br_vx{vni}",
-            vni=vni,
-            vteps=vteps,
-        )
-    return L2Spec(
-        uuid=l2.uuid,
-        type=l2.type,
-        physical_interface=l2.physical_interface,
-        vlan=l2.vlan,
-        bridge_name=bridge_name(l2),
-    )
 
 
 _IMAGE_LOCATION = text(
@@ -263,13 +238,12 @@ def prepare(session: Session, plan: CreatePlan) -> CreatePlan:
         plan.guard
         and session.execute(_columns_by_uuid("vm_instance", ("uuid",)), {"uuid": plan.vm_uuid}).first()
     ):
-        raise RingstackError(
-            Sys.CONFLICT, f"resource uuid {plan.vm_uuid} is already in use", details={"uuid": plan.vm_uuid}
-        )
+        raise uuid_taken(plan.vm_uuid)
     # Held while reserving: the session's identity map keeps rows only weakly, and allocate_ip
     # reads the L3 again (from the map, not the database, as long as this reference lives).
     l3s = _resolve_into(session, plan, plan.request)
     reserve(session, plan)
+    plan.reserved = True
     del l3s
     return plan
 
@@ -351,7 +325,7 @@ def reserve(session: Session, plan: CreatePlan) -> CreatePlan:
             return plan
         # else another create took it meanwhile: try the next one
     raise RingstackError(
-        NO_HOST_AVAILABLE,
+        VmError.NO_HOST_AVAILABLE,
         f"no host in zone {plan.zone_uuid} has {plan.cpu} CPUs, {plan.memory} bytes of memory and "
         f"{plan.disk} bytes of primary storage free, with every L2 network attached",
         details={"cpu": plan.cpu, "memory": plan.memory, "disk": plan.disk, "candidates": considered},
@@ -487,111 +461,3 @@ def release(session: Session, vm_uuid: str, keep_data_volumes: bool = False) -> 
     session.flush()
     session.delete(vm)
     return freed
-
-
-def delete_by_uuid(
-    host_uuid: str, volume_uuid: str, ps_uuid: str | None, ps_url: str | None, ps_type: str | None
-) -> DeleteVolumeCommand:
-    """Delete a volume whose path is unknown (its create's answer never came) by its uuid."""
-    return DeleteVolumeCommand(
-        host_uuid=host_uuid,
-        volume_uuid=volume_uuid,
-        primary_storage_uuid=ps_uuid,
-        primary_storage_url=ps_url,
-        primary_storage_type=ps_type if ps_type in ("LocalStorage", "NFS", "SharedMountPoint") else None,
-    )
-
-
-def leftover_volumes(session: Session, vm_uuid: str, host_uuid: str) -> list[DeleteVolumeCommand]:
-    """What deletes the volumes an interrupted create may have made on ``host_uuid``: by path when
-    the database knows it, else by uuid (a create in progress records no path)."""
-    rows = session.execute(
-        select(Volume.uuid, Volume.install_path, PrimaryStorage.uuid, PrimaryStorage.url, PrimaryStorage.type)
-        .outerjoin(PrimaryStorage, PrimaryStorage.uuid == Volume.primary_storage_uuid)
-        .where(Volume.vm_instance_uuid == vm_uuid)
-    ).all()
-    return [
-        DeleteVolumeCommand(host_uuid=host_uuid, install_path=path)
-        if path
-        else delete_by_uuid(host_uuid, uuid, ps_uuid, ps_url, ps_type)
-        for uuid, path, ps_uuid, ps_url, ps_type in rows
-    ]
-
-
-def vm_spec(session: Session, vm: VmInstance) -> VmSpec:
-    """The agent's view of a VM, from its rows."""
-    volumes = session.scalars(
-        select(Volume).where(Volume.vm_instance_uuid == vm.uuid).order_by(Volume.device_id)
-    ).all()
-    root = next(v for v in volumes if v.type == "Root")
-    nics = session.scalars(
-        select(VmNic).where(VmNic.vm_instance_uuid == vm.uuid).order_by(VmNic.device_id)
-    ).all()
-    return VmSpec(
-        uuid=vm.uuid,
-        name=vm.name,
-        cpu_num=vm.cpu_num,
-        memory_size=vm.memory_size,
-        root_volume=_volume_spec(root),
-        data_volumes=[_volume_spec(v) for v in volumes if v.type == "Data"],
-        nics=[nic_spec(session, n, vm.default_l3_network_uuid) for n in nics],
-    )
-
-
-def _volume_spec(volume: Volume) -> VolumeSpec:
-    return VolumeSpec(
-        uuid=volume.uuid,
-        install_path=volume.install_path or "",
-        format=volume.format,
-        size=volume.size,
-        device_id=volume.device_id or 0,
-        type=volume.type,
-    )
-
-
-def nic_spec(session: Session, nic: VmNic, default_l3: str | None) -> NicSpec:
-    l3 = session.get(L3Network, nic.l3_network_uuid)
-    l2 = session.get(L2Network, l3.l2_network_uuid) if l3 else None
-    if l2 is None:
-        raise not_found("L2 network of NIC", nic.uuid)
-    return NicSpec(
-        uuid=nic.uuid,
-        mac=nic.mac,
-        ip=nic.ip,
-        netmask=nic.netmask,
-        gateway=nic.gateway,
-        l3_network_uuid=nic.l3_network_uuid,
-        l2=l2_spec(l2, session),
-        device_id=nic.device_id,
-        default=nic.l3_network_uuid == default_l3,
-    )
-
-
-def usage_vms(session: Session, account_uuid: str) -> int:
-    return int(session.scalar(select(func.count()).where(VmInstance.owner_account_uuid == account_uuid)) or 0)
-
-
-def usage_cpu(session: Session, account_uuid: str) -> int:
-    return int(
-        session.scalar(
-            select(func.coalesce(func.sum(VmInstance.cpu_num), 0)).where(
-                VmInstance.owner_account_uuid == account_uuid
-            )
-        )
-        or 0
-    )
-
-
-def usage_memory(session: Session, account_uuid: str) -> int:
-    return int(
-        session.scalar(
-            select(func.coalesce(func.sum(VmInstance.memory_size), 0)).where(
-                VmInstance.owner_account_uuid == account_uuid
-            )
-        )
-        or 0
-    )
-
-
-def usage_volumes(session: Session, account_uuid: str) -> int:
-    return int(session.scalar(select(func.count()).where(Volume.owner_account_uuid == account_uuid)) or 0)

@@ -11,19 +11,19 @@ from sqlalchemy.orm import Session
 from bus.envelope import new_uuid
 from bus.errors import RingstackError, Sys
 from mgmt.core import capacity
-from mgmt.core.access import load_owned, load_visible
+from mgmt.core.access import load_for_delete, load_owned, load_visible
 from mgmt.core.agents import AgentClient
-from mgmt.core.db import Database, create_guard, ownership_lost
+from mgmt.core.db import Database, create_guard, ownership_lost, uuid_taken
 from mgmt.core.events import EventPublisher
 from mgmt.core.extensions import ExtensionRegistry
 from mgmt.core.flow import Cleanup, Flow
 from mgmt.core.garbage import GarbageCollector
 from mgmt.core.query import QueryTarget, Relation, run_query
 from mgmt.core.quota import check_quota, register_usage
-from mgmt.core.service import CallContext, Service, handler
+from mgmt.core.service import Account, CallContext, Service, handler
 from mgmt.core.stuck import StuckResourceFinder, live_jobs
 from mgmt.services.network.ipam import allocate_ip, release_ips_for
-from mgmt.services.vm import allocator, guards
+from mgmt.services.vm import allocator, guards, specs, usage
 from mgmt.services.vm import plan as plans
 from mgmt.services.vm.contexts import AttachVolume, Migration, NicOp, StartVm
 from mgmt.services.vm.create import CreateVm
@@ -155,10 +155,10 @@ class VmService(Service):
     garbage: GarbageCollector
 
     async def start(self) -> None:
-        register_usage("vm.num", plans.usage_vms)
-        register_usage("vm.cpuNum", plans.usage_cpu)
-        register_usage("vm.memorySize", plans.usage_memory)
-        register_usage("volume.num", plans.usage_volumes)
+        register_usage("vm.num", usage.usage_vms)
+        register_usage("vm.cpuNum", usage.usage_cpu)
+        register_usage("vm.memorySize", usage.usage_memory)
+        register_usage("volume.num", usage.usage_volumes)
         self.creator = CreateVm(self.db, self.agents, self.extensions, self.garbage)
         self.operations = Operations(self.db, self.agents, self.garbage)
         guards.register(self.garbage)
@@ -175,7 +175,7 @@ class VmService(Service):
     async def create_vm(self, msg: CreateVmInstance, ctx: CallContext) -> VmReply:
         vm_uuid = ctx.new_resource_uuid(msg)
         if ctx.resumed:
-            done = await self._clean_interrupted_create(vm_uuid)
+            done = await self._clean_interrupted_create(vm_uuid, ctx.account)
             if done is not None:
                 return VmReply(inventory=done)
         # Guard, resolve and reserve run in the chain's first transaction (``plans.prepare``).
@@ -192,16 +192,22 @@ class VmService(Service):
         await self.events.resource_event("vm", vm_uuid, "created", plan.inventory.to_wire())
         return VmReply(inventory=plan.inventory)
 
-    async def _clean_interrupted_create(self, vm_uuid: str) -> VmInstanceInventory | None:
+    async def _clean_interrupted_create(
+        self, vm_uuid: str, account: Account | None
+    ) -> VmInstanceInventory | None:
         """A create whose node died (or lost its ownership): finished already (return it), or undo
-        what it left, on the host and in the database, so that it can run again from the start."""
+        what it left, on the host and in the database, so that it can run again from the start.
+        A VM under that uuid that is not the caller's was never this create's: refused, untouched
+        (``account`` None: the caller has already checked it may change the VM)."""
 
         def read(session: Session) -> tuple[str, str | None, list[DeleteVolumeCommand]] | None:
             vm = session.get(VmInstance, vm_uuid)
             if vm is None:
                 return None
+            if account is not None and vm.owner_account_uuid != account.uuid:
+                raise uuid_taken(vm_uuid)
             host = vm.host_uuid or vm.last_host_uuid
-            volumes = plans.leftover_volumes(session, vm_uuid, host) if host else []
+            volumes = specs.leftover_volumes(session, vm_uuid, host) if host else []
             return vm.state, host, volumes
 
         found = await self.db.run(read)
@@ -242,7 +248,7 @@ class VmService(Service):
             )
         if creating:
             # Its create ended without finishing (its caller was told so): undo it all.
-            await self._clean_interrupted_create(msg.uuid)
+            await self._clean_interrupted_create(msg.uuid, None)  # load_owned checked the caller
             log.warning("VM %s was left %s by an unfinished create: rolled back", msg.uuid, before)
             await self.events.resource_event("vm", msg.uuid, "settled", {"from": before, "to": "Deleted"})
             return SettleVmInstanceReply(from_state=before, to_state="Deleted", action="rolledBack")
@@ -283,7 +289,7 @@ class VmService(Service):
                     f"host {host_uuid} is not connected and enabled; the VM cannot start there",
                 )
             hold_host(session, vm, host_uuid)
-            op.spec = plans.vm_spec(session, vm)
+            op.spec = specs.vm_spec(session, vm)
 
         async def start(op: StartVm) -> None:
             assert op.spec is not None
@@ -376,10 +382,8 @@ class VmService(Service):
     @handler(ExpungeVmInstance)
     async def expunge_vm(self, msg: ExpungeVmInstance, ctx: CallContext) -> ApiEmptyReply:
         def read(session: Session) -> list[str] | None:
-            vm = session.get(VmInstance, msg.uuid)
-            if vm is None:
+            if load_for_delete(session, VmInstance, msg.uuid, ctx.account, "VM") is None:
                 return None
-            load_owned(session, VmInstance, msg.uuid, ctx.account, "VM")
             roots = session.scalars(
                 select(Volume.install_path).where(Volume.vm_instance_uuid == msg.uuid, Volume.type == "Root")
             )
@@ -650,7 +654,7 @@ class VmService(Service):
             if op.install_path:
                 command = DeleteVolumeCommand(host_uuid=op.volume_host, install_path=op.install_path)
             else:  # the create's answer never came, yet it may have made the file: by uuid
-                command = plans.delete_by_uuid(op.volume_host, op.volume_uuid, *op.storage)
+                command = specs.delete_by_uuid(op.volume_host, op.volume_uuid, *op.storage)
             return [Cleanup(command, op.vm_uuid)]
 
         async def attach(op: AttachVolume) -> None:
@@ -723,10 +727,9 @@ class VmService(Service):
     @handler(DeleteDataVolume)
     async def delete_volume(self, msg: DeleteDataVolume, ctx: CallContext) -> ApiEmptyReply:
         def delete(session: Session) -> tuple[str | None, str | None] | None:
-            volume = session.get(Volume, msg.uuid)
+            volume = load_for_delete(session, Volume, msg.uuid, ctx.account, "volume")
             if volume is None:
                 return None
-            load_owned(session, Volume, msg.uuid, ctx.account, "volume")
             if volume.type != "Data":
                 raise RingstackError(Sys.INVALID_ARGUMENT, f"volume {volume.uuid} is a {volume.type} volume")
             if volume.vm_instance_uuid is not None:
@@ -777,7 +780,7 @@ class VmService(Service):
             )
             session.add(nic)
             session.flush()
-            op.spec = plans.nic_spec(session, nic, vm.default_l3_network_uuid)
+            op.spec = specs.nic_spec(session, nic, vm.default_l3_network_uuid)
             op.running = vm.state == VmState.RUNNING and vm.host_uuid is not None
 
         def untake(session: Session, vm: VmInstance, op: NicOp) -> None:
@@ -821,7 +824,7 @@ class VmService(Service):
             nic = session.get(VmNic, msg.vm_nic_uuid)
             if nic is None or nic.vm_instance_uuid != vm.uuid:
                 raise RingstackError(Sys.NOT_FOUND, f"VM {vm.uuid} has no NIC {msg.vm_nic_uuid}")
-            op.spec = plans.nic_spec(session, nic, vm.default_l3_network_uuid)
+            op.spec = specs.nic_spec(session, nic, vm.default_l3_network_uuid)
             op.running = vm.state == VmState.RUNNING and vm.host_uuid is not None
 
         async def detach(op: NicOp) -> None:
@@ -908,7 +911,7 @@ def _prepare_migration(session: Session, vm: VmInstance, destination: str, op: M
     nics = session.scalars(select(VmNic).where(VmNic.vm_instance_uuid == vm.uuid).order_by(VmNic.device_id))
     l2s: dict[str, L2Spec] = {}
     for nic in nics:
-        spec = plans.nic_spec(session, nic, vm.default_l3_network_uuid).l2
+        spec = specs.nic_spec(session, nic, vm.default_l3_network_uuid).l2
         l2s.setdefault(spec.uuid, spec)
     op.l2s = list(l2s.values())
     types = session.scalars(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from bus.errors import RingstackError
+from mgmt.services.vm.errors import VmError
 
 
 class VmState(StrEnum):
@@ -28,7 +29,6 @@ class VmState(StrEnum):
 
 
 S = VmState
-INVALID_STATE = "VM.INVALID_STATE"
 
 # operation -> (states it may start from, transitional state while it runs or None)
 OPERATIONS: dict[str, tuple[frozenset[VmState], VmState | None]] = {
@@ -58,7 +58,7 @@ def check(operation: str, vm_uuid: str, state: str) -> VmState | None:
     allowed, transitional = OPERATIONS[operation]
     if state not in allowed:
         raise RingstackError(
-            INVALID_STATE,
+            VmError.INVALID_STATE,
             f"cannot {operation} VM {vm_uuid}: it is {state}; {operation} needs "
             + " or ".join(sorted(s.value for s in allowed)),
             details={"uuid": vm_uuid, "state": state, "operation": operation},

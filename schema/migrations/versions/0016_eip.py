@@ -1,14 +1,16 @@
 """eip (elastic IPs: a VIP mapped onto a VM NIC) and the Flat provider's EIPs applied per host
 
 Revision ID: 0016
-Revises: 0012 (main's head when written; the lead re-chains it at merge)
+Revises: 0014
 """
 
 import sqlalchemy as sa
 from alembic import op
 
+from mgmt.core import resourceindex
+
 revision = "0016"
-down_revision = "0012"
+down_revision = "0014"  # chain: 0009, 0013, 0011, 0012, 0014, 0016, 0017
 branch_labels = None
 depends_on = None
 
@@ -38,6 +40,7 @@ def upgrade() -> None:
     )
     for column in ("name", "owner_account_uuid", "vm_nic_uuid"):
         op.create_index(op.f(f"ix_eip_{column}"), "eip", [column], unique=False)
+    resourceindex.index_table(op.get_bind(), "eip")  # one uuid namespace (0014)
     op.create_table(
         "flat_eip_host",
         sa.Column("host_uuid", sa.String(length=32), nullable=False),

@@ -19,8 +19,8 @@ from bus.errors import RingstackError, Sys
 from bus.ring import Ring
 from mgmt.cluster.jobs import CANCEL_RUNNING_JOB, RUN_JOB, JobRunner
 from mgmt.cluster.membership import Membership
+from mgmt.cluster.owner import OwnerPath
 from mgmt.cluster.ownership import Ownership
-from mgmt.cluster.router import Router
 from mgmt.cluster.stuck import StuckSweeper
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 NODE_STATUS = "ringstack.NodeStatus"
 
 
-class Cluster:
+class RingRuntime:
     def __init__(self, node: ManagementNode) -> None:
         cfg = node.config
         self.node = node
@@ -51,19 +51,7 @@ class Cluster:
             on_renewed=self.ownership.renewed,
             on_peer_released=self.wake,
         )
-        self.jobs = JobRunner(
-            node_uuid=node.uuid,
-            config=cfg,
-            db=node.db,
-            bus=node.bus,
-            dispatcher=node.dispatcher,
-            serial=node.serial,
-            ownership=self.ownership,
-            membership=self.membership,
-            events=node.events,
-        )
-        self.ownership.on_lost = self.jobs.fenced
-        self.router = Router(
+        self.owners = OwnerPath(
             node_uuid=node.uuid,
             bus=node.bus,
             dispatcher=node.dispatcher,
@@ -72,6 +60,18 @@ class Cluster:
             max_hops=cfg.max_forward_hops,
             lease_wait=cfg.lease_ttl * 2 + cfg.heartbeat_interval,
         )
+        self.jobs = JobRunner(
+            node_uuid=node.uuid,
+            config=cfg,
+            db=node.db,
+            bus=node.bus,
+            dispatcher=node.dispatcher,
+            owners=self.owners,
+            ownership=self.ownership,
+            membership=self.membership,
+            events=node.events,
+        )
+        self.ownership.on_lost = self.jobs.fenced
         self.stuck = StuckSweeper(
             db=node.db,
             extensions=node.extensions,

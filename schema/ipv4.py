@@ -1,4 +1,6 @@
-"""IPv4 address arithmetic and IP allocation strategies: pure logic, no database.
+"""IPv4 address arithmetic, IP range rules and IP allocation strategies: pure logic, standard
+library only, shared by the API schema (``schema.api.network_ipam`` validates ranges with it) and
+the allocator, so that validation and allocation agree.
 
 The database side (``mgmt.services.network.ipam``) loads an L3 network's ranges and used
 addresses, asks a strategy for a candidate, and INSERTs it under a unique constraint; this module

@@ -1,0 +1,3 @@
+from mgmt.services.accesskey.service import AccessKeyService
+
+__all__ = ["AccessKeyService"]
