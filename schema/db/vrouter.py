@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from schema.db.base import UUID_LENGTH, Base, ResourceMixin
@@ -47,14 +57,21 @@ class Vip(ResourceMixin, Base):
     state: Mapped[str] = mapped_column(String(32), default="Enabled")
 
 
-class VirtualRouterVm(ResourceMixin, Base):
+class VirtualRouterVm(Base):
     """A VM that is a guest L3's virtual router (ZStack's ``ApplianceVmVO``/``VirtualRouterVmVO``):
     the appliance's own row beside its ``vm_instance`` row (same uuid). The unique guest L3 makes
     "exactly one VR per guest L3" a database invariant, whatever races above it."""
 
     __tablename__ = "virtual_router_vm"
-    resource_type = "virtualRouterVm"
 
+    # Its uuid is its VM's (so it is in the uuid namespace as that VM), and its owner is the VM's.
+    uuid: Mapped[str] = mapped_column(String(UUID_LENGTH), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
     guest_l3_network_uuid: Mapped[str] = mapped_column(
         String(UUID_LENGTH), ForeignKey("l3_network.uuid"), unique=True
     )

@@ -38,7 +38,8 @@ from mgmt.core.service import SYSTEM_ACCOUNT
 from mgmt.services.network.ipam import release_ips_for
 from mgmt.services.network.providers import services_from
 from mgmt.services.vm import plan as plans
-from mgmt.services.vm.create import CreateVm, spec_of
+from mgmt.services.vm import specs
+from mgmt.services.vm.create import CreateVm
 from mgmt.services.vm.plan import CreatePlan, NicPlan, VolumePlan
 from mgmt.services.vm.states import VmState
 from mgmt.services.vrouter import errors
@@ -256,7 +257,6 @@ def record(session: Session, vr_uuid: str, l3_uuid: str) -> VirtualRouterVm:
     row = VirtualRouterVm(
         uuid=vr_uuid,
         name=f"vrouter-{l3_uuid[:8]}",
-        owner_account_uuid=SYSTEM_ACCOUNT.uuid,
         guest_l3_network_uuid=l3_uuid,
         offering_uuid=offering.uuid,
         management_network_uuid=offering.management_network_uuid,
@@ -294,7 +294,7 @@ def reserve_appliance(session: Session, plan: CreatePlan, vr_uuid: str) -> Creat
             NicPlan(
                 uuid=plans._uuid(),
                 l3_uuid=l3_uuid,
-                l2=plans.l2_spec(l2, session),
+                l2=specs.l2_spec(l2, session),
                 device_id=index,
                 default=l3_uuid == vr.public_network_uuid,  # the VR's default route is public
             )
@@ -306,6 +306,7 @@ def reserve_appliance(session: Session, plan: CreatePlan, vr_uuid: str) -> Creat
     plan.nics = nics
     plan.volumes = [VolumePlan(uuid=plans._uuid(), type="Root", size=max(image.size or 0, GiB), device_id=0)]
     plans.reserve(session, plan)
+    plan.reserved = True  # this attempt holds it: the chain's rollback releases it
     guest = next(n for n in plan.nics if n.l3_uuid == vr.guest_l3_network_uuid)
     release_ips_for(session, guest.uuid)  # the guest NIC is the gateway, outside the range
     gateway = _range(session, vr.guest_l3_network_uuid).gateway
@@ -329,7 +330,9 @@ class ApplianceCreate(CreateVm):
 
     async def _start(self, plan: CreatePlan) -> None:
         assert plan.host_uuid
-        spec = spec_of(plan).model_copy(update={"appliance": ApplianceSpec(kind="VirtualRouter")})
+        spec = specs.planned_vm_spec(plan).model_copy(
+            update={"appliance": ApplianceSpec(kind="VirtualRouter")}
+        )
         await self.agents.call(StartVmCommand(host_uuid=plan.host_uuid, vm=spec), VmStateReply)
         plan.started_on_agent = True
 
@@ -410,7 +413,7 @@ class VrCreator:
         host = c.plan.host_uuid
         volumes = [
             Cleanup(
-                plans.delete_by_uuid(host, v.uuid, c.plan.ps_uuid, c.plan.ps_url, c.plan.ps_type), c.vr_uuid
+                specs.delete_by_uuid(host, v.uuid, c.plan.ps_uuid, c.plan.ps_url, c.plan.ps_type), c.vr_uuid
             )
             if not v.install_path
             else Cleanup(DeleteVolumeCommand(host_uuid=host, install_path=v.install_path), c.vr_uuid)

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 import uuid as uuidlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from sqlalchemy import delete, func, select
@@ -23,10 +23,11 @@ from bus.aio import AsyncBus
 from bus.envelope import Envelope
 from bus.errors import RingstackError, not_found
 from bus.topology import QueueSpec
+from mgmt.cluster.owner import OwnerPath
 from mgmt.core.access import forget_sharing, load_owned, load_visible
 from mgmt.core.agents import AgentClient
 from mgmt.core.cascade import CascadeRegistry, CascadeRule, announce_deleted
-from mgmt.core.db import CURRENT_FENCE, Database, Fence, create_guard
+from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
 from mgmt.core.extensions import ExtensionRegistry
 from mgmt.core.flow import Cleanup
@@ -38,6 +39,7 @@ from mgmt.services.eip.backends import EipBackend, EipTarget
 from mgmt.services.network.ipam import allocate_ip, release_ips_for
 from mgmt.services.network.providers import NicServices, ProviderExtension
 from mgmt.services.vm import plan as plans
+from mgmt.services.vm import specs
 from mgmt.services.vm.create import VmInstantiateExtension
 from mgmt.services.vm.plan import CreatePlan
 from mgmt.services.vrouter import appliance, errors, portforwarding
@@ -311,7 +313,7 @@ class VirtualRouterService(Service):
     extensions: ExtensionRegistry
     garbage: GarbageCollector
     bus: AsyncBus
-    cluster: Any
+    owners: OwnerPath
     config: Any
 
     boot_timeout: ClassVar[float] = BOOT_TIMEOUT
@@ -516,7 +518,7 @@ class VirtualRouterService(Service):
 
     async def ensure(self, l3_uuid: str) -> VirtualRouterVmInventory:
         """The L3's serving VR, created if it has none, on the L3's owner."""
-        reply = await self.cluster.router.call(
+        reply = await self.owners.call(
             "EnsureVirtualRouter", {"l3NetworkUuid": l3_uuid}, resource_uuid=l3_uuid, timeout=ENSURE_TIMEOUT
         )
         return VirtualRouterVmReply.model_validate(reply).inventory
@@ -553,7 +555,7 @@ class VirtualRouterService(Service):
     async def _discard(self, vr_uuid: str) -> None:
         def read(session: Session) -> tuple[str | None, list[Any]]:
             host = appliance.vr_host(session, vr_uuid)
-            return host, plans.leftover_volumes(session, vr_uuid, host) if host else []
+            return host, specs.leftover_volumes(session, vr_uuid, host) if host else []
 
         host, volumes = await self.db.run(read)
         if host is not None:
@@ -625,7 +627,7 @@ class VirtualRouterService(Service):
         """A full sync of the VR, on its owner in its serial queue; ``strict``: a failure raises
         (else it is logged: the tracker's next reconnect pushes everything anyway)."""
         try:
-            await self.cluster.router.call(
+            await self.owners.call(
                 "SyncVirtualRouter", {"vmInstanceUuid": vr_uuid}, resource_uuid=vr_uuid, timeout=PUSH_TIMEOUT
             )
         except RingstackError as exc:
@@ -650,20 +652,6 @@ class VirtualRouterService(Service):
 
     # ------------------------------------------------------------------ tracking
 
-    @contextlib.contextmanager
-    def _fenced(self, uuid: str) -> Iterator[bool]:
-        ring = self.cluster.ring
-        partition = ring.partition(uuid)
-        token = self.cluster.ownership.token(partition)
-        if token is None:
-            yield False
-            return
-        reset = CURRENT_FENCE.set(Fence(self.cluster.node.uuid, partition, token))
-        try:
-            yield True
-        finally:
-            CURRENT_FENCE.reset(reset)
-
     async def _track(self) -> None:
         while True:
             await asyncio.sleep(self.config.host_ping_interval)
@@ -674,8 +662,7 @@ class VirtualRouterService(Service):
 
     async def check_all(self) -> None:
         vrs = await self.db.run_unfenced(_owned_vrs)
-        ring = self.cluster.ring
-        owned = [v for v in vrs if self.cluster.ownership.token(ring.partition(v[0])) is not None]
+        owned = [v for v in vrs if self.owners.holds(v[0])]
         await asyncio.gather(*(self._check(u, st) for u, st in owned))
 
     async def _check(self, vr_uuid: str, status: str) -> None:
@@ -687,7 +674,7 @@ class VirtualRouterService(Service):
                 reason = None if reply.host_uuid == vr_uuid else f"the agent says it is {reply.host_uuid}"
             except RingstackError as exc:
                 reply, reason = None, f"{exc.code}: {exc.message}"
-            with self._fenced(vr_uuid) as owned:
+            with self.owners.fenced_if_held(vr_uuid) as owned:
                 if not owned:
                     return
                 if reason is not None:
@@ -704,7 +691,7 @@ class VirtualRouterService(Service):
                 if status != "Connected" or rebooted:
                     # Back, or restarted with nothing: it gets everything again.
                     try:
-                        await self.cluster.router.call(
+                        await self.owners.call(
                             "ReconnectVirtualRouter",
                             {"vmInstanceUuid": vr_uuid},
                             resource_uuid=vr_uuid,
@@ -723,7 +710,7 @@ class VirtualRouterService(Service):
             return
         log.warning("VR %s is stopped: starting it", vr_uuid)
         try:
-            await self.cluster.router.call(
+            await self.owners.call(
                 "StartVmInstance", {"uuid": vr_uuid}, resource_uuid=vr_uuid, timeout=PUSH_TIMEOUT
             )
         except RingstackError as exc:

@@ -1,15 +1,17 @@
 """vrouter services: the VR appliances (one per guest L3) and port-forwarding rules
 
 Revision ID: 0015
-Revises: 0016 (0013 in the brief; chained after the real head, flat's 0016 EIP, so there is one head;
+Revises: 0017 (0013 in the brief; chained after main's head so there is one head;
 the lead re-chains at merge)
 """
 
 import sqlalchemy as sa
 from alembic import op
 
+from mgmt.core import resourceindex
+
 revision = "0015"
-down_revision = "0016"
+down_revision = "0017"  # chain: ..., 0014, 0016, 0017, 0015 (the lead re-chains)
 branch_labels = None
 depends_on = None
 
@@ -29,7 +31,11 @@ def _resource_columns() -> list[sa.Column]:
 def upgrade() -> None:
     op.create_table(
         "virtual_router_vm",
-        *_resource_columns(),
+        sa.Column("uuid", sa.String(length=32), nullable=False),
+        sa.Column("name", sa.String(length=255), nullable=False),
+        sa.Column("description", sa.Text(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.Column("guest_l3_network_uuid", sa.String(length=32), nullable=False),
         sa.Column("offering_uuid", sa.String(length=32), nullable=False),
         sa.Column("management_network_uuid", sa.String(length=32), nullable=False),
@@ -52,7 +58,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("uuid", name=op.f("pk_virtual_router_vm")),
         sa.UniqueConstraint("guest_l3_network_uuid", name=op.f("uq_virtual_router_vm_guest_l3_network_uuid")),
     )
-    for column in ("name", "owner_account_uuid", "offering_uuid", "status"):
+    for column in ("offering_uuid", "status"):
         op.create_index(op.f(f"ix_virtual_router_vm_{column}"), "virtual_router_vm", [column])
     op.create_table(
         "port_forwarding_rule",
@@ -75,6 +81,7 @@ def upgrade() -> None:
     )
     for column in ("name", "owner_account_uuid", "vip_uuid", "vm_nic_uuid"):
         op.create_index(op.f(f"ix_port_forwarding_rule_{column}"), "port_forwarding_rule", [column])
+    resourceindex.index_table(op.get_bind(), "port_forwarding_rule")  # one uuid namespace (0014)
 
 
 def downgrade() -> None:
