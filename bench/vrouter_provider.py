@@ -36,10 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.nodes import DEFAULT_BROKER_URL, Client, Nodes, converge, environment, progress  # noqa: E402
-from schema.db.network import VIRTUAL_ROUTER_PROVIDER_UUID  # noqa: E402
-from tests.support.simulator import SimulatorProcess  # noqa: E402
-from tests.support.zone import add_vr_offering, build_zone, vm_request  # noqa: E402
+from bench.nodes import DEFAULT_BROKER_URL, Client, Nodes, converge, environment, progress
+from schema.db.network import VIRTUAL_ROUTER_PROVIDER_UUID
+from tests.support.simulator import SimulatorProcess
+from tests.support.zone import add_vr_offering, build_zone, vm_request
 
 SERVICES = ["DHCP", "DNS", "SNAT", "PortForwarding"]
 
