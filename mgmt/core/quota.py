@@ -105,6 +105,18 @@ def register_usage(name: str, fn: UsageFn) -> None:
     _usage[name] = fn
 
 
+def count_owned(name: str, default: int, description: str, model: type) -> None:
+    """A quota on how many rows of ``model`` an account owns: define it and count it in one go."""
+    define_quota(name, default, description)
+    owner = model.owner_account_uuid  # type: ignore[attr-defined]
+    register_usage(
+        name,
+        lambda session, account_uuid: (
+            session.scalar(select(func.count()).select_from(model).where(owner == account_uuid)) or 0
+        ),
+    )
+
+
 def limit_for(session: Session, account_uuid: str, name: str) -> int:
     from schema.db.identity import Quota  # the identity service's table
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from bus.errors import RingstackError
@@ -24,7 +24,7 @@ from mgmt.core.db import Database, create_guard
 from mgmt.core.events import EventPublisher
 from mgmt.core.extensions import ExtensionRegistry
 from mgmt.core.query import QueryTarget, Relation, run_query
-from mgmt.core.quota import check_quota, define_quota, register_usage
+from mgmt.core.quota import check_quota, count_owned
 from mgmt.core.resources import update_name_description
 from mgmt.core.service import Account, CallContext, Service, handler
 from mgmt.services.eip.backends import EipBackend, EipTarget, backend_for
@@ -52,14 +52,7 @@ KIND = "eip"
 EIP_QUOTA = "eip.num"
 SERVICE_TYPE = "EIP"
 
-define_quota(EIP_QUOTA, 20, "elastic IPs")
-register_usage(
-    EIP_QUOTA,
-    lambda session, account_uuid: (
-        session.scalar(select(func.count()).select_from(Eip).where(Eip.owner_account_uuid == account_uuid))
-        or 0
-    ),
-)
+count_owned(EIP_QUOTA, 20, "elastic IPs", Eip)
 
 QUERY = QueryTarget.for_model(
     Eip,

@@ -108,7 +108,7 @@ def _snats(session: Session, vr: VirtualRouterVm, services: frozenset[str]) -> l
     if "SNAT" not in services or not vr.public_ip:
         return []
     cidr = _range(session, vr.guest_l3_network_uuid).network_cidr
-    return [Snat(guest_cidr=cidr, public_ip=vr.public_ip)]  # type: ignore[arg-type]
+    return [Snat(guest_cidr=cidr, public_ip=vr.public_ip)]
 
 
 def _dns(session: Session, vr: VirtualRouterVm, services: frozenset[str]) -> DnsSettings:
@@ -116,7 +116,7 @@ def _dns(session: Session, vr: VirtualRouterVm, services: frozenset[str]) -> Dns
         return DnsSettings()
     l3 = session.get(L3Network, vr.guest_l3_network_uuid)
     assert l3 is not None
-    return DnsSettings(servers=list(l3.dns), domain=l3.dns_domain)  # type: ignore[arg-type]
+    return DnsSettings(servers=list(l3.dns), domain=l3.dns_domain)
 
 
 def desired_state(session: Session, vr_uuid: str) -> VrState:
@@ -176,7 +176,7 @@ def desired_state(session: Session, vr_uuid: str) -> VrState:
             )
             .order_by(EipRow.uuid)
         )
-        eips = [Eip(uuid=u, vip_ip=vip, guest_ip=ip) for u, vip, ip in rows]  # type: ignore[arg-type]
+        eips = [Eip(uuid=row[0], vip_ip=row[1], guest_ip=row[2]) for row in rows]
     vips = [Vip(ip=ip) for ip in sorted({p.vip_ip for p in pfs} | {e.vip_ip for e in eips})]
     return VrState(snats=snats, vips=vips, eips=eips, port_forwardings=pfs, dhcp=dhcp, dns=dns)
 
@@ -184,14 +184,14 @@ def desired_state(session: Session, vr_uuid: str) -> VrState:
 def pf_of(rule: PortForwardingRule) -> PortForwarding:
     return PortForwarding(
         uuid=rule.uuid,
-        vip_ip=rule.vip_ip,  # type: ignore[arg-type]
-        protocol=rule.protocol_type,  # type: ignore[arg-type]
+        vip_ip=rule.vip_ip,
+        protocol=rule.protocol_type,
         vip_port_start=rule.vip_port_start,
         vip_port_end=rule.vip_port_end,
         private_port_start=rule.private_port_start,
         private_port_end=rule.private_port_end,
-        guest_ip=rule.guest_ip,  # type: ignore[arg-type]
-        allowed_cidr=rule.allowed_cidr or "0.0.0.0/0",  # type: ignore[arg-type]
+        guest_ip=rule.guest_ip,
+        allowed_cidr=rule.allowed_cidr or "0.0.0.0/0",
     )
 
 
@@ -208,7 +208,7 @@ def nic_configs(session: Session, vr_uuid: str) -> ConfigureNicsCommand:
             continue
         address = IPv4Interface(f"{nic.ip}/{nic.netmask}")
         if nic.l3_network_uuid == vr.public_network_uuid:
-            configs.append(NicConfig(mac=nic.mac, role="Public", address=address, gateway=nic.gateway))  # type: ignore[arg-type]
+            configs.append(NicConfig(mac=nic.mac, role="Public", address=address, gateway=nic.gateway))
         elif nic.l3_network_uuid == vr.guest_l3_network_uuid:
             configs.append(NicConfig(mac=nic.mac, role="Guest", address=address))
         elif nic.l3_network_uuid == vr.management_network_uuid:

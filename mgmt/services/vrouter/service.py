@@ -16,7 +16,7 @@ import uuid as uuidlib
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from bus.aio import AsyncBus
@@ -33,7 +33,7 @@ from mgmt.core.extensions import ExtensionRegistry
 from mgmt.core.flow import Cleanup
 from mgmt.core.garbage import GarbageCollector
 from mgmt.core.query import QueryTarget, Relation, run_query
-from mgmt.core.quota import check_quota, define_quota, register_usage
+from mgmt.core.quota import check_quota, count_owned
 from mgmt.core.service import CallContext, Service, handler
 from mgmt.services.eip.backends import EipBackend, EipTarget
 from mgmt.services.network.ipam import allocate_ip, release_ips_for
@@ -101,14 +101,7 @@ OFFERING_KIND = "virtualRouterOffering"
 VIP_KIND = "vip"
 VIP_QUOTA = "vip.num"
 
-define_quota(VIP_QUOTA, 20, "VIPs")
-register_usage(
-    VIP_QUOTA,
-    lambda session, account_uuid: (
-        session.scalar(select(func.count()).select_from(Vip).where(Vip.owner_account_uuid == account_uuid))
-        or 0
-    ),
-)
+count_owned(VIP_QUOTA, 20, "VIPs", Vip)
 
 OFFERING_QUERY = QueryTarget.for_model(
     VirtualRouterOffering,
@@ -266,7 +259,7 @@ class VirtualRouterProvider(ProviderExtension):
                 entries = [
                     DhcpEntry(
                         mac=n.nic.mac,
-                        ip=n.nic.ip,  # type: ignore[arg-type]
+                        ip=n.nic.ip,
                         hostname=appliance.hostname_of(plan.vm_uuid),
                         default_route=n.nic.default,
                     )
@@ -323,7 +316,7 @@ class VirtualRouterService(Service):
         self.cascade.register(VIP_RULE)
         self.cascade.register(PF_RULE)
         self.cascade.register(VR_RULE)
-        self.vr_agents = AgentClient(self.bus, default_timeout=PUSH_TIMEOUT, protocol=VirtualRouterAgent)
+        self.vr_agents = AgentClient(self.bus, default_timeout=PUSH_TIMEOUT, protocol=VirtualRouterAgent)  # type: ignore[type-abstract]
         self.provider = VirtualRouterProvider(self)
         self.extensions.register(VmInstantiateExtension, self.provider)
         self.extensions.register(EipBackend, VirtualRouterEipBackend(self))  # type: ignore[type-abstract]
@@ -722,12 +715,12 @@ class VirtualRouterService(Service):
         agents, vr = self.vr_agents, change.vr_uuid
         if create:
             if change.vip_first:
-                await agents.call(VipCreateCommand(host_uuid=vr, vip=VrVip(ip=change.vip_ip)), ChangeReply)  # type: ignore[arg-type]
+                await agents.call(VipCreateCommand(host_uuid=vr, vip=VrVip(ip=change.vip_ip)), ChangeReply)
             await agents.call(PortForwardingCreateCommand(host_uuid=vr, rule=change.rule), ChangeReply)
         else:
             await agents.call(PortForwardingRemoveCommand(host_uuid=vr, uuid=change.rule.uuid), ChangeReply)
             if change.vip_last:
-                await agents.call(VipRemoveCommand(host_uuid=vr, ip=change.vip_ip), ChangeReply)  # type: ignore[arg-type]
+                await agents.call(VipRemoveCommand(host_uuid=vr, ip=change.vip_ip), ChangeReply)
 
     async def _attach(self, rule_uuid: str, nic_uuid: str, ctx: CallContext) -> PortForwardingRuleReply:
         inv, change = await self.db.run(portforwarding.attach, rule_uuid, nic_uuid, ctx.account)
@@ -811,8 +804,8 @@ class VirtualRouterService(Service):
                 details={"vipL3NetworkUuid": target.vip_l3_uuid, "publicNetworkUuid": vr.public_network_uuid},
             )
         agents = self.vr_agents
-        await agents.call(VipCreateCommand(host_uuid=vr.uuid, vip=VrVip(ip=target.vip_ip)), ChangeReply)  # type: ignore[arg-type]
-        eip = Eip(uuid=target.eip_uuid, vip_ip=target.vip_ip, guest_ip=target.guest_ip)  # type: ignore[arg-type]
+        await agents.call(VipCreateCommand(host_uuid=vr.uuid, vip=VrVip(ip=target.vip_ip)), ChangeReply)
+        eip = Eip(uuid=target.eip_uuid, vip_ip=target.vip_ip, guest_ip=target.guest_ip)
         await agents.call(EipCreateCommand(host_uuid=vr.uuid, eip=eip), ChangeReply)
 
     async def remove_eip(self, target: EipTarget) -> None:
@@ -821,7 +814,7 @@ class VirtualRouterService(Service):
             return  # nothing there (a VR being made syncs from the database, without it)
         agents = self.vr_agents
         await agents.call(EipRemoveCommand(host_uuid=vr.uuid, uuid=target.eip_uuid), ChangeReply)
-        await agents.call(VipRemoveCommand(host_uuid=vr.uuid, ip=target.vip_ip), ChangeReply)  # type: ignore[arg-type]
+        await agents.call(VipRemoveCommand(host_uuid=vr.uuid, ip=target.vip_ip), ChangeReply)
 
 
 class VirtualRouterEipBackend:
