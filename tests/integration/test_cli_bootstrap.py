@@ -62,6 +62,9 @@ async def test_bootstrap_gives_the_cli_an_admin_key_and_a_rerun_replaces_it(
     found = await asyncio.to_thread(run_cli, ["-f", "json", "QueryAccessKey"], cli_env)
     assert found.returncode == 0, found.stderr
     assert [k["uuid"] for k in json.loads(found.stdout)["inventories"]] == [key_id]
+    made = await asyncio.to_thread(run_cli, ["-f", "json", "CreateZone", "name=demo"], cli_env)
+    assert made.returncode == 0, made.stderr  # a mutating call, as scripts/demo makes them
+    assert json.loads(made.stdout)["inventory"]["name"] == "demo"
     # Without the key, the same settings cannot reach the broker (the proof it was the key).
     config.write_text('timeout = "45"\n')
     refused = await asyncio.to_thread(run_cli, ["QueryAccessKey"], cli_env)
