@@ -133,6 +133,13 @@ class VolumeSpec(WireModel):
     type: Literal["Root", "Data"] = "Root"
 
 
+class ApplianceSpec(WireModel):
+    """The VM is a ringstack appliance (a virtual router): its agent, once booted, serves the
+    appliance's protocol on the appliance's own queue (``<ns>.agent.<vm uuid>``)."""
+
+    kind: Literal["VirtualRouter"]
+
+
 class VmSpec(WireModel):
     uuid: Uuid
     name: str
@@ -146,6 +153,7 @@ class VmSpec(WireModel):
     kernel: str | None = None
     initrd: str | None = None
     kernel_args: str | None = None
+    appliance: ApplianceSpec | None = None
 
 
 # ---------------------------------------------------------------------- VM commands

@@ -70,6 +70,8 @@ KINDS: dict[str, str] = {
     "vm": "VM instances",
     "virtualRouterOffering": "virtual-router offerings",
     "vip": "virtual IPs on a public L3 (used by one EIP or port-forwarding service at a time)",
+    "virtualRouterVm": "virtual-router appliances (status: Connected/Disconnected, as hosts)",
+    "portForwardingRule": "port-forwarding rules (attached/detached: to a VM NIC)",
     "eip": "elastic IPs: a VIP mapped onto a VM NIC (attached/detached, state changes as updated)",
     "volume": "volumes",
     "account": "accounts",

@@ -200,6 +200,7 @@ class SimHost(HypervisorAgent):
             )
         self.vms[cmd.vm.uuid] = SimVm(cmd.vm, "Running")
         self.bridges.update(nic.l2.bridge_name for nic in cmd.vm.nics)  # as the KVM agent's start does
+        await self.simulator.appliance_booted(cmd.vm)
         return VmStateReply(vm_uuid=cmd.vm.uuid, state="Running", changed=True)
 
     @_per_vm
@@ -210,6 +211,7 @@ class SimHost(HypervisorAgent):
             return VmStateReply(vm_uuid=cmd.vm_uuid, state="Absent")
         changed = vm.state in ("Running", "Paused")
         vm.state = "Stopped"
+        await self.simulator.appliance_down(cmd.vm_uuid)
         return VmStateReply(vm_uuid=cmd.vm_uuid, state="Stopped", changed=changed)
 
     @_per_vm
@@ -217,12 +219,15 @@ class SimHost(HypervisorAgent):
         await self._enter("agent.vm.reboot")
         vm = self._vm(cmd.vm_uuid)
         vm.state = "Running"
+        await self.simulator.appliance_down(cmd.vm_uuid)  # a reboot loses every rule
+        await self.simulator.appliance_booted(vm.spec)
         return VmStateReply(vm_uuid=cmd.vm_uuid, state="Running", changed=True)
 
     @_per_vm
     async def vm_destroy(self, cmd: DestroyVmCommand) -> VmStateReply:
         await self._enter("agent.vm.destroy")
         gone = self.vms.pop(cmd.vm_uuid, None)
+        await self.simulator.appliance_down(cmd.vm_uuid)
         return VmStateReply(vm_uuid=cmd.vm_uuid, state="Absent", changed=gone is not None)
 
     @_per_vm
@@ -401,12 +406,19 @@ class AddVrouters(WireModel):
     vrouters: list[str] = Field(max_length=10_000, description="VR uuids")
 
 
+class ConfigureAppliances(WireModel):
+    # False: an appliance VM started here boots no simulated agent (a test runs a real one).
+    boot: bool
+
+
 class RemoveHost(WireModel):
     uuid: str = Field(pattern=UUID_PATTERN)
 
 
 class Configure(WireModel):
-    host_uuid: str = Field(description="a host uuid, or * for every host")
+    host_uuid: str = Field(
+        description="a host uuid, * for every host, or appliances for the agents of appliance VMs booted from now on"
+    )
     command: str = Field(description="an agent command name, or * for every command")
     fault: Fault | None = None  # None clears it
     pretend_uuid: str | None = None
@@ -429,6 +441,10 @@ class Simulator:
         # Virtual routers speak their own protocol on the same kind of queue (the server dispatches
         # on each agent's interface).
         self.vrouters: dict[str, SimVrouter] = {}
+        self.appliances: dict[str, str] = {}  # VM uuid -> appliance kind, remembered across stops
+        self.boot_appliances = True
+        # Faults every appliance's simulated agent gets when it boots (``hostUuid`` "appliances").
+        self.appliance_faults: dict[str, Fault] = {}
 
     @property
     def control_queue(self) -> QueueSpec:
@@ -452,6 +468,22 @@ class Simulator:
         await self.server.serve(vr)
         return vr
 
+    async def appliance_booted(self, spec: VmSpec) -> None:
+        """An appliance VM (a virtual router) came up: its agent starts with an empty state, as
+        a real appliance's does after a boot."""
+        if spec.appliance is not None:
+            self.appliances[spec.uuid] = spec.appliance.kind
+        if spec.uuid in self.appliances and self.boot_appliances:
+            await self.server.stop_serving(spec.uuid)
+            self.vrouters.pop(spec.uuid, None)
+            vr = await self.add_vrouter(spec.uuid)
+            vr.faults.update(self.appliance_faults)
+
+    async def appliance_down(self, vm_uuid: str) -> None:
+        if vm_uuid in self.vrouters and vm_uuid in self.appliances:
+            await self.server.stop_serving(vm_uuid)
+            del self.vrouters[vm_uuid]
+
     async def _on_control(self, env: Envelope) -> dict[str, Any]:
         return await self.control(env.name.removeprefix("simulator."), env.body)
 
@@ -472,6 +504,9 @@ class Simulator:
             for uuid in parse_wire(AddVrouters, env.body).vrouters:
                 await self.add_vrouter(uuid)
             return {"vrouters": len(self.vrouters)}
+        if env.name == "simulator.configure_appliances":
+            self.boot_appliances = parse_wire(ConfigureAppliances, env.body).boot
+            return {}
         if env.name == "simulator.configure":
             return self._configure(parse_wire(Configure, env.body))
         if env.name == "simulator.set_vm_state":
@@ -500,6 +535,12 @@ class Simulator:
         raise RingstackError(Sys.UNKNOWN_MESSAGE, f"the simulator does not know {env.name!r}")
 
     def _configure(self, cfg: Configure) -> dict[str, Any]:
+        if cfg.host_uuid == "appliances":
+            if cfg.fault is None:
+                self.appliance_faults.pop(cfg.command, None)
+            else:
+                self.appliance_faults[cfg.command] = cfg.fault
+            return {"configured": len(self.appliance_faults)}
         everyone: dict[str, SimHost | SimVrouter] = {**self.hosts, **self.vrouters}
         targets = list(everyone.values()) if cfg.host_uuid == "*" else [everyone[cfg.host_uuid]]
         for host in targets:

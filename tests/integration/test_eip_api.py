@@ -11,11 +11,10 @@ import pytest
 from agents.simulator.simulator import Fault
 from bus.errors import RingstackError
 from mgmt.core import migrate
-from mgmt.services.eip.backends import EipBackend, EipTarget
 from schema.db.network import FLAT_PROVIDER_UUID, VIRTUAL_ROUTER_PROVIDER_UUID
 from tests.support import infra
 from tests.support.cluster import until
-from tests.support.zone import build_zone, vm_request
+from tests.support.zone import add_vr_offering, build_zone, vm_request
 
 
 @pytest.fixture(autouse=True)
@@ -25,7 +24,7 @@ def _events_queues(namespace):
 
     with kombu.Connection(infra.BROKER_URL) as conn:
         channel = conn.channel()
-        for name in ("flatnetwork", "securitygroup"):
+        for name in ("flatnetwork", "securitygroup", "vrouter"):
             channel.queue_delete(f"{namespace}.events.{name}")
         channel.close()
 
@@ -304,28 +303,12 @@ async def test_a_nic_detached_from_its_vm_takes_the_eip_off_its_host(zone, clien
     await until(gone, 15, "the host to drop the EIP of a NIC that went")
 
 
-class RecordingEipBackend:
-    """Stands in for the VirtualRouter EIP backend (the vrouter plugin's, not on this branch): it
-    proves the dispatch, not the router's rules."""
-
-    provider_type = "VirtualRouter"
-
-    def __init__(self) -> None:
-        self.applied: list[tuple[str, str]] = []
-        self.removed: list[tuple[str, str]] = []
-
-    async def apply(self, target: EipTarget) -> None:
-        self.applied.append((target.vip_ip, target.guest_ip))
-
-    async def remove(self, target: EipTarget) -> None:
-        self.removed.append((target.vip_ip, target.guest_ip))
-
-
 async def test_one_zone_with_a_flat_l3_and_a_virtual_router_l3(node, zone, client, simulator):
     """Each NIC's EIP goes to its own L3's provider: the Flat one onto the host, the VirtualRouter
-    one to the VR backend; the flat L3 is served by the host's DHCP, the VR one is not."""
+    one onto the L3's VR; the flat L3 is served by the host's DHCP, the VR one by its VR."""
     api = client.api
     host = zone.hosts[0]
+    await add_vr_offering(client, zone, public=zone.extra["public"])
     vr_l3 = (await api("CreateL3Network", {"l2NetworkUuid": zone.l2, "name": "behind-vr"}))["inventory"][
         "uuid"
     ]
@@ -339,21 +322,11 @@ async def test_one_zone_with_a_flat_l3_and_a_virtual_router_l3(node, zone, clien
     )["inventory"]
     nics = {n["l3NetworkUuid"]: n for n in vm["vmNics"]}
     flat_nic, vr_nic = nics[zone.l3], nics[vr_l3]
+    [router] = (await api("QueryVirtualRouterVm", {}))["inventories"]
+    on_vr = simulator.vrouters[router["uuid"]]
+    assert [str(d.mac) for d in on_vr.state.dhcp] == [vr_nic["mac"]]
     vip1, vip2 = await vip_of(client, zone), await vip_of(client, zone)
 
-    with pytest.raises(RingstackError) as err:  # no VirtualRouter EIP backend running yet
-        await api("CreateEip", {"name": "vr", "vipUuid": vip2["uuid"], "vmNicUuid": vr_nic["uuid"]})
-    assert err.value.code == "EIP.NO_PROVIDER" and err.value.details["providerType"] == "VirtualRouter"
-    assert (await api("QueryEip", {}))["inventories"] == []
-    spare = (await api("CreateEip", {"name": "spare", "vipUuid": vip2["uuid"]}))["inventory"]
-    with pytest.raises(RingstackError) as err:
-        await api("AttachEip", {"eipUuid": spare["uuid"], "vmNicUuid": vr_nic["uuid"]})
-    assert err.value.code == "EIP.NO_PROVIDER"
-    assert (await eip_row(client, spare["uuid"])).get("vmNicUuid") is None
-    await api("DeleteEip", {"uuid": spare["uuid"]})
-
-    backend = RecordingEipBackend()
-    node.extensions.register(EipBackend, backend)
     flat = (await api("CreateEip", {"name": "f", "vipUuid": vip1["uuid"], "vmNicUuid": flat_nic["uuid"]}))[
         "inventory"
     ]
@@ -361,7 +334,8 @@ async def test_one_zone_with_a_flat_l3_and_a_virtual_router_l3(node, zone, clien
         "inventory"
     ]
     assert eips_on(simulator, host) == {vip1["ip"]: (flat_nic["ip"], flat_nic["mac"])}
-    assert backend.applied == [(vip2["ip"], vr_nic["ip"])]
+    assert [(str(e.vip_ip), str(e.guest_ip)) for e in on_vr.state.eips] == [(vip2["ip"], vr_nic["ip"])]
+    assert [str(v.ip) for v in on_vr.state.vips] == [vip2["ip"]]
 
     async def dhcp_only_for_flat():
         served = simulator.hosts[host].flat_dhcp
@@ -369,8 +343,13 @@ async def test_one_zone_with_a_flat_l3_and_a_virtual_router_l3(node, zone, clien
 
     await until(dhcp_only_for_flat, 15, "the host to serve DHCP for the flat L3 only")
 
+    # A full sync of the VR (a reconnect) keeps the EIP: it is read from the database.
+    on_vr.state = type(on_vr.state)()
+    await api("ReconnectVirtualRouter", {"vmInstanceUuid": router["uuid"]})
+    assert [(str(e.vip_ip), str(e.guest_ip)) for e in on_vr.state.eips] == [(vip2["ip"], vr_nic["ip"])]
+
     await api("DetachEip", {"uuid": vr["uuid"]})
-    assert backend.removed == [(vip2["ip"], vr_nic["ip"])]
+    assert on_vr.state.eips == [] and on_vr.state.vips == []
     assert eips_on(simulator, host) == {vip1["ip"]: (flat_nic["ip"], flat_nic["mac"])}
     await api("DeleteEip", {"uuid": flat["uuid"]})
-    assert eips_on(simulator, host) == {} and backend.applied == [(vip2["ip"], vr_nic["ip"])]
+    assert eips_on(simulator, host) == {}

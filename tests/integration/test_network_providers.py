@@ -11,7 +11,7 @@ from mgmt.services.network.providers import NicServices, ProviderExtension
 from mgmt.services.vm.create import VmInstantiateExtension
 from mgmt.services.vm.plan import CreatePlan
 from schema.db.network import FLAT_PROVIDER_UUID, VIRTUAL_ROUTER_PROVIDER_UUID
-from tests.support.zone import build_zone, vm_request
+from tests.support.zone import add_vr_offering, build_zone, vm_request
 
 
 class RecordingProvider(ProviderExtension):
@@ -37,6 +37,7 @@ class RecordingProvider(ProviderExtension):
 @pytest.fixture
 async def zone(node, client, simulator, tmp_path):
     z = await build_zone(client, tmp_path, hosts=1)
+    await add_vr_offering(client, z)  # the real VirtualRouter provider serves the L3 too
     other = (await client.api("CreateL3Network", {"l2NetworkUuid": z.l2, "name": "flat"}))["inventory"][
         "uuid"
     ]

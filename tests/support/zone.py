@@ -105,3 +105,40 @@ def vm_request(z: SimZone, name: str = "vm", **extra: Any) -> dict[str, Any]:
         "l3NetworkUuids": [z.l3],
         **extra,
     }
+
+
+async def add_vr_offering(
+    client: Any, z: SimZone, *, public: str | None = None, public_cidr: str = "198.51.100.0/24"
+) -> str:
+    """A public L3 (or ``public``, an existing one), a management L3 and the zone's default
+    virtual-router offering, so that L3s taking services from the VirtualRouter provider get a VR
+    (``z.extra``: public, mgmt)."""
+    api = client.api
+    if public is None:
+        public = (
+            await api("CreateL3Network", {"l2NetworkUuid": z.l2, "name": "public", "category": "Public"})
+        )["inventory"]["uuid"]
+        await api(
+            "AddIpRangeByNetworkCidr", {"l3NetworkUuid": public, "name": "pub", "networkCidr": public_cidr}
+        )
+    mgmt = (await api("CreateL3Network", {"l2NetworkUuid": z.l2, "name": "mgmt", "category": "Private"}))[
+        "inventory"
+    ]["uuid"]
+    await api("AddIpRangeByNetworkCidr", {"l3NetworkUuid": mgmt, "name": "m", "networkCidr": "10.99.0.0/24"})
+    offering = (
+        await api(
+            "CreateVirtualRouterOffering",
+            {
+                "name": "vr",
+                "zoneUuid": z.zone,
+                "imageUuid": z.image,
+                "managementNetworkUuid": mgmt,
+                "publicNetworkUuid": public,
+                "cpuNum": 1,
+                "memorySize": 256 << 20,
+                "isDefault": True,
+            },
+        )
+    )["inventory"]["uuid"]
+    z.extra.update(public=public, mgmt=mgmt, vr_offering=offering)
+    return offering

@@ -7,7 +7,9 @@ with ``extensions.register(VmInstantiateExtension, ...)`` when its service start
 finds, in one query, which of the VM's NICs are on L3 networks taking services from that provider
 type and which services each takes (``L3NetworkServiceRef``), and calls the provider only for those
 NICs: a provider never sees a NIC whose L3 does not use it, and an L3 uses one provider per service
-type (the database says so). ``apply`` raising fails the VM create, which rolls back (``revoke``
+type (the database says so). Appliance VMs (a virtual router: a ``virtual_router_vm`` row) are
+no provider's business: their NICs are configured from their own boot data and they are the
+service. ``apply`` raising fails the VM create, which rolls back (``revoke``
 runs for every provider that applied, in reverse order, as the flow chain undoes its steps).
 """
 
@@ -24,6 +26,7 @@ from mgmt.core.db import Database
 from mgmt.services.vm.create import VmInstantiateExtension
 from mgmt.services.vm.plan import CreatePlan, NicPlan
 from schema.db.network import L3NetworkServiceRef, NetworkServiceProvider
+from schema.db.vrouter import VirtualRouterVm
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,13 @@ def services_from(session: Session, provider_type: str, l3_uuids: Sequence[str])
     return {l3: frozenset(types) for l3, types in out.items()}
 
 
+def _served(
+    session: Session, provider_type: str, l3_uuids: Sequence[str], vm_uuid: str
+) -> tuple[dict[str, frozenset[str]], bool]:
+    served = services_from(session, provider_type, l3_uuids)
+    return served, bool(served) and session.get(VirtualRouterVm, vm_uuid) is not None
+
+
 class ProviderExtension(VmInstantiateExtension):
     provider_type: ClassVar[str]
 
@@ -58,7 +68,9 @@ class ProviderExtension(VmInstantiateExtension):
         l3s = sorted({nic.l3_uuid for nic in plan.nics})
         if not l3s:
             return []
-        served = await self.db.run(services_from, self.provider_type, l3s)
+        served, appliance = await self.db.run(_served, self.provider_type, l3s, plan.vm_uuid)
+        if appliance:
+            return []
         return [NicServices(nic, served[nic.l3_uuid]) for nic in plan.nics if nic.l3_uuid in served]
 
     async def pre_instantiate(self, plan: CreatePlan) -> None:
