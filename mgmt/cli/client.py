@@ -10,7 +10,9 @@
 Exit codes (EXIT_CODES): 0 success; 1 the API answered with an error (its code is printed); 2 usage
 error; 3 the cluster cannot be reached (broker down, connection lost); 4 no answer before the
 deadline (``--timeout``); 130 interrupted (Ctrl-C; a running job is offered ``CancelJob``).
-Settings: flag > ``RINGSTACK_*`` environment > ``~/.config/ringstack/client.toml`` (mgmt/cli/connect.py).
+Settings: flag > ``RINGSTACK_*`` environment > ``~/.config/ringstack/client.toml`` (mgmt/cli/connect.py);
+the broker credential is an access key (``access_key_id``/``access_key_secret``; ``ringstack-ctl
+bootstrap-cli`` writes the all-in-one admin's, mgmt/cli/bootstrap.py).
 
 Start-up is kept short (a cold ``ringstack QueryZone`` well under 300 ms): nothing imports pydantic
 or the API modules except the catalogue's rebuild (mgmt/cli/catalog.py); heavy modules are
@@ -321,7 +323,12 @@ class Ringstack(click.Group):
     cls=Ringstack,
     invoke_without_command=True,
     context_settings={"help_option_names": ["-h", "--help"]},
-    epilog="APIs: `ringstack --list`; one API's fields: `ringstack <ApiName> --help`. Exit codes: "
+    epilog="APIs: `ringstack --list`; one API's fields: `ringstack <ApiName> --help`. Broker credential: "
+    "an access key, access_key_id and access_key_secret in ~/.config/ringstack/client.toml (mode 0600) "
+    "or env RINGSTACK_ACCESS_KEY_ID/RINGSTACK_ACCESS_KEY_SECRET; make your own with "
+    "`ringstack CreateAccessKey name=...` logged in as your account (scripts/demo gives the admin "
+    "one: `ringstack-ctl bootstrap-cli`); without one, broker_url's user (guest: the all-in-one's "
+    "local bootstrap only). Exit codes: "
     + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()),
 )
 @common_options

@@ -530,6 +530,33 @@ def db_contract(config_path: str | None, migrations: str | None) -> None:
         raise click.ClickException(f"migration failed: {exc}") from None
 
 
+@main.command("bootstrap-cli")
+@click.option("--account", default="admin", show_default=True, help="the account the key is for")
+@click.option(
+    "--password",
+    envvar="RINGSTACK_ADMIN_PASSWORD",
+    default="password",
+    show_default=True,
+    help="its password [env RINGSTACK_ADMIN_PASSWORD]",
+)
+def bootstrap_cli(account: str, password: str) -> None:
+    """Give this machine's CLI an access key of ACCOUNT (the all-in-one's bootstrap; scripts/demo).
+
+    Connects with the CLI's broker_url as it is (guest on the all-in-one: the one use of it), logs
+    in, replaces ACCOUNT's key named "all-in-one-cli" (a rerun leaves one key and one broker user)
+    and writes access_key_id/access_key_secret into ~/.config/ringstack/client.toml (mode 0600).
+    Other users get their own key with `ringstack CreateAccessKey name=...` logged in as themselves."""
+    from bus.errors import RingstackError
+    from mgmt.cli.bootstrap import bootstrap
+
+    try:
+        done = bootstrap(account, password)
+    except RingstackError as exc:
+        raise click.ClickException(f"{exc.code}: {exc.message}") from None
+    replaced = f" (replacing {', '.join(done.replaced)})" if done.replaced else ""
+    click.echo(f"access key {done.key_id} of {account} written to {done.config_path}{replaced}")
+
+
 @main.command("upgrade")
 @_CONFIG
 @click.option(
