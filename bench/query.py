@@ -311,7 +311,9 @@ async def measure(
 # ---------------------------------------------------------------------------------------- plans
 
 
-def explain(url: str, data: Dataset, seed: int) -> dict[str, list[dict[str, Any]]]:
+def explain(
+    url: str, data: Dataset, seed: int
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, float]]]:
     """Run each query's first body through ``run_query`` here, record the SQL it sends (the filter,
     the count, the NIC and volume loads), and EXPLAIN ANALYZE every statement."""
     from sqlalchemy import create_engine, event
@@ -326,14 +328,21 @@ def explain(url: str, data: Dataset, seed: int) -> dict[str, list[dict[str, Any]
     engine = create_engine(url)
     recorded: list[tuple[str, Any]] = []
     recording = [True]
+    sql_seconds = [0.0]  # time spent in the driver (statements sent, rows fetched), for the split
 
     @event.listens_for(engine, "before_cursor_execute")
-    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
+    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, context: Any, _many: bool) -> None:
+        context._bench_started = time.perf_counter()
         if recording[0]:
             recorded.append((statement, parameters))
 
+    @event.listens_for(engine, "after_cursor_execute")
+    def timed(_conn: Any, _cursor: Any, _statement: str, _parameters: Any, context: Any, _many: bool) -> None:
+        sql_seconds[0] += time.perf_counter() - context._bench_started
+
     tenant = Account(uuid=data.tenant_uuid, name=TENANT[0], is_admin=False)
     plans: dict[str, list[dict[str, Any]]] = {}
+    split: dict[str, dict[str, float]] = {}
     try:
         for name, (make, as_tenant) in QUERIES.items():
             body = make(random.Random(seed), data)
@@ -343,6 +352,9 @@ def explain(url: str, data: Dataset, seed: int) -> dict[str, list[dict[str, Any]
                 run_query(session, VMS, parse_wire(QueryVmInstance, body), tenant if as_tenant else None)
                 recording[0] = False
                 plans[name] = []
+                split[name] = _split(
+                    session, VMS, make, data, seed, name, tenant if as_tenant else None, sql_seconds
+                )
                 for statement, parameters in list(recorded):
                     lines = [
                         str(row[0])
@@ -360,7 +372,51 @@ def explain(url: str, data: Dataset, seed: int) -> dict[str, list[dict[str, Any]
                     )
     finally:
         engine.dispose()
-    return plans
+    return plans, split
+
+
+SPLIT_RUNS: Final = 20
+
+
+def _split(
+    session: Any,
+    target: Any,
+    make: Body,
+    data: Dataset,
+    seed: int,
+    name: str,
+    account: Any,
+    sql_seconds: list[float],
+) -> dict[str, float]:
+    """Where one call's time goes, in this process (no bus, no load from the node): the median over
+    ``SPLIT_RUNS`` bodies of the time in the database driver (every statement: page, count, NIC and
+    volume loads, rows fetched), the rest of ``run_query`` (building the ORM objects and the
+    inventories), and the reply's JSON (``to_wire`` and orjson, as the bus does)."""
+    import orjson
+
+    from mgmt.core.query import run_query
+    from schema.api.base import parse_wire
+    from schema.api.vm import QueryVmInstance
+
+    rng = random.Random(f"{seed}-{name}-split")
+    sql, build, encode = [], [], []
+    for _ in range(SPLIT_RUNS):
+        msg = parse_wire(QueryVmInstance, make(rng, data))
+        session.expunge_all()  # every run builds its objects anew, as a node's fresh session does
+        sql_seconds[0] = 0.0
+        started = time.perf_counter()
+        reply = run_query(session, target, msg, account)
+        ran = time.perf_counter()
+        orjson.dumps(reply.to_wire())
+        done = time.perf_counter()
+        sql.append(sql_seconds[0] * 1000)
+        build.append((ran - started - sql_seconds[0]) * 1000)
+        encode.append((done - ran) * 1000)
+    return {
+        "sql_ms": round(statistics.median(sql), 2),
+        "build_ms": round(statistics.median(build), 2),
+        "json_ms": round(statistics.median(encode), 2),
+    }
 
 
 def plan_outline(plan: list[str], depth: int = 6) -> list[str]:
@@ -410,7 +466,7 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             progress(f"{args.queries} timed queries each after {args.warmup} untimed, one at a time:")
             results = await measure(call, data, args.queries, args.warmup, args.seed)
             progress("EXPLAIN ANALYZE of each query's SQL")
-            plans = await asyncio.to_thread(explain, scratch.url, data, args.seed)
+            plans, split = await asyncio.to_thread(explain, scratch.url, data, args.seed)
         finally:
             await client.close()
             nodes.close()
@@ -432,7 +488,7 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "tenant_rows_share": 0.01,
             "load_seconds": round(data.load_seconds, 1),
         },
-        "results": summaries,
+        "results": [s | {"split": split.get(s["query"])} for s in summaries],
         "plans": {
             name: [
                 {"sql": p["sql"], "execution_ms": p["execution_ms"], "outline": plan_outline(p["plan"])}
@@ -474,6 +530,15 @@ def table(data: dict[str, Any]) -> str:
         "",
         f"goal p95 <= {goal['p95_ms_at_most']:g} ms for every query with a condition: "
         f"{'met' if goal['met'] else 'NOT met'} (slowest p95 {goal['slowest_p95_ms']:.2f} ms)",
+        "",
+        "where one call's time goes in the benchmark process (median ms, no bus): "
+        "driver (all statements) / building the inventories / JSON",
+    ]
+    for r in data["results"]:
+        if r.get("split"):
+            sp = r["split"]
+            lines.append(f"  {r['query']:<24} {sp['sql_ms']:8.2f} {sp['build_ms']:8.2f} {sp['json_ms']:8.2f}")
+    lines += [
         "",
         "the SQL of each query, EXPLAIN ANALYZE (database time of one run):",
     ]
