@@ -116,9 +116,9 @@ class AsyncBus:
         self.default_timeout = default_timeout
         self.max_message_bytes = max_message_bytes
         # Sent as every message's user_id (RabbitMQ checks it; see ``Topology.may_answer``).
-        self.login = login_of(url)
+        self.broker_user = login_of(url)
         # An access key's user (an API client fenced at the broker) may not declare exchanges.
-        self.client_key = self.topology.client_key_of(self.login)
+        self.client_key = self.topology.client_key_of(self.broker_user)
         self.declare_topology = declare_topology and not self.client_key
         # Where replies are published: the default exchange, or (agents) the replies exchange.
         self.reply_exchange = reply_exchange
@@ -322,7 +322,7 @@ class AsyncBus:
             correlation_id=env.correlation_id or env.id,
             reply_to=env.reply_to,
             message_type=env.name,
-            user_id=self.login,
+            user_id=self.broker_user,
             expiration=expiration,
             delivery_mode=2 if persistent else 1,
         )

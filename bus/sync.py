@@ -62,9 +62,9 @@ class SyncClient:
         self.max_message_bytes = max_message_bytes
         self.process_name = process_name
         # Sent as every message's user_id (RabbitMQ checks it; see ``Topology.may_answer``).
-        self.login = login_of(url)
+        self.broker_user = login_of(url)
         # An access key's user (an API client fenced at the broker) or a node/bootstrap user.
-        self.client_key = self.topology.client_key_of(self.login)
+        self.client_key = self.topology.client_key_of(self.broker_user)
         self._reply_spec = (
             self.topology.client_reply_queue(self.client_key, new_uuid())
             if self.client_key
@@ -176,7 +176,7 @@ class SyncClient:
             "message_id": env.id,
             "correlation_id": env.correlation_id or env.id,
             "type": env.name,
-            "user_id": self.login,
+            "user_id": self.broker_user,
         }
         if env.reply_to:
             properties["reply_to"] = env.reply_to
