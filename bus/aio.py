@@ -14,7 +14,9 @@ one channel per consumer so each has its own prefetch window and can be cancelle
 
 An API client connecting as an access key's broker user (``<ns>.key.<id>``, see ``bus.credentials``)
 declares no exchanges and uses ``<ns>.reply.<id>.<uuid>`` as its reply queue: the only queues that
-user may touch; its event subscriptions are ``Topology.client_event_queue``.
+user may touch; its event subscriptions are ``Topology.client_event_queue``. Every message carries
+the connection's user as ``user_id``, and a consumer answers a request only into a reply address
+its sender may ask for (``Topology.may_answer``, in bus/topology.py's module doc).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import contextlib
 import functools
 import logging
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -38,6 +39,7 @@ from aiormq.exceptions import PublishError
 from pamqp.commands import Basic
 
 from bus import amqp_decode
+from bus.credentials import login_of
 from bus.envelope import MAX_NAME_LENGTH, Envelope, is_short_str, is_token, new_uuid
 from bus.errors import RingstackError, Sys
 from bus.topology import QueueSpec, Topology
@@ -113,10 +115,10 @@ class AsyncBus:
         self.process_uuid = new_uuid()
         self.default_timeout = default_timeout
         self.max_message_bytes = max_message_bytes
+        # Sent as every message's user_id (RabbitMQ checks it; see ``Topology.may_answer``).
+        self.broker_user = login_of(url)
         # An access key's user (an API client fenced at the broker) may not declare exchanges.
-        self.client_key = self.topology.client_key_of(
-            urllib.parse.unquote(urllib.parse.urlsplit(url).username or "")
-        )
+        self.client_key = self.topology.client_key_of(self.broker_user)
         self.declare_topology = declare_topology and not self.client_key
         # Where replies are published: the default exchange, or (agents) the replies exchange.
         self.reply_exchange = reply_exchange
@@ -320,6 +322,7 @@ class AsyncBus:
             correlation_id=env.correlation_id or env.id,
             reply_to=env.reply_to,
             message_type=env.name,
+            user_id=self.broker_user,
             expiration=expiration,
             delivery_mode=2 if persistent else 1,
         )
@@ -693,10 +696,13 @@ class AsyncBus:
                 env = Envelope.decode(message.body)
             except RingstackError as exc:
                 error = exc
+        # The one rule for reply addresses (bus/envelope.py): the envelope's, else the property.
+        if env is not None and env.reply_to is None:
+            env.reply_to = prop_reply_to
+        reply_to = env.reply_to if env is not None else prop_reply_to
+        if reply_to and not self._may_answer(consumer, message, reply_to):
+            return True
         if env is not None:
-            # The one rule for reply addresses (bus/envelope.py): the envelope's, else the property.
-            if env.reply_to is None:
-                env.reply_to = prop_reply_to
             if env.expired():
                 error = RingstackError(Sys.TIMEOUT, "the deadline passed before the request was taken")
             else:
@@ -711,7 +717,7 @@ class AsyncBus:
                     )
         if result is NO_REPLY:
             return True
-        reply_to = env.reply_to if env is not None else prop_reply_to
+        reply_to = env.reply_to if env is not None else prop_reply_to  # the handler may clear it
         if reply_to:
             if env is not None:
                 reply = env.reply(result if isinstance(result, dict) else None, error)
@@ -730,6 +736,22 @@ class AsyncBus:
             self._log_rejected(consumer, env, error, replied=False)
             return error.code not in _DEAD_LETTER_CODES
         return True
+
+    def _may_answer(self, consumer: Consumer, message: DeliveredMessage, reply_to: str) -> bool:
+        """Whether the sender may have replies sent to ``reply_to`` (``Topology.may_answer``);
+        when not, one warning: the request is then neither handled nor answered, only acked."""
+        user_id = _text_property(message.header.properties.user_id)
+        via_default = getattr(message.delivery, "exchange", None) == ""
+        if self.topology.may_answer(reply_to, user_id, via_default_exchange=via_default):
+            return True
+        log.warning(
+            "%s: request on %s from user %r dropped: it may not ask for replies into %r",
+            self.process_name,
+            consumer.spec.name,
+            user_id,
+            reply_to,
+        )
+        return False
 
     def _log_rejected(
         self, consumer: Consumer, env: Envelope | None, error: RingstackError, *, replied: bool

@@ -28,6 +28,12 @@ def url_with_credentials(broker_url: str, username: str, password: str, vhost: s
     return urllib.parse.urlunsplit((parts.scheme or "amqp", netloc, path, parts.query, ""))
 
 
+def login_of(broker_url: str) -> str:
+    """The user a broker URL logs in as: its user name, else ``guest`` (aiormq's and kombu's
+    default). Requests carry it as their ``user_id`` (see ``Topology.may_answer``)."""
+    return urllib.parse.unquote(urllib.parse.urlsplit(broker_url).username or "") or "guest"
+
+
 def access_key_url(broker_url: str, namespace: str, key_id: str, secret: str) -> str:
     """The broker URL an API client uses with its access key."""
     return url_with_credentials(broker_url, Topology(namespace).client_username(key_id), secret)

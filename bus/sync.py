@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import urllib.parse
 from typing import Any
 
 import amqp.exceptions
@@ -29,6 +28,7 @@ import kombu
 import kombu.exceptions
 from kombu.message import Message as KombuMessage
 
+from bus.credentials import login_of
 from bus.envelope import Envelope, new_uuid
 from bus.errors import RingstackError, Sys
 from bus.topology import QueueSpec, Topology
@@ -61,10 +61,10 @@ class SyncClient:
         self.connect_timeout = connect_timeout
         self.max_message_bytes = max_message_bytes
         self.process_name = process_name
+        # Sent as every message's user_id (RabbitMQ checks it; see ``Topology.may_answer``).
+        self.broker_user = login_of(url)
         # An access key's user (an API client fenced at the broker) or a node/bootstrap user.
-        self.client_key = self.topology.client_key_of(
-            urllib.parse.unquote(urllib.parse.urlsplit(url).username or "")
-        )
+        self.client_key = self.topology.client_key_of(self.broker_user)
         self._reply_spec = (
             self.topology.client_reply_queue(self.client_key, new_uuid())
             if self.client_key
@@ -176,6 +176,7 @@ class SyncClient:
             "message_id": env.id,
             "correlation_id": env.correlation_id or env.id,
             "type": env.name,
+            "user_id": self.broker_user,
         }
         if env.reply_to:
             properties["reply_to"] = env.reply_to

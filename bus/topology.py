@@ -23,6 +23,24 @@ requests, which go through ``<ns>.api-entry`` (``route_to``). API clients with a
 a broker user that may publish only there, read only its own ``<ns>.reply.<key>.*`` queues and bind
 them only to its own account's events (``mgmt.core.brokeradmin.client_permissions``).
 
+Reply addresses. A request names where its reply goes, and whoever answers it may publish
+anywhere, so a client could make a node publish into another client's reply queue (or a node's).
+Every request therefore says who sent it in the AMQP ``user_id`` property, the connection's user,
+which RabbitMQ checks (it refuses a publish whose ``user_id`` is not the connection's user:
+``PRECONDITION_FAILED``); ``AsyncBus`` and ``SyncClient`` set it on all they publish. A consumer
+answers a request only when ``Topology.may_answer`` allows its reply address for its sender:
+
+- an access key's user (``<ns>.key.<key>``) only into its own ``<ns>.reply.<key>.*`` queues;
+- replies into a key's ``<ns>.reply.<key>.*`` queues only for that key's own user;
+- anything else (a process's ``<ns>.reply.<process_uuid>``, which has no dot after ``reply.``)
+  for a request that names a user that is no key's (a node's, an agent's, the bootstrap guest's),
+  or that names none but came through the default exchange, where no key's user may publish.
+
+So a key's user can never have a reply sent into another key's queue or a process's: if it names
+itself it may reach only its own prefix, and if it leaves ``user_id`` out it can publish only
+through ``<ns>.api-entry``, whose requests without a user are not answered. A request that may
+not be answered is not handled either: it is acked and dropped with one warning.
+
 Poison messages. The queues every node shares are RabbitMQ *quorum* queues with a delivery limit:
 a message that breaks whoever takes it (the connection drops, the process dies) comes back to
 the queue each time, and after ``POISON_DELIVERY_LIMIT`` returns the broker dead-letters it
@@ -227,6 +245,17 @@ class Topology:
 
     def client_queue_prefix(self, key_id: str) -> str:
         return f"{self.namespace}.reply.{key_id}."
+
+    def may_answer(self, reply_to: str, user_id: str | None, *, via_default_exchange: bool) -> bool:
+        """Whether a request from ``user_id`` (its validated AMQP ``user_id``, None when it has
+        none) may have its reply sent to ``reply_to``; the rule is in the module doc."""
+        key = self.client_key_of(user_id)
+        if key is not None:
+            return reply_to.startswith(self.client_queue_prefix(key))
+        replies = f"{self.namespace}.reply."
+        if reply_to.startswith(replies) and "." in reply_to[len(replies) :]:
+            return False  # under some key's prefix: only that key's own user may ask for it
+        return user_id is not None or via_default_exchange
 
     def client_reply_queue(self, key_id: str, process_uuid: str) -> QueueSpec:
         """A client's reply queue: bound to nothing (nodes answer API calls through the default

@@ -377,3 +377,88 @@ async def test_an_events_owner_is_that_kinds_row_owner_even_when_another_kind_sh
     assert refused.value.code == Sys.CONFLICT
     assert await node.events.owners.owner_of("account", alice.account_uuid) == alice.account_uuid
     assert await node.events.owners.owner_of("zone", alice.account_uuid) != bob.account_uuid
+
+
+async def _publish_api(key: Key, topology: Topology, env: Envelope, **properties) -> None:
+    """Publish ``env`` to the API entry as ``key``'s user, AMQP properties as given (raw: an attacker
+    chooses every one of them)."""
+
+    async def publish(channel):
+        entry = await channel.get_exchange(topology.api_entry_exchange.name, ensure=False)
+        await entry.publish(
+            aio_pika.Message(env.encode(), correlation_id=env.id, reply_to=env.reply_to, **properties),
+            routing_key=topology.api_queue.name,
+        )
+
+    await _allowed(key.url, publish)
+
+
+async def test_a_key_cannot_have_replies_sent_into_another_clients_queue(keys, client, namespace, caplog):
+    """Reply injection: bob's requests naming alice's reply queue, or a guest process's, as their
+    reply address are acked and dropped (one warning each), whether bob names himself in user_id
+    or leaves it out; requests sent after them are answered, and only they reach those queues."""
+    alice, bob = keys["alice"], keys["bob"]
+    topology = Topology(namespace)
+    alice_bus = await _key_bus(alice, namespace)
+    try:
+        forged: list[tuple[asyncio.Future, str]] = []
+        for victim in (alice_bus, client):
+            for user_id in (topology.client_username(bob.id), None):
+                env = Envelope(
+                    name="QueryAccessKey", kind="api", body={}, session=bob.session, reply_to=victim.reply_queue
+                )
+                forged.append((victim.expect_reply(env.id), env.id))
+                await _publish_api(bob, topology, env, **({"user_id": user_id} if user_id else {}))
+
+        def dropped() -> list[str]:
+            return [r.getMessage() for r in caplog.records if "may not ask for replies" in r.getMessage()]
+
+        warnings = await until(lambda: len(dropped()) >= 4 and dropped(), 30, "bob's four requests dropped")
+        assert all(r.levelname == "WARNING" for r in caplog.records if "may not ask for replies" in r.getMessage())
+        assert {w.rsplit(" ", 1)[1] for w in warnings} == {repr(alice_bus.reply_queue), repr(client.reply_queue)}
+        # Positive signals after them: bob's own request is answered, and so are the victims'.
+        bob_bus = await _key_bus(bob, namespace)
+        try:
+            mine = await bob_bus.api("QueryAccessKey", {}, session=bob.session)
+            assert [k["uuid"] for k in mine["inventories"]] == [bob.id]
+        finally:
+            await bob_bus.close()
+        theirs = await alice_bus.api("QueryAccessKey", {}, session=alice.session)
+        assert [k["uuid"] for k in theirs["inventories"]] == [alice.id]
+        await client.api("QueryZone", {})
+        assert not any(fut.done() for fut, _ in forged)  # nothing of bob's reached alice or the guest
+    finally:
+        await alice_bus.close()
+
+
+async def test_the_broker_refuses_a_forged_user_id(keys, namespace):
+    """The check above rests on RabbitMQ refusing a user_id that is not the connection's user."""
+    alice, bob = keys["alice"], keys["bob"]
+    topology = Topology(namespace)
+    for forged in (topology.client_username(alice.id), "guest"):
+        env = Envelope(
+            name="QueryAccessKey",
+            kind="api",
+            body={},
+            session=bob.session,
+            reply_to=topology.client_queue_prefix(alice.id) + "x",
+        )
+
+        async def publish(channel, forged=forged, env=env):
+            entry = await channel.get_exchange(topology.api_entry_exchange.name, ensure=False)
+            await entry.publish(
+                aio_pika.Message(env.encode(), reply_to=env.reply_to, user_id=forged),
+                routing_key=topology.api_queue.name,
+            )
+            # Publishes are asynchronous: a declare after it returns only once the broker has
+            # judged the publish, and fails with the channel the broker closed.
+            await channel.declare_queue(topology.client_queue_prefix(bob.id) + "probe", exclusive=True)
+
+        connection = await aio_pika.connect(bob.url)
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            with pytest.raises(aiormq.exceptions.AMQPChannelError) as err:
+                await publish(channel)
+            assert "PRECONDITION_FAILED" in str(err.value) or "ACCESS_REFUSED" in str(err.value), err.value
+        finally:
+            await connection.close()

@@ -701,7 +701,6 @@ async def echoes(lab: MigrationLab, host: LibvirtHost, vm_uuid: str, timeout: fl
             lambda: line in console(lab, vm_uuid),
             timeout,
             f"the guest on {host.ns.name} to echo {line}; its console:\n{console(lab, vm_uuid)[-2000:]}",
-            interval=0.1,
         )
     finally:
         os.close(fd)

@@ -367,7 +367,6 @@ async def booted(workdir: Path, vm_uuid: str) -> str:
         lambda: "RINGSTACK-GUEST-READY acpi=1" in (text := console(workdir, vm_uuid)) and text,
         BOOT_TIMEOUT,
         f"the guest to boot; its console so far:\n{console(workdir, vm_uuid)[-2000:]}",
-        interval=0.2,
     )
 
 

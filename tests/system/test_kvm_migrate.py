@@ -172,9 +172,7 @@ async def test_a_running_guest_migrates_live_to_another_host_and_back(lab, guest
         )
 
     assert (await a.client.call(StartVmCommand(host_uuid=host_a, vm=spec), VmStateReply)).state == "Running"
-    await until(
-        lambda: "RINGSTACK-GUEST-READY" in console(lab, vm), BOOT_TIMEOUT, "the guest to boot", 0.2
-    )
+    await until(lambda: "RINGSTACK-GUEST-READY" in console(lab, vm), BOOT_TIMEOUT, "the guest to boot")
 
     # A destination without the VM's L2 bridge cannot take it: libvirt says so, the VM stays put.
     with pytest.raises(RingstackError) as refused:

@@ -125,7 +125,6 @@ async def booted(workdir: Path, vm_uuid: str) -> None:
         lambda: "RINGSTACK-GUEST-READY acpi=1" in console(workdir, vm_uuid),
         BOOT_TIMEOUT,
         f"the guest to boot; its console so far:\n{console(workdir, vm_uuid)[-2000:]}",
-        interval=0.2,
     )
 
 

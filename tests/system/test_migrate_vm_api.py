@@ -227,7 +227,6 @@ async def test_a_guest_migrates_between_two_kvm_hosts_through_the_api(
         lambda: "RINGSTACK-GUEST-READY acpi=1" in console(lab, vm_uuid),
         BOOT_TIMEOUT,
         "the guest to boot",
-        interval=0.2,
     )
     assert (await query("Host", uuid_a))["availableCpu"] == total_cpu - 1
 

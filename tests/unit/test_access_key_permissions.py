@@ -67,3 +67,21 @@ def test_api_requests_go_through_the_entry_exchange():
     assert (T.api_entry_exchange.name, T.api_queue.name) in T.api_queue.bindings
     assert T.route_to(T.agent_queue("h").name) == ("", T.agent_queue("h").name)
     assert T.client_reply_queue(KEY, "p").bindings == ()  # nothing routes into it but the default exchange
+
+
+def test_a_request_is_answered_only_into_reply_queues_its_sender_may_ask_for():
+    own, other = T.client_reply_queue(KEY, "p").name, T.client_reply_queue("ab", "p").name
+    process = T.reply_queue("p").name  # a node's or the bootstrap guest's
+    key_user = T.client_username(KEY)
+    for via_default in (True, False):
+        assert T.may_answer(own, key_user, via_default_exchange=via_default)
+        assert T.may_answer(f"{own[:-1]}events.s", key_user, via_default_exchange=via_default)
+        for address in (other, f"{NS}.reply.{KEY}5.p", process, f"{NS}.node.n"):
+            assert not T.may_answer(address, key_user, via_default_exchange=via_default), address
+        # A key's queue only for that key's own user: not a node's, nor one that names nobody.
+        for user in ("guest", T.client_username("ab"), None):
+            assert not T.may_answer(own, user, via_default_exchange=via_default), user
+        assert T.may_answer(process, "guest", via_default_exchange=via_default)
+    # No user_id: answered only when it came through the default exchange (no key may publish there).
+    assert T.may_answer(process, None, via_default_exchange=True)
+    assert not T.may_answer(process, None, via_default_exchange=False)
