@@ -16,6 +16,8 @@ class VmInstance(ResourceMixin, Base):
         Index("ix_vm_instance_created_at", "created_at"),
         # LIKE 'prefix%' can use it whatever the database's collation (migration 0008)
         Index("ix_vm_instance_name_pattern", "name", postgresql_ops={"name": "varchar_pattern_ops"}),
+        # sortBy=name pages read only the index (migration 0018)
+        Index("ix_vm_instance_name_uuid", "name", "uuid"),
     )
     resource_type = "vm"
 

@@ -110,7 +110,9 @@ async def populate(t: Tenant, zone: SimZone, public_l3: str, tag: str) -> None:
     t.kinds["vip"].append(eip_vip["uuid"])
     t.ips.append(eip_vip["ip"])
     t.add("eip", (await api("CreateEip", {"name": f"{tag}-eip", "vipUuid": eip_vip["uuid"]}))["inventory"])
-    t.add("access_key", (await api("CreateAccessKey", {"name": f"{tag}-key"}))["inventory"])
+    # A key is a broker user made with rabbitmqctl: seconds, more on a loaded machine.
+    key = await api("CreateAccessKey", {"name": f"{tag}-key"}, timeout=120)
+    t.add("access_key", key["inventory"])
     l3 = t.add(
         "l3_network",
         (await api("CreateL3Network", {"l2NetworkUuid": zone.l2, "name": f"{tag}-l3"}))["inventory"],
