@@ -7,6 +7,7 @@ engine has connections, so a burst of requests queues here instead of on the eve
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -67,6 +68,9 @@ class Fence:
 
 # deadlock_detected, serialization_failure: the transaction lost a race and may simply be retried.
 _RETRYABLE = frozenset({"40P01", "40001"})
+# How many times a transaction that met a version conflict runs before the caller is told.
+STALE_RETRIES = 3
+log = logging.getLogger(__name__)
 
 # Set by the owner path (mgmt.cluster.owner) around work about a resource: every transaction in
 # it is fenced.
@@ -253,6 +257,32 @@ class Database:
         fence: Fence | None,
         sessions: sessionmaker[Session] | None = None,
     ) -> T:
+        # A version conflict (a row changed by another writer between this transaction's read and
+        # its write, e.g. a host's reconcile touching a VM row that a stop is ending) is retried
+        # from the start: a transaction body re-reads what it decides on, so running it again
+        # on fresh rows is what the caller's own retry would do. Only then is it SYS.CONFLICT.
+        for attempt in range(1, STALE_RETRIES + 1):
+            try:
+                return self._transaction_once(fn, args, fence, sessions)
+            except StaleDataError:
+                if attempt == STALE_RETRIES:
+                    raise RingstackError(
+                        Sys.CONFLICT, "the resource was changed concurrently; retry"
+                    ) from None
+                log.info(
+                    "%s: a row changed under the transaction; retrying (%d)",
+                    getattr(fn, "__name__", fn),
+                    attempt,
+                )
+        raise AssertionError("unreachable")
+
+    def _transaction_once(
+        self,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        fence: Fence | None,
+        sessions: sessionmaker[Session] | None,
+    ) -> T:
         session: Session | None = None
         try:
             with (sessions or self._sessions).begin() as session:
@@ -264,8 +294,6 @@ class Database:
             if armed is not None and _FENCE_MARK in str(exc.orig):
                 raise _not_owner(armed) from exc
             raise
-        except StaleDataError as exc:
-            raise RingstackError(Sys.CONFLICT, "the resource was changed concurrently; retry") from exc
         except IntegrityError as exc:
             diag = getattr(exc.orig, "diag", None)
             if getattr(diag, "constraint_name", None) == "pk_resource":

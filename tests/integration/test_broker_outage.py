@@ -90,7 +90,7 @@ class Load:
         self.creates_left = creates_per_round
         self.per_round = creates_per_round
         self.answers: Counter[str] = Counter()
-        self.unexpected: list[BaseException] = []
+        self.unexpected: list[tuple[str, BaseException]] = []
         self.running: list[str] = []
         self.stopping = asyncio.Event()
         self.progress = asyncio.Condition()
@@ -107,7 +107,7 @@ class Load:
         except RingstackError as exc:
             self.answers[exc.code] += 1
             if exc.code not in OUTAGE_CODES | RACE_CODES:
-                self.unexpected.append(exc)
+                self.unexpected.append((name, exc))
             reply = None
         else:
             self.answers["ok"] += 1
